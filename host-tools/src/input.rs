@@ -1,0 +1,299 @@
+//! Sample-stream readers: CSV, WAV, raw f32le and the Edge Impulse data-forwarder lines.
+//!
+//! Every reader yields interleaved frames in chunks, so `vigil run` can score a live
+//! stream from standard input as it arrives.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read};
+
+/// Input formats `vigil run` understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// Comma-separated values, one frame per line; an optional header line; a
+    /// `# sample_rate_hz=N` comment line gives the rate.
+    Csv,
+    /// RIFF WAVE (integer or float samples; rate and channels from the header).
+    Wav,
+    /// Raw little-endian 32-bit floats, interleaved (needs --rate and --channels).
+    F32le,
+    /// Edge Impulse data-forwarder lines: one sample per line, values separated by
+    /// commas or tabs.
+    Forwarder,
+}
+
+impl InputFormat {
+    /// Guesses the format from a file name.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            Some(InputFormat::Csv)
+        } else if lower.ends_with(".wav") {
+            Some(InputFormat::Wav)
+        } else if lower.ends_with(".f32") || lower.ends_with(".f32le") || lower.ends_with(".raw") {
+            Some(InputFormat::F32le)
+        } else {
+            None
+        }
+    }
+}
+
+/// A stream of interleaved frames.
+pub trait SampleSource {
+    /// Channels per frame, once known (text formats learn it from the first line).
+    fn channels(&self) -> Option<usize>;
+    /// Sample rate, when the stream carries it.
+    fn sample_rate_hz(&self) -> Option<f64>;
+    /// Reads up to about `max_frames` frames into `out` (cleared first); `Ok(false)` at
+    /// the end of the stream.
+    fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool>;
+}
+
+/// Opens `path` (`-` for standard input) in `format`.
+pub fn open(
+    path: &str,
+    format: InputFormat,
+    channels: Option<usize>,
+    rate: Option<f64>,
+) -> Result<Box<dyn SampleSource>> {
+    let reader: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?)
+    };
+    let name = if path == "-" { "<stdin>".to_string() } else { path.to_string() };
+    Ok(match format {
+        InputFormat::Csv => Box::new(TextSource::new(reader, name, true, channels, rate)?),
+        InputFormat::Forwarder => Box::new(TextSource::new(reader, name, false, channels, rate)?),
+        InputFormat::Wav => Box::new(WavSource::new(reader, name)?),
+        InputFormat::F32le => {
+            let Some(channels) = channels else { bail!("{name}: raw f32le input needs --channels") };
+            if channels == 0 {
+                bail!("--channels must be at least 1");
+            }
+            Box::new(RawSource { reader: BufReader::new(reader), name, channels, rate, offset: 0 })
+        }
+    })
+}
+
+/// CSV and data-forwarder lines.
+struct TextSource {
+    lines: std::io::Lines<BufReader<Box<dyn Read>>>,
+    name: String,
+    line_no: usize,
+    channels: Option<usize>,
+    rate: Option<f64>,
+    allow_header: bool,
+    pending: Option<(usize, String)>,
+}
+
+impl TextSource {
+    fn new(
+        reader: Box<dyn Read>,
+        name: String,
+        allow_header: bool,
+        channels: Option<usize>,
+        rate: Option<f64>,
+    ) -> Result<Self> {
+        let mut s = TextSource {
+            lines: BufReader::new(reader).lines(),
+            name,
+            line_no: 0,
+            channels,
+            rate,
+            allow_header,
+            pending: None,
+        };
+        s.read_preamble()?;
+        Ok(s)
+    }
+
+    /// Reads comment lines and an optional header, stopping at the first data line so
+    /// the rate and channel count are known before any window is cut.
+    fn read_preamble(&mut self) -> Result<()> {
+        while let Some(line) = self.next_line()? {
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            if let Some(comment) = t.strip_prefix('#') {
+                if let Some(v) = comment.trim().strip_prefix("sample_rate_hz=") {
+                    let rate: f64 = v.trim().parse().with_context(|| {
+                        format!(
+                            "{}: line {}: cannot read sample rate `{}`",
+                            self.name,
+                            self.line_no,
+                            v.trim()
+                        )
+                    })?;
+                    self.rate.get_or_insert(rate);
+                }
+                continue;
+            }
+            let cells: Vec<&str> = split_cells(t);
+            if self.allow_header && cells.iter().all(|c| c.parse::<f32>().is_err()) {
+                self.channels.get_or_insert(cells.len());
+                continue;
+            }
+            self.channels.get_or_insert(cells.len());
+            self.pending = Some((self.line_no, line));
+            break;
+        }
+        Ok(())
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>> {
+        match self.lines.next() {
+            None => Ok(None),
+            Some(line) => {
+                self.line_no += 1;
+                Ok(Some(line.with_context(|| format!("{}: line {}: cannot read", self.name, self.line_no))?))
+            }
+        }
+    }
+
+    fn parse_line(&self, line_no: usize, line: &str, out: &mut Vec<f32>) -> Result<()> {
+        let cells = split_cells(line.trim());
+        let channels = self.channels.unwrap_or(cells.len());
+        if cells.len() != channels {
+            bail!(
+                "{}: line {line_no} has {} values, earlier lines have {channels}; every line must hold one value per channel",
+                self.name,
+                cells.len()
+            );
+        }
+        for (col, cell) in cells.iter().enumerate() {
+            let v: f32 = cell.parse().map_err(|_| {
+                anyhow::anyhow!("{}: line {line_no}, column {}: `{cell}` is not a number", self.name, col + 1)
+            })?;
+            out.push(v);
+        }
+        Ok(())
+    }
+}
+
+fn split_cells(line: &str) -> Vec<&str> {
+    line.split([',', '\t', ';']).map(str::trim).collect()
+}
+
+impl SampleSource for TextSource {
+    fn channels(&self) -> Option<usize> {
+        self.channels
+    }
+
+    fn sample_rate_hz(&self) -> Option<f64> {
+        self.rate
+    }
+
+    fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool> {
+        out.clear();
+        if let Some((no, line)) = self.pending.take() {
+            self.parse_line(no, &line, out)?;
+        }
+        let channels = self.channels.unwrap_or(1);
+        while out.len() < max_frames * channels {
+            let Some(line) = self.next_line()? else { break };
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            self.parse_line(self.line_no, t, out)?;
+        }
+        Ok(!out.is_empty())
+    }
+}
+
+/// WAV files through hound.
+struct WavSource {
+    reader: hound::WavReader<BufReader<Box<dyn Read>>>,
+    name: String,
+    spec: hound::WavSpec,
+}
+
+impl WavSource {
+    fn new(reader: Box<dyn Read>, name: String) -> Result<Self> {
+        let reader = hound::WavReader::new(BufReader::new(reader))
+            .with_context(|| format!("{name}: not a readable WAV file"))?;
+        let spec = reader.spec();
+        Ok(WavSource { reader, name, spec })
+    }
+}
+
+impl SampleSource for WavSource {
+    fn channels(&self) -> Option<usize> {
+        Some(usize::from(self.spec.channels))
+    }
+
+    fn sample_rate_hz(&self) -> Option<f64> {
+        Some(f64::from(self.spec.sample_rate))
+    }
+
+    fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool> {
+        out.clear();
+        let n = max_frames * usize::from(self.spec.channels);
+        let name = &self.name;
+        match self.spec.sample_format {
+            hound::SampleFormat::Float => {
+                for s in self.reader.samples::<f32>().take(n) {
+                    out.push(s.with_context(|| format!("{name}: truncated or corrupt sample data"))?);
+                }
+            }
+            hound::SampleFormat::Int => {
+                let scale = 1.0 / (1u64 << (self.spec.bits_per_sample.max(1) - 1)) as f32;
+                for s in self.reader.samples::<i32>().take(n) {
+                    out.push(
+                        s.with_context(|| format!("{name}: truncated or corrupt sample data"))? as f32
+                            * scale,
+                    );
+                }
+            }
+        }
+        Ok(!out.is_empty())
+    }
+}
+
+/// Raw interleaved little-endian f32.
+struct RawSource {
+    reader: BufReader<Box<dyn Read>>,
+    name: String,
+    channels: usize,
+    rate: Option<f64>,
+    offset: u64,
+}
+
+impl SampleSource for RawSource {
+    fn channels(&self) -> Option<usize> {
+        Some(self.channels)
+    }
+
+    fn sample_rate_hz(&self) -> Option<f64> {
+        self.rate
+    }
+
+    fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool> {
+        out.clear();
+        let mut buf = vec![0u8; max_frames * self.channels * 4];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self
+                .reader
+                .read(&mut buf[filled..])
+                .with_context(|| format!("{}: read failed", self.name))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let whole = filled - filled % (4 * self.channels);
+        if whole != filled {
+            eprintln!(
+                "warning: {}: {} trailing bytes at byte offset {} do not form a whole frame; ignored",
+                self.name,
+                filled - whole,
+                self.offset + whole as u64
+            );
+        }
+        self.offset += filled as u64;
+        out.extend(buf[..whole].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        Ok(!out.is_empty())
+    }
+}

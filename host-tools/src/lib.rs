@@ -1,0 +1,10 @@
+//! The library behind the `vigil` command line: the bearing simulator, training and ONNX
+//! export of the reference model, sample-stream readers and the subcommands.
+//!
+//! The binary is a thin shell over [`cmd`]; tests and benches use the same modules.
+
+pub mod cmd;
+pub mod input;
+pub mod sim;
+pub mod stream;
+pub mod train;

@@ -1,0 +1,157 @@
+//! Named machines and the random source domain the reference model is trained on.
+
+use super::{FaultConfig, FaultKind, MachineConfig, Resonance};
+use rand::Rng;
+use vigil_core::bearing::BearingGeometry;
+
+/// A fixed machine: the demo's machine, and the default of `vigil simulate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineProfile {
+    /// Shaft speed in Hz.
+    pub shaft_hz: f64,
+    /// Load fraction.
+    pub load: f64,
+    /// Bearing geometry.
+    pub bearing: BearingGeometry,
+    /// Structural resonances.
+    pub resonances: Vec<Resonance>,
+    /// Sensor gain.
+    pub sensor_gain: f64,
+    /// Noise RMS in g.
+    pub noise_rms: f64,
+    /// 1x amplitude in g.
+    pub imbalance: f64,
+    /// 2x/3x amplitude in g.
+    pub misalignment: f64,
+}
+
+impl MachineProfile {
+    /// A motor-driven pump at 1,797 rpm on a 6205 bearing, with two resonances.
+    pub fn reference() -> Self {
+        MachineProfile {
+            shaft_hz: 29.95,
+            load: 0.7,
+            bearing: BearingGeometry::deep_groove_6205(),
+            resonances: vec![
+                Resonance { freq_hz: 3100.0, damping: 0.04, gain: 1.0 },
+                Resonance { freq_hz: 5200.0, damping: 0.05, gain: 0.5 },
+            ],
+            sensor_gain: 1.0,
+            noise_rms: 0.08,
+            imbalance: 0.2,
+            misalignment: 0.05,
+        }
+    }
+
+    /// The machine as sampled at `sample_rate_hz` with `channels` sensors.
+    pub fn machine(&self, sample_rate_hz: f64, channels: usize) -> MachineConfig {
+        MachineConfig {
+            sample_rate_hz,
+            channels,
+            shaft_hz: self.shaft_hz,
+            load: self.load,
+            bearing: self.bearing,
+            resonances: self.resonances.clone(),
+            sensor_gain: self.sensor_gain,
+            noise_rms: self.noise_rms,
+            imbalance: self.imbalance,
+            misalignment: self.misalignment,
+            slip: 0.015,
+        }
+    }
+}
+
+/// The ranges the source domain spans: every pretraining recording draws a machine and a
+/// fault from these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDomain {
+    /// Shaft speed range in Hz.
+    pub shaft_hz: (f64, f64),
+    /// Load range.
+    pub load: (f64, f64),
+    /// Number of rolling elements.
+    pub n_balls: (u16, u16),
+    /// Ball over pitch diameter.
+    pub ball_ratio: (f64, f64),
+    /// Resonance frequency range in Hz.
+    pub resonance_hz: (f64, f64),
+    /// Damping ratio range.
+    pub damping: (f64, f64),
+    /// Sensor gain range.
+    pub sensor_gain: (f64, f64),
+    /// Noise RMS range in g.
+    pub noise_rms: (f64, f64),
+    /// Imbalance amplitude range in g.
+    pub imbalance: (f64, f64),
+    /// Misalignment amplitude range in g.
+    pub misalignment: (f64, f64),
+    /// Fault severity range.
+    pub severity: (f64, f64),
+}
+
+impl Default for SourceDomain {
+    fn default() -> Self {
+        SourceDomain {
+            shaft_hz: (15.0, 50.0),
+            load: (0.2, 1.0),
+            n_balls: (7, 13),
+            ball_ratio: (0.15, 0.3),
+            resonance_hz: (1500.0, 6500.0),
+            damping: (0.02, 0.08),
+            sensor_gain: (0.5, 2.0),
+            noise_rms: (0.02, 0.15),
+            imbalance: (0.02, 0.5),
+            misalignment: (0.0, 0.3),
+            severity: (0.3, 1.0),
+        }
+    }
+}
+
+fn uniform(rng: &mut impl Rng, (lo, hi): (f64, f64)) -> f64 {
+    if hi > lo {
+        rng.gen_range(lo..hi)
+    } else {
+        lo
+    }
+}
+
+impl SourceDomain {
+    /// Draws a machine.
+    pub fn machine(&self, rng: &mut impl Rng, sample_rate_hz: f64, channels: usize) -> MachineConfig {
+        let pitch = 40.0;
+        let n_modes = rng.gen_range(1..=3);
+        let resonances = (0..n_modes)
+            .map(|i| Resonance {
+                freq_hz: uniform(rng, self.resonance_hz),
+                damping: uniform(rng, self.damping),
+                gain: if i == 0 { 1.0 } else { rng.gen_range(0.2..0.8) },
+            })
+            .collect();
+        MachineConfig {
+            sample_rate_hz,
+            channels,
+            shaft_hz: uniform(rng, self.shaft_hz),
+            load: uniform(rng, self.load),
+            bearing: BearingGeometry {
+                n_balls: rng.gen_range(self.n_balls.0..=self.n_balls.1),
+                ball_diameter: (pitch * uniform(rng, self.ball_ratio)) as f32,
+                pitch_diameter: pitch as f32,
+                contact_angle: rng.gen_range(0.0..0.3),
+            },
+            resonances,
+            sensor_gain: uniform(rng, self.sensor_gain),
+            noise_rms: uniform(rng, self.noise_rms),
+            imbalance: uniform(rng, self.imbalance),
+            misalignment: uniform(rng, self.misalignment),
+            slip: rng.gen_range(0.01..0.02),
+        }
+    }
+
+    /// Draws a fault of `kind` present from the start.
+    pub fn fault(&self, rng: &mut impl Rng, kind: FaultKind) -> FaultConfig {
+        if kind == FaultKind::Normal {
+            return FaultConfig::healthy();
+        }
+        FaultConfig { kind, severity: uniform(rng, self.severity), onset_s: 0.0, growth_per_s: 0.0 }
+    }
+}

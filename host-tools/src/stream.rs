@@ -1,0 +1,181 @@
+//! Runs a sample stream through the gateway pipeline: windowing, scoring, alarms, the
+//! report store. Shared by `vigil run` and `vigil demo`.
+
+use crate::input::SampleSource;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vigil_core::alarm::AlarmTransition;
+use vigil_core::report::{AnomalyReport, ReportKind};
+use vigil_runtime::model::VigilModel;
+use vigil_runtime::scorer::{WindowOutcome, WindowScorer};
+use vigil_runtime::store::{FsyncPolicy, ReportStore};
+use vigil_runtime::windower::Windower;
+
+/// How to run a stream.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Hop between windows in model-rate samples (the model's default when `None`).
+    pub hop: Option<usize>,
+    /// Pace the input at its sample rate, as a live sensor would deliver it.
+    pub realtime: bool,
+}
+
+/// Counts at the end of a stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamSummary {
+    /// Frames read.
+    pub frames: u64,
+    /// Stream duration in seconds.
+    pub stream_seconds: f64,
+    /// Windows scored.
+    pub windows: u64,
+    /// Alarms raised.
+    pub alarms: u64,
+    /// Windows skipped because of non-finite samples.
+    pub sensor_faults: u64,
+    /// Wall-clock time spent.
+    pub wall_seconds: f64,
+}
+
+impl StreamSummary {
+    /// Stream seconds processed per wall-clock second.
+    pub fn realtime_factor(&self) -> f64 {
+        self.stream_seconds / self.wall_seconds.max(1e-9)
+    }
+}
+
+/// Checks a stream against a model and builds its windower.
+pub fn windower_for(model: &VigilModel, source: &dyn SampleSource, hop: Option<usize>) -> Result<Windower> {
+    let meta = model.metadata();
+    let name = model.path().display();
+    let Some(channels) = source.channels() else { bail!("the input is empty: no samples to score") };
+    if channels != meta.channels {
+        bail!(
+            "the stream has {channels} channel(s) but model {name} expects {} (metadata vigil.channels); \
+             give it one column per sensor channel the model was trained on",
+            meta.channels
+        );
+    }
+    let Some(rate) = source.sample_rate_hz() else {
+        bail!(
+            "the input does not say its sample rate; pass --rate HZ (the model runs at {} Hz)",
+            meta.sample_rate_hz
+        )
+    };
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("sample rate {rate} Hz is not a positive number");
+    }
+    Ok(Windower::new(channels, rate, meta.sample_rate_hz, meta.window, hop.unwrap_or(meta.hop))?)
+}
+
+/// Streams `source` through `model`, calling `on_event` for every window that produced a
+/// report or an alarm transition, and appending reports to the store in `reports`.
+pub fn run_stream(
+    model: VigilModel,
+    mut source: Box<dyn SampleSource>,
+    options: &StreamOptions,
+    reports: Option<&Path>,
+    mut on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
+) -> Result<StreamSummary> {
+    let mut windower = windower_for(&model, source.as_ref(), options.hop)?;
+    let rate = source.sample_rate_hz().unwrap_or(model.metadata().sample_rate_hz);
+    let channels = source.channels().unwrap_or(1);
+    let mut store = match reports {
+        Some(dir) => Some(ReportStore::open(dir, FsyncPolicy::EveryRecord).with_context(|| {
+            format!("cannot use report folder {}; pick a writable folder with --reports", dir.display())
+        })?),
+        None => None,
+    };
+    let first_sequence = store.as_ref().map_or(0, ReportStore::next_sequence);
+    let mut scorer = WindowScorer::new(model, first_sequence)?;
+    let mut summary = StreamSummary::default();
+    let started = Instant::now();
+    let mut chunk = Vec::new();
+    let chunk_frames = (rate / 20.0).max(64.0) as usize;
+    let mut windows = Vec::new();
+    while source.read_chunk(&mut chunk, chunk_frames)? {
+        summary.frames += (chunk.len() / channels) as u64;
+        windows.clear();
+        windower.push(&chunk, |w| windows.push(w));
+        for w in &windows {
+            let outcome = scorer.score(w)?;
+            if outcome.scored.is_some() {
+                summary.windows += 1;
+            }
+            if outcome.transition == AlarmTransition::Raised {
+                summary.alarms += 1;
+            }
+            if let Some(report) = &outcome.report {
+                if report.kind == ReportKind::SensorFault {
+                    summary.sensor_faults += 1;
+                }
+                if let Some(store) = store.as_mut() {
+                    store.append(report)?;
+                }
+                on_event(&outcome, report)?;
+            }
+        }
+        if options.realtime {
+            let due = Duration::from_secs_f64(summary.frames as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    if summary.frames == 0 {
+        bail!("the input is empty: no samples to score");
+    }
+    summary.stream_seconds = summary.frames as f64 / rate;
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// One line describing a report, for people.
+pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
+    let class = class_names.get(usize::from(report.class_index)).map_or("?", String::as_str);
+    let p = report.probabilities.get(usize::from(report.class_index)).copied().unwrap_or(0.0);
+    let bands: Vec<String> = report
+        .top_bands
+        .iter()
+        .map(|b| format!("{:.0}-{:.0} Hz {:+.1} dB", b.low_hz, b.high_hz, b.excess_db))
+        .collect();
+    match report.kind {
+        ReportKind::AlarmRaised => format!(
+            "ALARM #{} at {:.2} s: {class} (p={p:.2}), score {:.1} > threshold {:.1}; top bands: {}",
+            report.sequence,
+            report.stream_time_s,
+            report.score,
+            report.threshold,
+            bands.join(", ")
+        ),
+        ReportKind::AlarmCleared => format!(
+            "cleared #{} at {:.2} s: score {:.1} back under {:.1}",
+            report.sequence, report.stream_time_s, report.score, report.threshold
+        ),
+        ReportKind::SensorFault => format!(
+            "SENSOR FAULT #{} at {:.2} s: window holds NaN or infinite samples; skipped",
+            report.sequence, report.stream_time_s
+        ),
+    }
+}
+
+/// A report as a JSON object, with the class name and a hex model hash.
+pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json::Value {
+    let hash: String = report.model_hash.iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::json!({
+        "sequence": report.sequence,
+        "kind": format!("{:?}", report.kind),
+        "stream_time_s": report.stream_time_s,
+        "score": report.score,
+        "threshold": report.threshold,
+        "class": class_names.get(usize::from(report.class_index)),
+        "class_index": report.class_index,
+        "probabilities": report.probabilities.as_slice(),
+        "model_hash": hash,
+        "head_version": report.head_version,
+        "top_bands": report.top_bands.iter().map(|b| serde_json::json!({
+            "low_hz": b.low_hz, "high_hz": b.high_hz, "excess_db": b.excess_db
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,236 @@
+//! The reference 1D-CNN, as trained with candle.
+//!
+//! Shaped for tract and for streams (see DESIGN.md): a strided "patchify" first
+//! convolution (k16, stride 16) instead of a narrow 1-channel kernel, k3 convolutions that
+//! downsample by stride rather than MaxPool, two dilated k3 convolutions to widen the
+//! receptive field to about a hundred milliseconds, then global average pooling (the
+//! embedding) and a dense head, both of which the runtime computes outside the backbone.
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use rand::Rng;
+use std::cell::RefCell;
+
+/// Epsilon of batch normalisation.
+const BN_EPS: f64 = 1e-5;
+/// Weight of the newest batch in the running statistics.
+const BN_MOMENTUM: f64 = 0.1;
+
+/// One convolution of the backbone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub in_ch: usize,
+    /// Output channels.
+    pub out_ch: usize,
+    /// Kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Dilation.
+    pub dilation: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+}
+
+/// The backbone's layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackboneSpec {
+    /// Convolutions, each followed by ReLU.
+    pub convs: Vec<ConvSpec>,
+}
+
+impl BackboneSpec {
+    /// The reference backbone for `channels` input channels (64-dimensional embedding).
+    pub fn reference(channels: usize) -> Self {
+        let c = |in_ch, out_ch, kernel, stride, dilation| ConvSpec {
+            in_ch,
+            out_ch,
+            kernel,
+            stride,
+            dilation,
+            padding: if kernel == 3 { dilation } else { 0 },
+        };
+        BackboneSpec {
+            convs: vec![
+                c(channels, 32, 16, 16, 1),
+                c(32, 48, 3, 2, 1),
+                c(48, 64, 3, 2, 1),
+                c(64, 64, 3, 2, 1),
+                c(64, 64, 3, 1, 2),
+                c(64, 64, 3, 1, 4),
+            ],
+        }
+    }
+
+    /// A small backbone for quick tests.
+    pub fn tiny(channels: usize) -> Self {
+        let c = |in_ch, out_ch, kernel, stride| ConvSpec {
+            in_ch,
+            out_ch,
+            kernel,
+            stride,
+            dilation: 1,
+            padding: if kernel == 3 { 1 } else { 0 },
+        };
+        BackboneSpec { convs: vec![c(channels, 16, 16, 16), c(16, 16, 3, 2), c(16, 16, 3, 2)] }
+    }
+
+    /// Embedding dimension (output channels of the last convolution).
+    pub fn embedding_dim(&self) -> usize {
+        self.convs.last().map_or(0, |c| c.out_ch)
+    }
+}
+
+/// Batch normalisation after a convolution: trained with batch statistics, folded into
+/// the convolution's weights at export so the deployed graph is plain Conv + Relu.
+#[derive(Debug)]
+struct BatchNorm {
+    gamma: Var,
+    beta: Var,
+    running_mean: RefCell<Tensor>,
+    running_var: RefCell<Tensor>,
+}
+
+/// A parameter by ONNX initializer name, with its shape and values.
+pub type NamedWeight = (String, Vec<usize>, Vec<f32>);
+
+/// Trainable parameters of the CNN.
+#[derive(Debug)]
+pub struct Cnn {
+    /// Layer shapes.
+    pub spec: BackboneSpec,
+    convs: Vec<(Var, Var)>,
+    norms: Vec<BatchNorm>,
+    head_w: Var,
+    head_b: Var,
+}
+
+fn kaiming(rng: &mut impl Rng, shape: &[usize], fan_in: usize, dev: &Device) -> Result<Var> {
+    let bound = (6.0 / fan_in as f64).sqrt() as f32;
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
+    Var::from_tensor(&Tensor::from_vec(v, shape, dev)?)
+}
+
+impl Cnn {
+    /// Fresh weights (Kaiming-uniform), deterministic for the given RNG.
+    pub fn new(spec: BackboneSpec, classes: usize, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
+        let mut convs = Vec::new();
+        let mut norms = Vec::new();
+        for c in &spec.convs {
+            let w = kaiming(rng, &[c.out_ch, c.in_ch, c.kernel], c.in_ch * c.kernel, dev)?;
+            let b = Var::zeros(c.out_ch, DType::F32, dev)?;
+            convs.push((w, b));
+            norms.push(BatchNorm {
+                gamma: Var::ones(c.out_ch, DType::F32, dev)?,
+                beta: Var::zeros(c.out_ch, DType::F32, dev)?,
+                running_mean: RefCell::new(Tensor::zeros(c.out_ch, DType::F32, dev)?),
+                running_var: RefCell::new(Tensor::ones(c.out_ch, DType::F32, dev)?),
+            });
+        }
+        let d = spec.embedding_dim();
+        let head_w = kaiming(rng, &[classes, d], d, dev)?;
+        let head_b = Var::zeros(classes, DType::F32, dev)?;
+        Ok(Cnn { spec, convs, norms, head_w, head_b })
+    }
+
+    /// All trainable variables.
+    pub fn vars(&self) -> Vec<Var> {
+        let mut v: Vec<Var> = self.convs.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect();
+        v.extend(self.norms.iter().flat_map(|n| [n.gamma.clone(), n.beta.clone()]));
+        v.push(self.head_w.clone());
+        v.push(self.head_b.clone());
+        v
+    }
+
+    /// Embeddings `[B, D]` and logits `[B, K]` of a batch `[B, C, W]` of normalised
+    /// windows. `train` normalises with batch statistics and updates the running ones;
+    /// otherwise the running statistics are used, as in the exported graph.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let mut h = x.clone();
+        for ((spec, (w, b)), bn) in self.spec.convs.iter().zip(&self.convs).zip(&self.norms) {
+            let col = |t: &Tensor| t.reshape((1, spec.out_ch, 1));
+            h = h.conv1d(w.as_tensor(), spec.padding, spec.stride, spec.dilation, 1)?;
+            h = h.broadcast_add(&col(b.as_tensor())?)?;
+            let (mean, var) = if train {
+                let mean = h.mean_keepdim(2)?.mean_keepdim(0)?;
+                let centred = h.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
+                let m = BN_MOMENTUM;
+                let rm = (bn.running_mean.borrow().affine(1.0 - m, 0.0)?
+                    + mean.flatten_all()?.detach().affine(m, 0.0)?)?;
+                let rv = (bn.running_var.borrow().affine(1.0 - m, 0.0)?
+                    + var.flatten_all()?.detach().affine(m, 0.0)?)?;
+                *bn.running_mean.borrow_mut() = rm;
+                *bn.running_var.borrow_mut() = rv;
+                (mean, var)
+            } else {
+                (col(&bn.running_mean.borrow())?, col(&bn.running_var.borrow())?)
+            };
+            let inv_std = (var + BN_EPS)?.sqrt()?.recip()?;
+            h = h.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
+            h = h
+                .broadcast_mul(&col(bn.gamma.as_tensor())?)?
+                .broadcast_add(&col(bn.beta.as_tensor())?)?
+                .relu()?;
+        }
+        let embedding = h.mean(D::Minus1)?;
+        let logits =
+            embedding.matmul(&self.head_w.as_tensor().t()?)?.broadcast_add(self.head_b.as_tensor())?;
+        Ok((embedding, logits))
+    }
+
+    /// Parameters by ONNX initializer name, with shapes, as plain floats.
+    pub fn named_weights(&self) -> Result<Vec<NamedWeight>> {
+        let mut out = Vec::new();
+        let flat = |v: &Var| -> Result<(Vec<usize>, Vec<f32>)> {
+            Ok((v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        };
+        for (i, ((w, b), bn)) in self.convs.iter().zip(&self.norms).enumerate() {
+            // Fold batch normalisation: y = gamma (conv(x) + b - mean) / sqrt(var + eps) + beta.
+            let (dw, mut vw) = flat(w)?;
+            let (db, mut vb) = flat(b)?;
+            let gamma = bn.gamma.as_tensor().to_vec1::<f32>()?;
+            let beta = bn.beta.as_tensor().to_vec1::<f32>()?;
+            let mean = bn.running_mean.borrow().to_vec1::<f32>()?;
+            let var = bn.running_var.borrow().to_vec1::<f32>()?;
+            let per_out = vw.len() / vb.len();
+            for o in 0..vb.len() {
+                let k = gamma[o] / (var[o] + BN_EPS as f32).sqrt();
+                vw[o * per_out..(o + 1) * per_out].iter_mut().for_each(|v| *v *= k);
+                vb[o] = (vb[o] - mean[o]) * k + beta[o];
+            }
+            out.push((format!("conv{}.weight", i + 1), dw, vw));
+            out.push((format!("conv{}.bias", i + 1), db, vb));
+        }
+        let (dw, vw) = flat(&self.head_w)?;
+        let (db, vb) = flat(&self.head_b)?;
+        out.push(("head.weight".into(), dw, vw));
+        out.push(("head.bias".into(), db, vb));
+        Ok(out)
+    }
+
+    /// Copies the current values of all variables and running statistics (for keeping
+    /// the best epoch).
+    pub fn snapshot(&self) -> Result<Vec<Tensor>> {
+        let mut s: Vec<Tensor> = self.vars().iter().map(|v| v.as_tensor().copy()).collect::<Result<_>>()?;
+        for bn in &self.norms {
+            s.push(bn.running_mean.borrow().copy()?);
+            s.push(bn.running_var.borrow().copy()?);
+        }
+        Ok(s)
+    }
+
+    /// Restores values taken by [`Cnn::snapshot`].
+    pub fn restore(&self, snapshot: &[Tensor]) -> Result<()> {
+        let vars = self.vars();
+        for (v, t) in vars.iter().zip(snapshot) {
+            v.set(t)?;
+        }
+        for (bn, pair) in self.norms.iter().zip(snapshot[vars.len()..].chunks(2)) {
+            *bn.running_mean.borrow_mut() = pair[0].clone();
+            *bn.running_var.borrow_mut() = pair[1].clone();
+        }
+        Ok(())
+    }
+}

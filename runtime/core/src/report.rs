@@ -1,0 +1,103 @@
+//! Anomaly reports: what a device records when something happens on its stream.
+
+use crate::{MAX_CLASSES, MAX_TOP_BANDS};
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+/// What a report records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ReportKind {
+    /// The alarm policy raised an alarm on this window.
+    AlarmRaised,
+    /// The alarm cleared on this window.
+    AlarmCleared,
+    /// The window held NaN or infinite samples and was not scored.
+    SensorFault,
+}
+
+/// One frequency band and how far its energy stands above the normal-state baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BandContribution {
+    /// Lower edge of the band in Hz.
+    pub low_hz: f32,
+    /// Upper edge of the band in Hz.
+    pub high_hz: f32,
+    /// Band energy over the baseline energy of the same band, in dB.
+    pub excess_db: f32,
+}
+
+/// A report of one event on a device's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyReport {
+    /// Sequence number, unique and increasing per device.
+    pub sequence: u64,
+    /// What happened.
+    pub kind: ReportKind,
+    /// Time of the end of the window, in seconds since the start of the stream.
+    pub stream_time_s: f64,
+    /// Anomaly score of the window (0 for a sensor fault).
+    pub score: f32,
+    /// Threshold in force when the report was made.
+    pub threshold: f32,
+    /// Most probable fault class (index into the model's class names).
+    pub class_index: u8,
+    /// Probability of each class.
+    pub probabilities: Vec<f32, MAX_CLASSES>,
+    /// SHA-256 of the model file that scored the window.
+    pub model_hash: [u8; 32],
+    /// Version of the head that scored the window.
+    pub head_version: u32,
+    /// The bands whose energy stood furthest above the baseline.
+    pub top_bands: Vec<BandContribution, MAX_TOP_BANDS>,
+}
+
+/// Picks the bands with the largest excess over `baseline` (both as energies per band,
+/// equally wide from 0 to `nyquist_hz`), largest first.
+pub fn top_band_contributions(
+    bands: &[f32],
+    baseline: &[f32],
+    nyquist_hz: f32,
+) -> Vec<BandContribution, MAX_TOP_BANDS> {
+    let mut top: Vec<BandContribution, MAX_TOP_BANDS> = Vec::new();
+    let n = bands.len().min(baseline.len());
+    if n == 0 {
+        return top;
+    }
+    let width = nyquist_hz / n as f32;
+    for i in 0..n {
+        let excess_db = 10.0 * libm::log10f((bands[i] + 1e-12) / (baseline[i] + 1e-12));
+        if !excess_db.is_finite() {
+            continue;
+        }
+        let c = BandContribution { low_hz: i as f32 * width, high_hz: (i + 1) as f32 * width, excess_db };
+        let pos = top.iter().position(|t| c.excess_db > t.excess_db).unwrap_or(top.len());
+        if pos < MAX_TOP_BANDS {
+            if top.is_full() {
+                top.pop();
+            }
+            // Cannot fail: one slot was freed above when full.
+            let _ = top.insert(pos, c);
+        }
+    }
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_bands_are_sorted_by_excess() {
+        let baseline = [1.0; 8];
+        let bands = [1.0, 4.0, 1.0, 100.0, 1.0, 10.0, 0.5, 1.0];
+        let top = top_band_contributions(&bands, &baseline, 8000.0);
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0].low_hz, 3000.0);
+        assert!((top[0].excess_db - 20.0).abs() < 1e-3);
+        assert_eq!(top[1].low_hz, 5000.0);
+        assert_eq!(top[2].low_hz, 1000.0);
+        assert!(top_band_contributions(&[], &[], 8000.0).is_empty());
+    }
+}

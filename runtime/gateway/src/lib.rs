@@ -1,0 +1,39 @@
+//! Vigil's gateway runtime: runs a model over live sensor streams on a Linux gateway.
+//!
+//! * [`model::VigilModel`] loads an ONNX model with its Vigil metadata and runs the
+//!   backbone in tract, cut at the embedding node; the head runs in Rust
+//!   (`vigil_core::head`), exactly as on a microcontroller.
+//! * [`windower::Windower`] cuts an interleaved multi-channel stream into windows at the
+//!   model's rate, resampling when the stream's rate differs.
+//! * [`scorer::WindowScorer`] normalises, embeds, classifies, scores against the
+//!   normal-state prototype and applies the alarm policy, producing reports.
+//! * [`store::ReportStore`] keeps reports durably in an append-only, CRC-checked file.
+//!
+//! ```no_run
+//! use vigil_runtime::{model::VigilModel, scorer::WindowScorer, windower::Windower};
+//! # fn main() -> Result<(), vigil_runtime::RuntimeError> {
+//! let model = VigilModel::load("models/bearing-cnn-v1.onnx")?;
+//! let meta = model.metadata().clone();
+//! let mut windower = Windower::new(1, 48_828.0, meta.sample_rate_hz, meta.window, meta.hop)?;
+//! let mut scorer = WindowScorer::new(model, 0)?;
+//! let samples = vec![0.0f32; 100_000];
+//! let mut windows = Vec::new();
+//! windower.push(&samples, |w| windows.push(w));
+//! for w in &windows {
+//!     let outcome = scorer.score(w)?;
+//!     if let Some(report) = outcome.report {
+//!         println!("{:?} at {:.2} s", report.kind, report.stream_time_s);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod metadata;
+pub mod model;
+pub mod onnx;
+pub mod scorer;
+pub mod store;
+pub mod windower;
+
+pub use error::{Result, RuntimeError};

@@ -1,0 +1,164 @@
+//! A Vigil model loaded for inference: the tract backbone cut at the embedding node, the
+//! head's weights for the Rust head, and the metadata that says how to feed it.
+
+use crate::error::{Result, RuntimeError};
+use crate::metadata::ModelMetadata;
+use crate::onnx;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use vigil_core::head::{HeadRef, PrototypeRef};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A loaded model.
+#[derive(Debug, Clone)]
+pub struct VigilModel {
+    meta: ModelMetadata,
+    hash: [u8; 32],
+    path: PathBuf,
+    proto: ModelProto,
+    embedder: Plan,
+    head_weights: Vec<f32>,
+    head_bias: Vec<f32>,
+    dim: usize,
+}
+
+impl VigilModel {
+    /// Loads and checks an ONNX model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes =
+            std::fs::read(path).map_err(|source| RuntimeError::ModelIo { path: path.into(), source })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Loads a model from bytes; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let proto = onnx::decode_model(bytes, path)?;
+        let meta = onnx::read_metadata(&proto)?;
+        let weight = onnx::read_initializer(&proto, &meta.head_weight)?;
+        let bias = onnx::read_initializer(&proto, &meta.head_bias)?;
+        let classes = meta.class_names.len();
+        if weight.dims.len() != 2 || weight.dims[0] != classes {
+            return Err(RuntimeError::Initializer {
+                name: meta.head_weight.clone(),
+                problem: format!("has dims {:?}; expected [{classes}, D] for {classes} classes", weight.dims),
+            });
+        }
+        let dim = weight.dims[1];
+        HeadRef::new(&weight.values, &bias.values, dim, classes)?;
+        if meta.prototype_mean.len() != dim {
+            return Err(RuntimeError::Metadata {
+                key: "vigil.prototype.mean".into(),
+                problem: format!("has {} values; the embedding has {dim}", meta.prototype_mean.len()),
+            });
+        }
+        let embedder = build_plan(&proto, &meta, &meta.embedding_node)?;
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        Ok(VigilModel {
+            meta,
+            hash,
+            path: path.into(),
+            proto,
+            embedder,
+            head_weights: weight.values,
+            head_bias: bias.values,
+            dim,
+        })
+    }
+
+    /// The model's metadata.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    /// SHA-256 of the model file.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// The file the model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Embedding dimension.
+    pub fn embedding_dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The head as shipped in the model.
+    pub fn head(&self) -> HeadRef<'_> {
+        // Checked in `from_bytes`, so this cannot fail.
+        HeadRef::new(&self.head_weights, &self.head_bias, self.dim, self.meta.class_names.len())
+            .unwrap_or_else(|_| unreachable!("head shape checked at load"))
+    }
+
+    /// The normal-state prototype as shipped in the model.
+    pub fn prototype(&self) -> PrototypeRef<'_> {
+        PrototypeRef::new(&self.meta.prototype_mean, &self.meta.prototype_var)
+            .unwrap_or_else(|_| unreachable!("prototype checked at load"))
+    }
+
+    /// A runner of the backbone (the graph cut at the embedding node).
+    pub fn embedder(&self) -> Result<Embedder> {
+        Embedder::new(self.embedder.clone(), &self.meta, self.dim)
+    }
+
+    /// A runner of the whole graph up to its logits, for parity checks against the
+    /// tract embedding plus Rust head.
+    pub fn full_model(&self) -> Result<Embedder> {
+        let plan = build_plan(&self.proto, &self.meta, &self.meta.logits_node)?;
+        Embedder::new(plan, &self.meta, self.meta.class_names.len())
+    }
+}
+
+fn build_plan(proto: &ModelProto, meta: &ModelMetadata, output: &str) -> Result<Plan> {
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(proto)?
+        .with_input_fact(0, f32::fact([1, meta.channels, meta.window]).into())?;
+    model.select_outputs_by_name([output])?;
+    Ok(model.into_optimized()?.into_runnable()?)
+}
+
+/// Runs one plan window after window, reusing its state.
+#[derive(Debug)]
+pub struct Embedder {
+    state: TypedSimpleState,
+    channels: usize,
+    window: usize,
+    out_len: usize,
+}
+
+impl Embedder {
+    fn new(plan: Plan, meta: &ModelMetadata, out_len: usize) -> Result<Self> {
+        Ok(Embedder { state: plan.spawn()?, channels: meta.channels, window: meta.window, out_len })
+    }
+
+    /// Runs one normalised window (`channels * window` values, channel-major).
+    pub fn run(&mut self, window: &[f32]) -> Result<Vec<f32>> {
+        let expected = self.channels * self.window;
+        if window.len() != expected {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "window has {} values, the model takes {} channels x {} samples",
+                window.len(),
+                self.channels,
+                self.window
+            )));
+        }
+        let input = Tensor::from_shape(&[1, self.channels, self.window], window)?;
+        let out = self.state.run(tvec!(input.into()))?;
+        let values = out[0].to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<f32>>();
+        if values.len() != self.out_len {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "the graph output has {} values, expected {}",
+                values.len(),
+                self.out_len
+            )));
+        }
+        Ok(values)
+    }
+}

@@ -1,0 +1,106 @@
+//! Reading and writing the parts of an ONNX file that Vigil owns: `metadata_props` and
+//! float initializers. The graph itself is left to tract (loading) and to the exporter.
+
+use crate::error::{Result, RuntimeError};
+use crate::metadata::ModelMetadata;
+use prost::Message;
+use std::path::Path;
+use tract_onnx::pb::{tensor_proto::DataType, ModelProto, StringStringEntryProto, TensorProto};
+
+/// Decodes ONNX protobuf bytes; `path` only names the file in errors.
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    if bytes.is_empty() {
+        return Err(RuntimeError::NotOnnx { path: path.into(), reason: "the file is empty".into() });
+    }
+    let proto = ModelProto::decode(bytes)
+        .map_err(|e| RuntimeError::NotOnnx { path: path.into(), reason: e.to_string() })?;
+    if proto.graph.is_none() {
+        return Err(RuntimeError::NotOnnx { path: path.into(), reason: "it holds no graph".into() });
+    }
+    Ok(proto)
+}
+
+/// Encodes a model to ONNX protobuf bytes.
+pub fn encode_model(proto: &ModelProto) -> Vec<u8> {
+    proto.encode_to_vec()
+}
+
+/// Reads Vigil's metadata from a decoded model.
+pub fn read_metadata(proto: &ModelProto) -> Result<ModelMetadata> {
+    ModelMetadata::from_props(proto.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())))
+}
+
+/// Replaces Vigil's metadata in a model, keeping any other `metadata_props`.
+pub fn write_metadata(proto: &mut ModelProto, meta: &ModelMetadata) {
+    proto.metadata_props.retain(|e| !e.key.starts_with("vigil."));
+    proto
+        .metadata_props
+        .extend(meta.to_props().into_iter().map(|(key, value)| StringStringEntryProto { key, value }));
+}
+
+/// A float initializer: its shape and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatTensor {
+    /// Dimensions.
+    pub dims: Vec<usize>,
+    /// Values in row-major order.
+    pub values: Vec<f32>,
+}
+
+/// Reads the float initializer `name`.
+pub fn read_initializer(proto: &ModelProto, name: &str) -> Result<FloatTensor> {
+    let bad = |problem: &str| RuntimeError::Initializer { name: name.into(), problem: problem.into() };
+    let tensor = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.initializer.iter().find(|t| t.name == name))
+        .ok_or_else(|| bad("not found in the graph"))?;
+    if tensor.data_type != DataType::Float as i32 {
+        return Err(bad("is not a float tensor"));
+    }
+    let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let count: usize = dims.iter().product();
+    let values: Vec<f32> = if !tensor.raw_data.is_empty() {
+        tensor.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    } else {
+        tensor.float_data.clone()
+    };
+    if values.len() != count {
+        return Err(bad(&format!("holds {} values for dims {:?}", values.len(), dims)));
+    }
+    Ok(FloatTensor { dims, values })
+}
+
+/// Builds a float initializer stored as little-endian raw data.
+pub fn float_initializer(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Replaces the values of an existing float initializer, keeping its shape.
+pub fn replace_initializer(proto: &mut ModelProto, name: &str, values: &[f32]) -> Result<()> {
+    let old = read_initializer(proto, name)?;
+    if old.values.len() != values.len() {
+        return Err(RuntimeError::Initializer {
+            name: name.into(),
+            problem: format!(
+                "new values have {} entries, the graph expects {}",
+                values.len(),
+                old.values.len()
+            ),
+        });
+    }
+    let graph = proto.graph.as_mut().ok_or_else(|| RuntimeError::Initializer {
+        name: name.into(),
+        problem: "model has no graph".into(),
+    })?;
+    for t in graph.initializer.iter_mut().filter(|t| t.name == name) {
+        *t = float_initializer(name, &old.dims, values);
+    }
+    Ok(())
+}

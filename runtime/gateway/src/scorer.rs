@@ -1,0 +1,183 @@
+//! Scores windows: normalise, run the backbone in tract, the head and the prototype in
+//! Rust, apply the alarm policy and turn what happened into reports.
+
+use crate::error::Result;
+use crate::model::{Embedder, VigilModel};
+use crate::windower::Window;
+use vigil_core::alarm::{AlarmState, AlarmTransition};
+use vigil_core::dsp::{self, Complex32};
+use vigil_core::head::{argmax, softmax_in_place};
+use vigil_core::report::{top_band_contributions, AnomalyReport, ReportKind};
+
+/// What scoring one window produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowOutcome {
+    /// Index of the window in the stream.
+    pub index: u64,
+    /// Time of the window's end, in seconds since the stream began.
+    pub end_time_s: f64,
+    /// `None` when the window held non-finite samples and was skipped.
+    pub scored: Option<WindowScore>,
+    /// What the alarm did on this window.
+    pub transition: AlarmTransition,
+    /// The report this window produced, if any (alarm raised or cleared, sensor fault).
+    pub report: Option<AnomalyReport>,
+}
+
+/// The numbers computed for one scored window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowScore {
+    /// Anomaly score against the normal-state prototype.
+    pub anomaly: f32,
+    /// Class probabilities from the head.
+    pub probabilities: Vec<f32>,
+    /// Most probable class.
+    pub class_index: usize,
+}
+
+/// The per-stream scoring pipeline for one model.
+#[derive(Debug)]
+pub struct WindowScorer {
+    model: VigilModel,
+    embedder: Embedder,
+    alarm: AlarmState,
+    next_sequence: u64,
+    normalised: Vec<f32>,
+    fft: Vec<Complex32>,
+    power: Vec<f32>,
+    bands: Vec<f32>,
+}
+
+impl WindowScorer {
+    /// A scorer whose reports are numbered from `first_sequence`.
+    pub fn new(model: VigilModel, first_sequence: u64) -> Result<Self> {
+        let embedder = model.embedder()?;
+        let meta = model.metadata();
+        let alarm = AlarmState::new(meta.alarm)?;
+        let n_fft = meta.window.next_power_of_two().max(2);
+        let bands = vec![0.0; meta.baseline_bands.len()];
+        Ok(WindowScorer {
+            embedder,
+            alarm,
+            next_sequence: first_sequence,
+            normalised: Vec::with_capacity(meta.window * meta.channels),
+            fft: vec![Complex32::default(); n_fft],
+            power: vec![0.0; n_fft / 2],
+            bands,
+            model,
+        })
+    }
+
+    /// The model being run.
+    pub fn model(&self) -> &VigilModel {
+        &self.model
+    }
+
+    /// Whether the alarm is active.
+    pub fn alarm_active(&self) -> bool {
+        self.alarm.is_active()
+    }
+
+    /// Runs the backbone and the head on one window and returns the embedding and the
+    /// class logits, without touching the alarm state.
+    pub fn embed_and_classify(&mut self, window: &Window) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.normalise(window);
+        let embedding = self.embedder.run(&self.normalised)?;
+        let mut logits = vec![0.0; self.model.metadata().class_names.len()];
+        self.model.head().logits(&embedding, &mut logits)?;
+        Ok((embedding, logits))
+    }
+
+    fn normalise(&mut self, window: &Window) {
+        let meta = self.model.metadata();
+        self.normalised.clear();
+        self.normalised.extend_from_slice(&window.samples);
+        for channel in self.normalised.chunks_exact_mut(meta.window) {
+            meta.normalisation.apply(channel);
+        }
+    }
+
+    /// Scores one window and updates the alarm.
+    pub fn score(&mut self, window: &Window) -> Result<WindowOutcome> {
+        let mut outcome = WindowOutcome {
+            index: window.index,
+            end_time_s: window.end_time_s,
+            scored: None,
+            transition: AlarmTransition::None,
+            report: None,
+        };
+        if !window.is_finite() {
+            outcome.report = Some(self.report(ReportKind::SensorFault, window, None)?);
+            return Ok(outcome);
+        }
+        let (embedding, mut probabilities) = self.embed_and_classify(window)?;
+        softmax_in_place(&mut probabilities);
+        let anomaly = self.model.prototype().score(&embedding)?;
+        let class_index = argmax(&probabilities).unwrap_or(0);
+        let score = WindowScore { anomaly, probabilities, class_index };
+        outcome.transition = self.alarm.update(anomaly);
+        outcome.report = match outcome.transition {
+            AlarmTransition::Raised => Some(self.report(ReportKind::AlarmRaised, window, Some(&score))?),
+            AlarmTransition::Cleared => Some(self.report(ReportKind::AlarmCleared, window, Some(&score))?),
+            AlarmTransition::None => None,
+        };
+        outcome.scored = Some(score);
+        Ok(outcome)
+    }
+
+    /// The fault class to report: the most probable class other than "normal" (an alarm
+    /// claims a fault even when the head's top class is normal).
+    fn fault_class(&self, probabilities: &[f32]) -> usize {
+        let normal = self.model.metadata().normal_class;
+        let mut masked = probabilities.to_vec();
+        if masked.len() > 1 {
+            masked[normal] = f32::NEG_INFINITY;
+        }
+        argmax(&masked).unwrap_or(0)
+    }
+
+    fn report(
+        &mut self,
+        kind: ReportKind,
+        window: &Window,
+        score: Option<&WindowScore>,
+    ) -> Result<AnomalyReport> {
+        let meta = self.model.metadata();
+        let mut report = AnomalyReport {
+            sequence: self.next_sequence,
+            kind,
+            stream_time_s: window.end_time_s,
+            score: 0.0,
+            threshold: self.alarm.policy().threshold,
+            class_index: meta.normal_class as u8,
+            probabilities: vigil_core::heapless::Vec::new(),
+            model_hash: self.model.hash(),
+            head_version: meta.head_version,
+            top_bands: vigil_core::heapless::Vec::new(),
+        };
+        if let Some(score) = score {
+            report.score = score.anomaly;
+            report.class_index = match kind {
+                ReportKind::AlarmRaised => self.fault_class(&score.probabilities),
+                _ => score.class_index,
+            } as u8;
+            for &p in &score.probabilities {
+                // Capacity is MAX_CLASSES and the head has at most that many classes.
+                let _ = report.probabilities.push(p);
+            }
+            if !self.bands.is_empty() {
+                // Bands of the first channel of the normalised window (set by the scoring).
+                let first = &self.normalised[..meta.window];
+                dsp::power_spectrum(first, &mut self.fft, &mut self.power)?;
+                dsp::band_energies(&self.power, &mut self.bands);
+                report.top_bands = top_band_contributions(
+                    &self.bands,
+                    &meta.baseline_bands,
+                    (meta.sample_rate_hz / 2.0) as f32,
+                );
+            }
+        }
+        self.next_sequence += 1;
+        Ok(report)
+    }
+}

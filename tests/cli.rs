@@ -1,0 +1,213 @@
+//! End-to-end tests of the `vigil` binary: the demo, `vigil run` on simulated streams, and
+//! every kind of bad input the foundation issue names.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn model_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v1.onnx")
+}
+
+fn simulate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let mut all = vec!["simulate", "-o", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = vigil(&all);
+    assert!(o.status.success(), "simulate failed: {:?}", text(&o));
+    out
+}
+
+fn run(input: &Path, extra: &[&str]) -> Output {
+    let model = model_path();
+    let mut all = vec!["run", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    all.extend_from_slice(extra);
+    vigil(&all)
+}
+
+#[test]
+fn demo_alarms_after_onset_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("demo");
+    let o = vigil(&["demo", "--out", reports.to_str().unwrap()]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("False alarms before onset: 0."), "{stdout}");
+    let line =
+        stdout.lines().find(|l| l.starts_with("Alarm fired")).unwrap_or_else(|| panic!("no alarm: {stdout}"));
+    let secs: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((0.0..10.0).contains(&secs), "{line}");
+    assert!(reports.join("reports.vrs").exists() && reports.join("reports.jsonl").exists());
+}
+
+#[test]
+fn ten_healthy_minutes_raise_no_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(dir.path(), "healthy.wav", &["--seconds", "600", "--seed", "11"]);
+    let o = run(&signal, &["--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["summary"]["alarms"], 0, "{stdout}");
+    assert!(summary["summary"]["windows"].as_u64().unwrap() > 9000, "{stdout}");
+}
+
+fn first_alarm_after(stdout: &str, onset: f64) -> Option<(f64, String)> {
+    stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| {
+        (v["kind"] == "AlarmRaised").then(|| {
+            (v["stream_time_s"].as_f64().unwrap() - onset, v["class"].as_str().unwrap_or("").to_string())
+        })
+    })
+}
+
+#[test]
+fn moderate_outer_race_fault_alarms_within_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(
+        dir.path(),
+        "outer.wav",
+        &["--seconds", "60", "--fault", "outer-race", "--severity", "0.4", "--onset", "30", "--seed", "5"],
+    );
+    let (stdout, stderr) = text(&run(&signal, &["--json"]));
+    let (delay, _) =
+        first_alarm_after(&stdout, 30.0).unwrap_or_else(|| panic!("no alarm\n{stdout}\n{stderr}"));
+    assert!((0.0..10.0).contains(&delay), "alarm {delay} s after onset\n{stdout}");
+}
+
+#[test]
+fn moderate_outer_race_fault_is_classed_outer_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(
+        dir.path(),
+        "outer.wav",
+        &["--seconds", "60", "--fault", "outer-race", "--severity", "0.4", "--onset", "30", "--seed", "5"],
+    );
+    let (stdout, _) = text(&run(&signal, &["--json"]));
+    let (_, class) = first_alarm_after(&stdout, 30.0).unwrap_or_else(|| panic!("no alarm\n{stdout}"));
+    assert_eq!(class, "outer_race", "{stdout}");
+}
+
+#[test]
+fn nan_samples_raise_a_sensor_fault_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nan.csv");
+    let mut s = String::from("# sample_rate_hz=16000\naccel\n");
+    for i in 0..40_000 {
+        if (20_000..20_010).contains(&i) {
+            s.push_str("NaN\n");
+        } else {
+            s.push_str(&format!("{}\n", ((i as f32) * 0.37).sin() * 0.1));
+        }
+    }
+    std::fs::write(&path, s).unwrap();
+    let o = run(&path, &[]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("SENSOR FAULT"), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.contains("sensor fault(s)") && !summary.contains(" 0 sensor fault(s)"), "{summary}");
+}
+
+fn assert_fails_with(o: Output, needle: &str) {
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "expected failure\n{stdout}\n{stderr}");
+    assert!(stderr.contains(needle), "stderr lacks `{needle}`:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line expected:\n{stderr}");
+}
+
+#[test]
+fn truncated_model_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model_path()).unwrap();
+    let bad = dir.path().join("truncated.onnx");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let signal = simulate(dir.path(), "s.wav", &["--seconds", "1"]);
+    assert_fails_with(
+        vigil(&["run", "--model", bad.to_str().unwrap(), "--input", signal.to_str().unwrap()]),
+        "is not a valid ONNX model",
+    );
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"this is not a model").unwrap();
+    assert_fails_with(
+        vigil(&["run", "--model", garbage.to_str().unwrap(), "--input", signal.to_str().unwrap()]),
+        "garbage.onnx",
+    );
+}
+
+#[test]
+fn model_without_vigil_metadata_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model_path()).unwrap();
+    let mut proto = vigil_runtime::onnx::decode_model(&bytes, &model_path()).unwrap();
+    proto.metadata_props.clear();
+    let bare = dir.path().join("bare.onnx");
+    std::fs::write(&bare, vigil_runtime::onnx::encode_model(&proto)).unwrap();
+    let signal = simulate(dir.path(), "s.wav", &["--seconds", "1"]);
+    assert_fails_with(
+        vigil(&["run", "--model", bare.to_str().unwrap(), "--input", signal.to_str().unwrap()]),
+        "no Vigil metadata",
+    );
+}
+
+#[test]
+fn wrong_channel_count_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(dir.path(), "two.csv", &["--seconds", "1", "--channels", "2"]);
+    assert_fails_with(run(&signal, &[]), "2 channel(s) but model");
+}
+
+#[test]
+fn non_numeric_csv_cell_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    std::fs::write(&path, "# sample_rate_hz=16000\naccel\n0.1\n0.2\n0.3\noops\n").unwrap();
+    assert_fails_with(run(&path, &[]), "line 6, column 1: `oops` is not a number");
+}
+
+#[test]
+fn empty_input_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.csv");
+    std::fs::write(&path, "").unwrap();
+    assert_fails_with(run(&path, &["--rate", "16000"]), "the input is empty");
+}
+
+#[test]
+fn unwritable_report_folder_is_refused_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(dir.path(), "s.wav", &["--seconds", "1"]);
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"keep me").unwrap();
+    let reports = blocker.join("reports");
+    assert_fails_with(run(&signal, &["--reports", reports.to_str().unwrap()]), "cannot use report folder");
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me");
+}
+
+#[test]
+fn reports_accumulate_across_runs_with_continuing_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(
+        dir.path(),
+        "f.wav",
+        &["--seconds", "20", "--fault", "outer-race", "--severity", "0.6", "--onset", "5"],
+    );
+    let reports = dir.path().join("reports");
+    for _ in 0..2 {
+        let o = run(&signal, &["--reports", reports.to_str().unwrap()]);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    let stored = vigil_runtime::store::ReportStore::read_all(&reports).unwrap();
+    assert!(stored.len() >= 2, "{stored:?}");
+    let seqs: Vec<u64> = stored.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, (0..stored.len() as u64).collect::<Vec<_>>());
+}
