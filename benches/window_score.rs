@@ -11,12 +11,12 @@ use std::path::Path;
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::scorer::WindowScorer;
 use vigil_runtime::windower::Window;
-use vigil_tools::sim::{FaultConfig, FaultKind, MachineProfile, Simulator};
+use vigil_tools::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 
 /// The windows the onnxruntime peer scores too: `vigil simulate --seconds 4.096
 /// --fault outer-race --severity 0.5 --seed 1 --format f32le`.
 fn windows(window: usize) -> Vec<Window> {
-    let machine = MachineProfile::reference().machine(16_000.0, 1);
+    let machine = MachineConfig::reference(16_000.0, 1);
     let fault = FaultConfig { kind: FaultKind::OuterRace, severity: 0.5, onset_s: 0.0, growth_per_s: 0.0 };
     let signal = Simulator::new(machine, fault, 1).generate(4.096);
     signal

@@ -211,3 +211,96 @@ fn reports_accumulate_across_runs_with_continuing_sequence_numbers() {
     let seqs: Vec<u64> = stored.iter().map(|r| r.sequence).collect();
     assert_eq!(seqs, (0..stored.len() as u64).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_stream_at_another_rate_is_resampled_and_still_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(
+        dir.path(),
+        "fast.wav",
+        &[
+            "--rate",
+            "48828",
+            "--seconds",
+            "30",
+            "--fault",
+            "outer-race",
+            "--severity",
+            "0.6",
+            "--onset",
+            "10",
+        ],
+    );
+    let o = run(&signal, &["--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let (delay, _) = first_alarm_after(&stdout, 10.0).unwrap_or_else(|| panic!("no alarm\n{stdout}"));
+    assert!((0.0..10.0).contains(&delay), "{stdout}");
+    let early = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "AlarmRaised" && v["stream_time_s"].as_f64().unwrap() < 10.0)
+        .count();
+    assert_eq!(early, 0, "alarm before onset:\n{stdout}");
+}
+
+#[test]
+fn forwarder_lines_on_standard_input_are_scored() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let csv =
+        simulate(dir.path(), "s.csv", &["--seconds", "3", "--fault", "outer-race", "--severity", "0.8"]);
+    // Forwarder lines: no comment, no header, tab-separated would do as well.
+    let lines: String = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("accel"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let model = model_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--model", model.to_str().unwrap(), "--input", "-", "--format", "forwarder"])
+        .args(["--rate", "16000", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(summary["summary"]["windows"].as_u64().unwrap() >= 40, "{stdout}");
+    assert!(summary["summary"]["alarms"].as_u64().unwrap() >= 1, "{stdout}");
+}
+
+#[test]
+fn a_missing_rate_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("norate.csv");
+    std::fs::write(&path, "0.1\n0.2\n0.3\n").unwrap();
+    assert_fails_with(run(&path, &[]), "pass --rate HZ");
+}
+
+#[test]
+fn a_freshly_pretrained_tiny_model_exports_reloads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    let o =
+        vigil(&["pretrain", "--tiny", "--recordings", "40", "--epochs", "2", "-o", model.to_str().unwrap()]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    // The trainer's logits and tract's agree on the exported graph.
+    let parity: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("parity tract vs candle: max |logit difference| = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(parity < 1e-4, "{stdout}");
+    let signal = simulate(dir.path(), "s.wav", &["--seconds", "2"]);
+    let o = vigil(&["run", "--model", model.to_str().unwrap(), "--input", signal.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+}

@@ -69,14 +69,15 @@ pub fn windower_for(model: &VigilModel, source: &dyn SampleSource, hop: Option<u
     Ok(Windower::new(channels, rate, meta.sample_rate_hz, meta.window, hop.unwrap_or(meta.hop))?)
 }
 
-/// Streams `source` through `model`, calling `on_event` for every window that produced a
-/// report or an alarm transition, and appending reports to the store in `reports`.
+/// Streams `source` through `model`, calling `on_window` for every window, `on_event` for
+/// every window that produced a report, and appending reports to the store in `reports`.
 pub fn run_stream(
     model: VigilModel,
     mut source: Box<dyn SampleSource>,
     options: &StreamOptions,
     reports: Option<&Path>,
     mut on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
+    mut on_window: impl FnMut(&WindowOutcome) -> Result<()>,
 ) -> Result<StreamSummary> {
     let mut windower = windower_for(&model, source.as_ref(), options.hop)?;
     let rate = source.sample_rate_hz().unwrap_or(model.metadata().sample_rate_hz);
@@ -106,6 +107,7 @@ pub fn run_stream(
             if outcome.transition == AlarmTransition::Raised {
                 summary.alarms += 1;
             }
+            on_window(&outcome)?;
             if let Some(report) = &outcome.report {
                 if report.kind == ReportKind::SensorFault {
                     summary.sensor_faults += 1;

@@ -2,7 +2,7 @@
 //! model catches it. No hardware, no download.
 
 use crate::input::SampleSource;
-use crate::sim::{FaultConfig, FaultKind, MachineProfile, Simulator};
+use crate::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 use crate::stream::{describe, report_json, run_stream, StreamOptions};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -58,7 +58,7 @@ impl DemoArgs {
     pub fn run(self) -> Result<()> {
         let model = super::load_model(None)?;
         let meta = model.metadata().clone();
-        let machine = MachineProfile::reference().machine(meta.sample_rate_hz, meta.channels);
+        let machine = MachineConfig::reference(meta.sample_rate_hz, meta.channels);
         let bpfo = f64::from(machine.bearing.fault_orders().bpfo) * machine.shaft_hz;
         let fault = FaultConfig {
             kind: FaultKind::OuterRace,
@@ -115,6 +115,7 @@ impl DemoArgs {
                 }
                 Ok(())
             },
+            |_| Ok(()),
         )?;
         println!();
         match &first_alarm {

@@ -19,15 +19,19 @@ pub struct PretrainArgs {
     /// Training recordings (each a fresh machine and fault).
     #[arg(long, default_value_t = 1600)]
     recordings: usize,
-    /// Maximum epochs.
-    #[arg(long, default_value_t = 30)]
+    /// Epochs (the learning rate follows a cosine over them; the best validation epoch
+    /// is kept).
+    #[arg(long, default_value_t = 36)]
     epochs: usize,
     /// AdamW learning rate (cosine-decayed over the epochs).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Minibatch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Window length in samples (at 16 kHz).
+    #[arg(long, default_value_t = 2048)]
+    window: usize,
     /// A tiny network and data set, for smoke tests (seconds, not minutes).
     #[arg(long)]
     tiny: bool,
@@ -41,6 +45,8 @@ impl PretrainArgs {
         cfg.train.recordings = self.recordings;
         cfg.epochs = self.epochs;
         cfg.lr = self.lr;
+        cfg.window = self.window;
+        cfg.hop = self.window / 2;
         cfg.batch = self.batch;
         if self.tiny {
             cfg.spec = BackboneSpec::tiny(cfg.channels);

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Print events and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Also print every window's anomaly score and class probabilities (JSON lines).
+    #[arg(long)]
+    trace: bool,
     /// Pace the input at its sample rate, like a live sensor.
     #[arg(long)]
     realtime: bool,
@@ -52,15 +55,29 @@ impl RunArgs {
         let source = input::open(&self.input, format, self.channels, self.rate)?;
         let opts = StreamOptions { hop: self.hop, realtime: self.realtime };
         let json = self.json;
-        let mut out = std::io::stdout().lock();
-        let summary = run_stream(model, source, &opts, self.reports.as_deref(), |_, report| {
+        let trace = self.trace;
+        let out = std::cell::RefCell::new(std::io::stdout().lock());
+        let on_report = |_: &_, report: &_| {
+            let mut out = out.borrow_mut();
             if json {
                 writeln!(out, "{}", report_json(report, &class_names))?;
             } else {
                 writeln!(out, "{}", describe(report, &class_names))?;
             }
             out.flush().context("writing to standard output")
-        })?;
+        };
+        let on_window = |o: &vigil_runtime::scorer::WindowOutcome| {
+            if let (true, Some(s)) = (trace, &o.scored) {
+                let line = serde_json::json!({
+                    "window": o.index, "end_time_s": o.end_time_s, "score": s.anomaly,
+                    "class_index": s.class_index, "probabilities": s.probabilities,
+                });
+                writeln!(out.borrow_mut(), "{line}")?;
+            }
+            Ok(())
+        };
+        let summary = run_stream(model, source, &opts, self.reports.as_deref(), on_report, on_window)?;
+        let mut out = out.into_inner();
         if json {
             let s = serde_json::json!({
                 "summary": {

@@ -1,6 +1,6 @@
 //! `vigil simulate`: writes simulated bearing vibration with a labels file.
 
-use crate::sim::{FaultConfig, FaultKind, MachineProfile, Simulator};
+use crate::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::io::{BufWriter, Write};
@@ -77,12 +77,11 @@ impl SimulateArgs {
         if !(0.0..=1.0).contains(&self.severity) {
             bail!("--severity must lie between 0 and 1, not {}", self.severity);
         }
-        let mut profile = MachineProfile::reference();
-        profile.shaft_hz = self.shaft_hz.unwrap_or(profile.shaft_hz);
-        profile.load = self.load.unwrap_or(profile.load);
-        profile.sensor_gain = self.gain.unwrap_or(profile.sensor_gain);
-        profile.noise_rms = self.noise.unwrap_or(profile.noise_rms);
-        let machine = profile.machine(self.rate, self.channels);
+        let mut machine = MachineConfig::reference(self.rate, self.channels);
+        machine.shaft_hz = self.shaft_hz.unwrap_or(machine.shaft_hz);
+        machine.load = self.load.unwrap_or(machine.load);
+        machine.sensor_gain = self.gain.unwrap_or(machine.sensor_gain);
+        machine.noise_rms = self.noise.unwrap_or(machine.noise_rms);
         let fault = FaultConfig {
             kind: self.fault,
             severity: self.severity,

@@ -13,7 +13,7 @@
 
 mod scenario;
 
-pub use scenario::{MachineProfile, SourceDomain};
+pub use scenario::SourceDomain;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -147,6 +147,7 @@ pub struct Simulator {
     channel_mix: Vec<f64>,
     spare_gaussian: Option<f64>,
     ball_contact: f64,
+    ball_strikes: u64,
 }
 
 impl Simulator {
@@ -176,6 +177,7 @@ impl Simulator {
             channel_mix,
             spare_gaussian: None,
             ball_contact: 1.0,
+            ball_strikes: 0,
         }
     }
 
@@ -265,7 +267,11 @@ impl Simulator {
                 let phase =
                     2.0 * PI * f64::from(orders.ftf) * self.machine.shaft_hz * at + self.shaft_phase[1];
                 self.ball_contact = 0.7 * self.ball_contact + 0.3 * self.rng.gen_range(0.2..1.3);
-                load_zone(phase) * self.ball_contact
+                // Successive impacts alternate between the outer race and the (farther)
+                // inner race.
+                self.ball_strikes += 1;
+                let race = if self.ball_strikes % 2 == 0 { 1.0 } else { 0.5 };
+                load_zone(phase) * self.ball_contact * race
             }
         }
     }
@@ -306,10 +312,11 @@ impl Simulator {
     }
 }
 
-/// Load distribution around the bearing: full at the bottom, fading to 0.1 at the top.
+/// Load distribution around the bearing: full at the bottom, fading to 0.35 at the top
+/// (radial clearance small enough that every element stays in contact).
 fn load_zone(phase: f64) -> f64 {
     let c = 0.5 * (1.0 + phase.cos());
-    0.1 + 0.9 * c * c
+    0.35 + 0.65 * c * c
 }
 
 #[cfg(test)]
@@ -318,7 +325,7 @@ mod tests {
     use vigil_core::dsp::{kurtosis, power_spectrum, Complex32};
 
     fn machine() -> MachineConfig {
-        MachineProfile::reference().machine(16_000.0, 1)
+        MachineConfig::reference(16_000.0, 1)
     }
 
     #[test]

@@ -4,31 +4,13 @@ use super::{FaultConfig, FaultKind, MachineConfig, Resonance};
 use rand::Rng;
 use vigil_core::bearing::BearingGeometry;
 
-/// A fixed machine: the demo's machine, and the default of `vigil simulate`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MachineProfile {
-    /// Shaft speed in Hz.
-    pub shaft_hz: f64,
-    /// Load fraction.
-    pub load: f64,
-    /// Bearing geometry.
-    pub bearing: BearingGeometry,
-    /// Structural resonances.
-    pub resonances: Vec<Resonance>,
-    /// Sensor gain.
-    pub sensor_gain: f64,
-    /// Noise RMS in g.
-    pub noise_rms: f64,
-    /// 1x amplitude in g.
-    pub imbalance: f64,
-    /// 2x/3x amplitude in g.
-    pub misalignment: f64,
-}
-
-impl MachineProfile {
-    /// A motor-driven pump at 1,797 rpm on a 6205 bearing, with two resonances.
-    pub fn reference() -> Self {
-        MachineProfile {
+impl MachineConfig {
+    /// The reference machine: a motor-driven pump at 1,797 rpm on a 6205 bearing, with two
+    /// resonances. It is the demo's machine and the default of `vigil simulate`.
+    pub fn reference(sample_rate_hz: f64, channels: usize) -> Self {
+        MachineConfig {
+            sample_rate_hz,
+            channels,
             shaft_hz: 29.95,
             load: 0.7,
             bearing: BearingGeometry::deep_groove_6205(),
@@ -40,22 +22,6 @@ impl MachineProfile {
             noise_rms: 0.08,
             imbalance: 0.2,
             misalignment: 0.05,
-        }
-    }
-
-    /// The machine as sampled at `sample_rate_hz` with `channels` sensors.
-    pub fn machine(&self, sample_rate_hz: f64, channels: usize) -> MachineConfig {
-        MachineConfig {
-            sample_rate_hz,
-            channels,
-            shaft_hz: self.shaft_hz,
-            load: self.load,
-            bearing: self.bearing,
-            resonances: self.resonances.clone(),
-            sensor_gain: self.sensor_gain,
-            noise_rms: self.noise_rms,
-            imbalance: self.imbalance,
-            misalignment: self.misalignment,
             slip: 0.015,
         }
     }
@@ -99,10 +65,10 @@ impl Default for SourceDomain {
             resonance_hz: (1500.0, 6500.0),
             damping: (0.02, 0.08),
             sensor_gain: (0.5, 2.0),
-            noise_rms: (0.02, 0.15),
+            noise_rms: (0.01, 0.08),
             imbalance: (0.02, 0.5),
             misalignment: (0.0, 0.3),
-            severity: (0.3, 1.0),
+            severity: (0.4, 1.0),
         }
     }
 }

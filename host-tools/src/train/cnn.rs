@@ -37,6 +37,18 @@ pub struct ConvSpec {
 pub struct BackboneSpec {
     /// Convolutions, each followed by ReLU.
     pub convs: Vec<ConvSpec>,
+    /// How the last convolution's frames are pooled into the embedding.
+    pub pooling: Pooling,
+}
+
+/// Global pooling over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean of each channel.
+    Mean,
+    /// The mean of each channel, then the maximum of each channel (twice the dimension):
+    /// the maximum keeps an intermittent impact that the mean dilutes.
+    MeanMax,
 }
 
 impl BackboneSpec {
@@ -52,13 +64,15 @@ impl BackboneSpec {
         };
         BackboneSpec {
             convs: vec![
-                c(channels, 32, 16, 16, 1),
-                c(32, 48, 3, 2, 1),
-                c(48, 64, 3, 2, 1),
+                c(channels, 64, 16, 16, 1),
+                c(64, 64, 3, 1, 1),
                 c(64, 64, 3, 2, 1),
-                c(64, 64, 3, 1, 2),
-                c(64, 64, 3, 1, 4),
+                c(64, 64, 3, 2, 1),
+                c(64, 96, 3, 2, 1),
+                c(96, 96, 3, 1, 2),
+                c(96, 96, 3, 1, 4),
             ],
+            pooling: Pooling::MeanMax,
         }
     }
 
@@ -72,12 +86,19 @@ impl BackboneSpec {
             dilation: 1,
             padding: if kernel == 3 { 1 } else { 0 },
         };
-        BackboneSpec { convs: vec![c(channels, 16, 16, 16), c(16, 16, 3, 2), c(16, 16, 3, 2)] }
+        BackboneSpec {
+            convs: vec![c(channels, 16, 16, 16), c(16, 16, 3, 2), c(16, 16, 3, 2)],
+            pooling: Pooling::Mean,
+        }
     }
 
     /// Embedding dimension (output channels of the last convolution).
     pub fn embedding_dim(&self) -> usize {
-        self.convs.last().map_or(0, |c| c.out_ch)
+        let channels = self.convs.last().map_or(0, |c| c.out_ch);
+        match self.pooling {
+            Pooling::Mean => channels,
+            Pooling::MeanMax => 2 * channels,
+        }
     }
 }
 
@@ -147,16 +168,36 @@ impl Cnn {
     /// windows. `train` normalises with batch statistics and updates the running ones;
     /// otherwise the running statistics are used, as in the exported graph.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        self.forward_with(x, if train { Some(BN_MOMENTUM) } else { None })
+    }
+
+    /// Re-estimates the batch-normalisation statistics as the average over `batches`
+    /// (each `[B, C, W]`), so evaluation and export use stable statistics rather than
+    /// those of the last few training batches.
+    pub fn recalibrate(&self, batches: impl IntoIterator<Item = Tensor>) -> Result<()> {
+        for bn in &self.norms {
+            let n = bn.running_mean.borrow().dims1()?;
+            let dev = bn.running_mean.borrow().device().clone();
+            *bn.running_mean.borrow_mut() = Tensor::zeros(n, DType::F32, &dev)?;
+            *bn.running_var.borrow_mut() = Tensor::zeros(n, DType::F32, &dev)?;
+        }
+        for (i, x) in batches.into_iter().enumerate() {
+            // A cumulative average: the i-th batch weighs 1 / (i + 1).
+            self.forward_with(&x, Some(1.0 / (i as f64 + 1.0)))?;
+        }
+        Ok(())
+    }
+
+    fn forward_with(&self, x: &Tensor, momentum: Option<f64>) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for ((spec, (w, b)), bn) in self.spec.convs.iter().zip(&self.convs).zip(&self.norms) {
             let col = |t: &Tensor| t.reshape((1, spec.out_ch, 1));
             h = h.conv1d(w.as_tensor(), spec.padding, spec.stride, spec.dilation, 1)?;
             h = h.broadcast_add(&col(b.as_tensor())?)?;
-            let (mean, var) = if train {
+            let (mean, var) = if let Some(m) = momentum {
                 let mean = h.mean_keepdim(2)?.mean_keepdim(0)?;
                 let centred = h.broadcast_sub(&mean)?;
                 let var = centred.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
-                let m = BN_MOMENTUM;
                 let rm = (bn.running_mean.borrow().affine(1.0 - m, 0.0)?
                     + mean.flatten_all()?.detach().affine(m, 0.0)?)?;
                 let rv = (bn.running_var.borrow().affine(1.0 - m, 0.0)?
@@ -174,7 +215,10 @@ impl Cnn {
                 .broadcast_add(&col(bn.beta.as_tensor())?)?
                 .relu()?;
         }
-        let embedding = h.mean(D::Minus1)?;
+        let embedding = match self.spec.pooling {
+            Pooling::Mean => h.mean(D::Minus1)?,
+            Pooling::MeanMax => Tensor::cat(&[h.mean(D::Minus1)?, h.max(D::Minus1)?], 1)?,
+        };
         let logits =
             embedding.matmul(&self.head_w.as_tensor().t()?)?.broadcast_add(self.head_b.as_tensor())?;
         Ok((embedding, logits))

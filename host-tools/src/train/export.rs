@@ -1,6 +1,6 @@
 //! Writes the trained CNN as an ONNX graph with Vigil's metadata.
 
-use super::cnn::{BackboneSpec, NamedWeight};
+use super::cnn::{BackboneSpec, NamedWeight, Pooling};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as DimValue,
     tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
@@ -75,7 +75,14 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
         nodes.push(node("Relu", &relu, &[&conv], vec![]));
         prev = relu;
     }
-    nodes.push(node("GlobalAveragePool", "pool", &[&prev], vec![]));
+    match spec.pooling {
+        Pooling::Mean => nodes.push(node("GlobalAveragePool", "pool", &[&prev], vec![])),
+        Pooling::MeanMax => {
+            nodes.push(node("GlobalAveragePool", "pool_mean", &[&prev], vec![]));
+            nodes.push(node("GlobalMaxPool", "pool_max", &[&prev], vec![]));
+            nodes.push(node("Concat", "pool", &["pool_mean", "pool_max"], vec![int("axis", 1)]));
+        }
+    }
     nodes.push(node("Flatten", &meta.embedding_node, &["pool"], vec![int("axis", 1)]));
     nodes.push(node(
         "Gemm",
