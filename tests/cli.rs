@@ -166,20 +166,23 @@ fn wrong_channel_count_is_refused_clearly() {
     assert_fails_with(run(&signal, &[]), "2 channel(s) but model");
 }
 
+/// Runs the shipped model over a CSV file holding `content`.
+fn run_csv(content: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.csv");
+    std::fs::write(&path, content).unwrap();
+    run(&path, extra)
+}
+
 #[test]
 fn non_numeric_csv_cell_names_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.csv");
-    std::fs::write(&path, "# sample_rate_hz=16000\naccel\n0.1\n0.2\n0.3\noops\n").unwrap();
-    assert_fails_with(run(&path, &[]), "line 6, column 1: `oops` is not a number");
+    let csv = "# sample_rate_hz=16000\naccel\n0.1\n0.2\n0.3\noops\n";
+    assert_fails_with(run_csv(csv, &[]), "line 6, column 1: `oops` is not a number");
 }
 
 #[test]
 fn empty_input_is_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("empty.csv");
-    std::fs::write(&path, "").unwrap();
-    assert_fails_with(run(&path, &["--rate", "16000"]), "the input is empty");
+    assert_fails_with(run_csv("", &["--rate", "16000"]), "the input is empty");
 }
 
 #[test]
@@ -278,10 +281,7 @@ fn forwarder_lines_on_standard_input_are_scored() {
 
 #[test]
 fn a_missing_rate_is_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("norate.csv");
-    std::fs::write(&path, "0.1\n0.2\n0.3\n").unwrap();
-    assert_fails_with(run(&path, &[]), "pass --rate HZ");
+    assert_fails_with(run_csv("0.1\n0.2\n0.3\n", &[]), "pass --rate HZ");
 }
 
 #[test]
