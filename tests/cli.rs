@@ -304,3 +304,22 @@ fn a_freshly_pretrained_tiny_model_exports_reloads_and_runs() {
     let o = vigil(&["run", "--model", model.to_str().unwrap(), "--input", signal.to_str().unwrap()]);
     assert!(o.status.success(), "{:?}", text(&o));
 }
+
+#[test]
+fn rate_flag_overrides_the_rate_a_wav_header_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(dir.path(), "s.wav", &["--seconds", "8"]);
+    let windows = |extra: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let (stdout, stderr) = text(&run(&signal, &args));
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_else(|| panic!("{stderr}"))).unwrap();
+        summary["summary"]["windows"].as_u64().unwrap()
+    };
+    let as_recorded = windows(&[]);
+    // Declared twice as fast: 8 s of samples become 4 s of signal, resampled to the model.
+    let declared_faster = windows(&["--rate", "32000"]);
+    assert!(as_recorded >= 100, "{as_recorded}");
+    assert!((declared_faster as f64) < 0.6 * as_recorded as f64, "{declared_faster} vs {as_recorded}");
+}

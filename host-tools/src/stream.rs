@@ -19,6 +19,8 @@ pub struct StreamOptions {
     pub hop: Option<usize>,
     /// Pace the input at its sample rate, as a live sensor would deliver it.
     pub realtime: bool,
+    /// Sample rate of the stream, overriding what the input says.
+    pub rate: Option<f64>,
 }
 
 /// Counts at the end of a stream.
@@ -46,7 +48,11 @@ impl StreamSummary {
 }
 
 /// Checks a stream against a model and builds its windower.
-pub fn windower_for(model: &VigilModel, source: &dyn SampleSource, hop: Option<usize>) -> Result<Windower> {
+pub fn windower_for(
+    model: &VigilModel,
+    source: &dyn SampleSource,
+    options: &StreamOptions,
+) -> Result<Windower> {
     let meta = model.metadata();
     let name = model.path().display();
     let Some(channels) = source.channels() else { bail!("the input is empty: no samples to score") };
@@ -57,7 +63,7 @@ pub fn windower_for(model: &VigilModel, source: &dyn SampleSource, hop: Option<u
             meta.channels
         );
     }
-    let Some(rate) = source.sample_rate_hz() else {
+    let Some(rate) = options.rate.or(source.sample_rate_hz()) else {
         bail!(
             "the input does not say its sample rate; pass --rate HZ (the model runs at {} Hz)",
             meta.sample_rate_hz
@@ -66,7 +72,7 @@ pub fn windower_for(model: &VigilModel, source: &dyn SampleSource, hop: Option<u
     if !(rate.is_finite() && rate > 0.0) {
         bail!("sample rate {rate} Hz is not a positive number");
     }
-    Ok(Windower::new(channels, rate, meta.sample_rate_hz, meta.window, hop.unwrap_or(meta.hop))?)
+    Ok(Windower::new(channels, rate, meta.sample_rate_hz, meta.window, options.hop.unwrap_or(meta.hop))?)
 }
 
 /// Streams `source` through `model`, calling `on_window` for every window, `on_event` for
@@ -79,8 +85,8 @@ pub fn run_stream(
     mut on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
     mut on_window: impl FnMut(&WindowOutcome) -> Result<()>,
 ) -> Result<StreamSummary> {
-    let mut windower = windower_for(&model, source.as_ref(), options.hop)?;
-    let rate = source.sample_rate_hz().unwrap_or(model.metadata().sample_rate_hz);
+    let mut windower = windower_for(&model, source.as_ref(), options)?;
+    let rate = options.rate.or(source.sample_rate_hz()).unwrap_or(model.metadata().sample_rate_hz);
     let channels = source.channels().unwrap_or(1);
     let mut store = match reports {
         Some(dir) => Some(ReportStore::open(dir, FsyncPolicy::EveryRecord).with_context(|| {

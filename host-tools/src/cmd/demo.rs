@@ -99,7 +99,7 @@ impl DemoArgs {
         let summary = run_stream(
             model,
             Box::new(source),
-            &StreamOptions { hop: None, realtime: false },
+            &StreamOptions { hop: None, realtime: false, rate: None },
             Some(&self.out),
             |_, report| {
                 writeln!(jsonl, "{}", report_json(report, &names))?;
