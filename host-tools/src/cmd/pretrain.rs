@@ -21,7 +21,7 @@ pub struct PretrainArgs {
     recordings: usize,
     /// Epochs (the learning rate follows a cosine over them; the best validation epoch
     /// is kept).
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = 60)]
     epochs: usize,
     /// AdamW learning rate (cosine-decayed over the epochs).
     #[arg(long, default_value_t = 3e-3)]
