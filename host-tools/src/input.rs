@@ -49,12 +49,9 @@ pub trait SampleSource {
 }
 
 /// Opens `path` (`-` for standard input) in `format`.
-pub fn open(
-    path: &str,
-    format: InputFormat,
-    channels: Option<usize>,
-    rate: Option<f64>,
-) -> Result<Box<dyn SampleSource>> {
+/// The source reports only the rate the input itself states; a `--rate` override is
+/// applied by the stream (`crate::stream::StreamOptions::rate`), the one place for it.
+pub fn open(path: &str, format: InputFormat, channels: Option<usize>) -> Result<Box<dyn SampleSource>> {
     let reader: Box<dyn Read> = if path == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -62,15 +59,15 @@ pub fn open(
     };
     let name = if path == "-" { "<stdin>".to_string() } else { path.to_string() };
     Ok(match format {
-        InputFormat::Csv => Box::new(TextSource::new(reader, name, true, channels, rate)?),
-        InputFormat::Forwarder => Box::new(TextSource::new(reader, name, false, channels, rate)?),
+        InputFormat::Csv => Box::new(TextSource::new(reader, name, true, channels)?),
+        InputFormat::Forwarder => Box::new(TextSource::new(reader, name, false, channels)?),
         InputFormat::Wav => Box::new(WavSource::new(reader, name)?),
         InputFormat::F32le => {
             let Some(channels) = channels else { bail!("{name}: raw f32le input needs --channels") };
             if channels == 0 {
                 bail!("--channels must be at least 1");
             }
-            Box::new(RawSource { reader: BufReader::new(reader), name, channels, rate, offset: 0 })
+            Box::new(RawSource { reader: BufReader::new(reader), name, channels, offset: 0 })
         }
     })
 }
@@ -87,19 +84,13 @@ struct TextSource {
 }
 
 impl TextSource {
-    fn new(
-        reader: Box<dyn Read>,
-        name: String,
-        allow_header: bool,
-        channels: Option<usize>,
-        rate: Option<f64>,
-    ) -> Result<Self> {
+    fn new(reader: Box<dyn Read>, name: String, allow_header: bool, channels: Option<usize>) -> Result<Self> {
         let mut s = TextSource {
             lines: BufReader::new(reader).lines(),
             name,
             line_no: 0,
             channels,
-            rate,
+            rate: None,
             allow_header,
             pending: None,
         };
@@ -256,7 +247,6 @@ struct RawSource {
     reader: BufReader<Box<dyn Read>>,
     name: String,
     channels: usize,
-    rate: Option<f64>,
     offset: u64,
 }
 
@@ -265,8 +255,9 @@ impl SampleSource for RawSource {
         Some(self.channels)
     }
 
+    /// Raw samples carry no rate; it comes from `--rate`.
     fn sample_rate_hz(&self) -> Option<f64> {
-        self.rate
+        None
     }
 
     fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool> {

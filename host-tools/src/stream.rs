@@ -47,12 +47,13 @@ impl StreamSummary {
     }
 }
 
-/// Checks a stream against a model and builds its windower.
+/// Checks a stream against a model and builds its windower; also returns the stream's
+/// sample rate (the `--rate` override, else what the input states).
 pub fn windower_for(
     model: &VigilModel,
     source: &dyn SampleSource,
     options: &StreamOptions,
-) -> Result<Windower> {
+) -> Result<(Windower, f64)> {
     let meta = model.metadata();
     let name = model.path().display();
     let Some(channels) = source.channels() else { bail!("the input is empty: no samples to score") };
@@ -72,7 +73,9 @@ pub fn windower_for(
     if !(rate.is_finite() && rate > 0.0) {
         bail!("sample rate {rate} Hz is not a positive number");
     }
-    Ok(Windower::new(channels, rate, meta.sample_rate_hz, meta.window, options.hop.unwrap_or(meta.hop))?)
+    let windower =
+        Windower::new(channels, rate, meta.sample_rate_hz, meta.window, options.hop.unwrap_or(meta.hop))?;
+    Ok((windower, rate))
 }
 
 /// Streams `source` through `model`, calling `on_window` for every window, `on_event` for
@@ -85,8 +88,7 @@ pub fn run_stream(
     mut on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
     mut on_window: impl FnMut(&WindowOutcome) -> Result<()>,
 ) -> Result<StreamSummary> {
-    let mut windower = windower_for(&model, source.as_ref(), options)?;
-    let rate = options.rate.or(source.sample_rate_hz()).unwrap_or(model.metadata().sample_rate_hz);
+    let (mut windower, rate) = windower_for(&model, source.as_ref(), options)?;
     let channels = source.channels().unwrap_or(1);
     let mut store = match reports {
         Some(dir) => Some(ReportStore::open(dir, FsyncPolicy::EveryRecord).with_context(|| {

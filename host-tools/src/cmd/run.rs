@@ -52,7 +52,7 @@ impl RunArgs {
         let model = super::load_model(self.model.as_deref())?;
         let class_names = model.metadata().class_names.clone();
         let format = self.format.or_else(|| InputFormat::from_path(&self.input)).unwrap_or(InputFormat::Csv);
-        let source = input::open(&self.input, format, self.channels, self.rate)?;
+        let source = input::open(&self.input, format, self.channels)?;
         let opts = StreamOptions { hop: self.hop, realtime: self.realtime, rate: self.rate };
         let json = self.json;
         let trace = self.trace;

@@ -294,11 +294,15 @@ fn mean_var(rows: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
 
 fn quantile(mut values: Vec<f32>, q: f64) -> f32 {
     values.sort_by(f32::total_cmp);
-    if values.is_empty() {
+    quantile_of_sorted(&values, q)
+}
+
+/// Quantile `q` of values already sorted ascending (0 when empty).
+fn quantile_of_sorted(sorted: &[f32], q: f64) -> f32 {
+    if sorted.is_empty() {
         return 0.0;
     }
-    let i = ((values.len() - 1) as f64 * q).round() as usize;
-    values[i]
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Runs the whole recipe: simulate, train, calibrate, export, reload in tract, evaluate.
@@ -424,6 +428,7 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
         confusion[truth][argmax(&logits).unwrap_or(0)] += 1;
         if truth == normal { &mut normal_scores } else { &mut fault_scores }.push(score);
     }
+    normal_scores.sort_by(f32::total_cmp);
     let correct: usize = (0..classes).map(|k| confusion[k][k]).sum();
     let above = |scores: &[f32]| {
         scores.iter().filter(|&&s| s > threshold).count() as f32 / scores.len().max(1) as f32
@@ -435,7 +440,7 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
         normal_above_threshold: above(&normal_scores),
         faults_above_threshold: above(&fault_scores),
         anomaly_auc: roc_auc(&normal_scores, &fault_scores),
-        normal_score_quantiles: [0.5, 0.9, 0.975, 0.99].map(|q| quantile(normal_scores.clone(), q)),
+        normal_score_quantiles: [0.5, 0.9, 0.975, 0.99].map(|q| quantile_of_sorted(&normal_scores, q)),
     })
 }
 
