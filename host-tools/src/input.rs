@@ -38,7 +38,7 @@ impl InputFormat {
 }
 
 /// A stream of interleaved frames.
-pub trait SampleSource {
+pub trait SampleSource: Send {
     /// Channels per frame, once known (text formats learn it from the first line).
     fn channels(&self) -> Option<usize>;
     /// Sample rate, when the stream carries it.
@@ -52,8 +52,8 @@ pub trait SampleSource {
 /// The source reports only the rate the input itself states; a `--rate` override is
 /// applied by the stream (`crate::stream::StreamOptions::rate`), the one place for it.
 pub fn open(path: &str, format: InputFormat, channels: Option<usize>) -> Result<Box<dyn SampleSource>> {
-    let reader: Box<dyn Read> = if path == "-" {
-        Box::new(std::io::stdin().lock())
+    let reader: Box<dyn Read + Send> = if path == "-" {
+        Box::new(std::io::stdin())
     } else {
         Box::new(std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?)
     };
@@ -74,7 +74,7 @@ pub fn open(path: &str, format: InputFormat, channels: Option<usize>) -> Result<
 
 /// CSV and data-forwarder lines.
 struct TextSource {
-    lines: std::io::Lines<BufReader<Box<dyn Read>>>,
+    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
     name: String,
     line_no: usize,
     channels: Option<usize>,
@@ -84,7 +84,12 @@ struct TextSource {
 }
 
 impl TextSource {
-    fn new(reader: Box<dyn Read>, name: String, allow_header: bool, channels: Option<usize>) -> Result<Self> {
+    fn new(
+        reader: Box<dyn Read + Send>,
+        name: String,
+        allow_header: bool,
+        channels: Option<usize>,
+    ) -> Result<Self> {
         let mut s = TextSource {
             lines: BufReader::new(reader).lines(),
             name,
@@ -195,13 +200,13 @@ impl SampleSource for TextSource {
 
 /// WAV files through hound.
 struct WavSource {
-    reader: hound::WavReader<BufReader<Box<dyn Read>>>,
+    reader: hound::WavReader<BufReader<Box<dyn Read + Send>>>,
     name: String,
     spec: hound::WavSpec,
 }
 
 impl WavSource {
-    fn new(reader: Box<dyn Read>, name: String) -> Result<Self> {
+    fn new(reader: Box<dyn Read + Send>, name: String) -> Result<Self> {
         let reader = hound::WavReader::new(BufReader::new(reader))
             .with_context(|| format!("{name}: not a readable WAV file"))?;
         let spec = reader.spec();
@@ -244,7 +249,7 @@ impl SampleSource for WavSource {
 
 /// Raw interleaved little-endian f32.
 struct RawSource {
-    reader: BufReader<Box<dyn Read>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     name: String,
     channels: usize,
     offset: u64,

@@ -3,8 +3,10 @@
 //!
 //! The binary is a thin shell over [`cmd`]; tests and benches use the same modules.
 
+pub mod client;
 pub mod cmd;
 pub mod input;
 pub mod sim;
 pub mod stream;
 pub mod train;
+pub mod update_file;

@@ -4,11 +4,12 @@
 use crate::input::SampleSource;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use vigil_core::alarm::AlarmTransition;
 use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_runtime::model::VigilModel;
-use vigil_runtime::scorer::{WindowOutcome, WindowScorer};
+use vigil_runtime::pipeline::Pipeline;
+use vigil_runtime::scorer::WindowOutcome;
 use vigil_runtime::store::{FsyncPolicy, ReportStore};
 use vigil_runtime::windower::Windower;
 
@@ -82,22 +83,43 @@ pub fn windower_for(
 /// every window that produced a report, and appending reports to the store in `reports`.
 pub fn run_stream(
     model: VigilModel,
-    mut source: Box<dyn SampleSource>,
+    source: Box<dyn SampleSource>,
     options: &StreamOptions,
     reports: Option<&Path>,
+    on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
+    on_window: impl FnMut(&WindowOutcome) -> Result<()>,
+) -> Result<StreamSummary> {
+    let (windower, rate) = windower_for(&model, source.as_ref(), options)?;
+    let store = match reports {
+        Some(dir) => Some(open_store(dir)?),
+        None => None,
+    };
+    let pipeline = Mutex::new(Pipeline::new(model, store)?);
+    stream_into(&pipeline, source, (windower, rate), options, on_event, on_window)
+}
+
+/// Opens the report store in `dir`, with an error that says what to do.
+pub fn open_store(dir: &Path) -> Result<ReportStore> {
+    ReportStore::open(dir, FsyncPolicy::EveryRecord).with_context(|| {
+        format!("cannot use report folder {}; pick a writable folder with --reports", dir.display())
+    })
+}
+
+/// Streams `source` into a pipeline shared with others (the serial agent of `vigil
+/// serve`), locking it for each window only. `stream` is the windower and rate from
+/// [`windower_for`].
+pub fn stream_into(
+    pipeline: &Mutex<Pipeline>,
+    mut source: Box<dyn SampleSource>,
+    (mut windower, rate): (Windower, f64),
+    options: &StreamOptions,
     mut on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<()>,
     mut on_window: impl FnMut(&WindowOutcome) -> Result<()>,
 ) -> Result<StreamSummary> {
-    let (mut windower, rate) = windower_for(&model, source.as_ref(), options)?;
     let channels = source.channels().unwrap_or(1);
-    let mut store = match reports {
-        Some(dir) => Some(ReportStore::open(dir, FsyncPolicy::EveryRecord).with_context(|| {
-            format!("cannot use report folder {}; pick a writable folder with --reports", dir.display())
-        })?),
-        None => None,
-    };
-    let first_sequence = store.as_ref().map_or(0, ReportStore::next_sequence);
-    let mut scorer = WindowScorer::new(model, first_sequence)?;
+    let lock =
+        || pipeline.lock().map_err(|_| anyhow::anyhow!("the scoring pipeline failed in another thread"));
+    let before = lock()?.counts();
     let mut summary = StreamSummary::default();
     let started = Instant::now();
     let mut chunk = Vec::new();
@@ -108,21 +130,9 @@ pub fn run_stream(
         windows.clear();
         windower.push(&chunk, |w| windows.push(w));
         for w in &windows {
-            let outcome = scorer.score(w)?;
-            if outcome.scored.is_some() {
-                summary.windows += 1;
-            }
-            if outcome.transition == AlarmTransition::Raised {
-                summary.alarms += 1;
-            }
+            let outcome = lock()?.process(w)?;
             on_window(&outcome)?;
             if let Some(report) = &outcome.report {
-                if report.kind == ReportKind::SensorFault {
-                    summary.sensor_faults += 1;
-                }
-                if let Some(store) = store.as_mut() {
-                    store.append(report)?;
-                }
                 on_event(&outcome, report)?;
             }
         }
@@ -136,6 +146,10 @@ pub fn run_stream(
     if summary.frames == 0 {
         bail!("the input is empty: no samples to score");
     }
+    let after = lock()?.counts();
+    summary.windows = after.windows - before.windows;
+    summary.alarms = after.alarms - before.alarms;
+    summary.sensor_faults = after.sensor_faults - before.sensor_faults;
     summary.stream_seconds = summary.frames as f64 / rate;
     summary.wall_seconds = started.elapsed().as_secs_f64();
     Ok(summary)

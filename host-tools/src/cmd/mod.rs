@@ -1,15 +1,28 @@
 //! The subcommands of `vigil`, one file each.
 
 mod demo;
+mod export_head;
+mod keys;
+mod label;
 mod pretrain;
+mod push;
+mod reports;
 mod run;
+mod serve;
 mod sim_eval;
 mod simulate;
+mod snapshot;
+mod status;
 
+use crate::client::Client;
+use crate::input::{self, InputFormat, SampleSource};
+use crate::stream::StreamOptions;
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vigil_runtime::model::VigilModel;
+use vigil_runtime::serial::{open_port, DEFAULT_BAUD};
 
 /// The shipped reference model, built into the binary so `vigil demo` and `vigil run`
 /// work from any folder.
@@ -23,6 +36,73 @@ pub fn load_model(path: Option<&Path>) -> Result<VigilModel> {
             REFERENCE_MODEL,
             &PathBuf::from("models/bearing-cnn-v1.onnx (built in)"),
         )?),
+    }
+}
+
+/// How to read a sensor stream (`vigil run`, `vigil serve`).
+#[derive(Debug, Args)]
+pub struct StreamInputArgs {
+    /// Input format [default: from the file extension; csv for standard input].
+    #[arg(long, value_enum)]
+    format: Option<InputFormat>,
+    /// Sample rate of the input in Hz (overrides what the file says).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Channels in the input (needed for f32le).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Hop between windows, in samples at the model's rate [default: the model's].
+    #[arg(long)]
+    hop: Option<usize>,
+    /// Pace the input at its sample rate, like a live sensor.
+    #[arg(long)]
+    realtime: bool,
+}
+
+impl StreamInputArgs {
+    /// Opens `input` (a file or `-`) and the options to stream it with.
+    pub fn open(&self, input: &str) -> Result<(Box<dyn SampleSource>, StreamOptions)> {
+        let format = self.format.or_else(|| InputFormat::from_path(input)).unwrap_or(InputFormat::Csv);
+        let source = input::open(input, format, self.channels)?;
+        Ok((source, StreamOptions { hop: self.hop, realtime: self.realtime, rate: self.rate }))
+    }
+}
+
+/// The serial port to a device (host commands).
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Serial port of the device, such as /dev/ttyUSB0.
+    #[arg(long, short)]
+    port: String,
+    /// Baud rate.
+    #[arg(long, default_value_t = DEFAULT_BAUD)]
+    baud: u32,
+    /// Milliseconds to wait for an answer before retrying.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Retries of a request whose answer was lost or corrupted.
+    #[arg(long, default_value_t = 8)]
+    retries: u32,
+}
+
+impl PortArgs {
+    /// Opens the port and wraps it in a protocol client.
+    pub fn connect(&self) -> Result<Client> {
+        let port = open_port(&self.port, self.baud, Duration::from_millis(20))?;
+        let mut client = Client::new(Box::new(port));
+        client.timeout = Duration::from_millis(self.timeout_ms);
+        client.retries = self.retries;
+        Ok(client)
+    }
+
+    /// The baud rate.
+    pub fn baud_rate(&self) -> u32 {
+        self.baud
+    }
+
+    /// Seconds `bytes` take on the line at this baud rate (8N1: 10 bits per byte).
+    pub fn line_seconds(&self, bytes: u64) -> f64 {
+        bytes as f64 * 10.0 / f64::from(self.baud)
     }
 }
 
@@ -50,6 +130,24 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Evaluate a model on freshly simulated held-out recordings of the source domain.
     SimEval(sim_eval::SimEvalArgs),
+    /// Run the pipeline and serve the device protocol on a serial port (gateway agent).
+    Serve(serve::ServeArgs),
+    /// Ask a device who it is and what it is doing.
+    Status(status::StatusArgs),
+    /// Push a signed head update to a device.
+    Push(push::PushArgs),
+    /// Pull a device's stored anomaly reports.
+    Reports(reports::ReportsArgs),
+    /// Label a device's report with the class a technician found.
+    Label(label::LabelArgs),
+    /// Copy the head a device runs into a .vup file.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Write a model's head as an unsigned head update (.vup).
+    ExportHead(export_head::ExportHeadArgs),
+    /// Make an Ed25519 key pair for signing updates.
+    Keygen(keys::KeygenArgs),
+    /// Sign a head update with a secret key.
+    Sign(keys::SignArgs),
 }
 
 impl Cli {
@@ -61,6 +159,15 @@ impl Cli {
             Command::Simulate(a) => a.run(),
             Command::Pretrain(a) => a.run(),
             Command::SimEval(a) => a.run(),
+            Command::Serve(a) => a.run(),
+            Command::Status(a) => a.run(),
+            Command::Push(a) => a.run(),
+            Command::Reports(a) => a.run(),
+            Command::Label(a) => a.run(),
+            Command::Snapshot(a) => a.run(),
+            Command::ExportHead(a) => a.run(),
+            Command::Keygen(a) => a.run(),
+            Command::Sign(a) => a.run(),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `vigil run`: runs a model over a sensor stream.
 
-use crate::input::{self, InputFormat};
-use crate::stream::{describe, report_json, run_stream, StreamOptions};
+use crate::stream::{describe, report_json, run_stream};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -20,18 +19,8 @@ pub struct RunArgs {
     /// Input file, or `-` for standard input.
     #[arg(long, short)]
     input: String,
-    /// Input format [default: from the file extension; csv for standard input].
-    #[arg(long, value_enum)]
-    format: Option<InputFormat>,
-    /// Sample rate of the input in Hz (overrides what the file says).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Channels in the input (needed for f32le).
-    #[arg(long)]
-    channels: Option<usize>,
-    /// Hop between windows, in samples at the model's rate [default: the model's].
-    #[arg(long)]
-    hop: Option<usize>,
+    #[command(flatten)]
+    stream: super::StreamInputArgs,
     /// Folder of the durable report store (created if missing).
     #[arg(long)]
     reports: Option<PathBuf>,
@@ -41,9 +30,6 @@ pub struct RunArgs {
     /// Also print every window's anomaly score and class probabilities (JSON lines).
     #[arg(long)]
     trace: bool,
-    /// Pace the input at its sample rate, like a live sensor.
-    #[arg(long)]
-    realtime: bool,
 }
 
 impl RunArgs {
@@ -51,9 +37,7 @@ impl RunArgs {
     pub fn run(self) -> Result<()> {
         let model = super::load_model(self.model.as_deref())?;
         let class_names = model.metadata().class_names.clone();
-        let format = self.format.or_else(|| InputFormat::from_path(&self.input)).unwrap_or(InputFormat::Csv);
-        let source = input::open(&self.input, format, self.channels)?;
-        let opts = StreamOptions { hop: self.hop, realtime: self.realtime, rate: self.rate };
+        let (source, opts) = self.stream.open(&self.input)?;
         let json = self.json;
         let trace = self.trace;
         let out = std::cell::RefCell::new(std::io::stdout().lock());

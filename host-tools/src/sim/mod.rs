@@ -270,7 +270,7 @@ impl Simulator {
                 // Successive impacts alternate between the outer race and the (farther)
                 // inner race.
                 self.ball_strikes += 1;
-                let race = if self.ball_strikes % 2 == 0 { 1.0 } else { 0.5 };
+                let race = if self.ball_strikes.is_multiple_of(2) { 1.0 } else { 0.5 };
                 load_zone(phase) * self.ball_contact * race
             }
         }

@@ -18,6 +18,8 @@ pub enum CoreError {
     ClassCount(usize),
     /// A value that must be finite and positive (a variance, a scale, a rate) was not.
     NotPositive,
+    /// A value that must be finite (a weight, a bias) was NaN or infinite.
+    NotFinite,
     /// An FFT length that is not a power of two (or is below 2).
     NotPowerOfTwo(usize),
     /// An alarm policy whose `raise_k`/`window_n` do not satisfy `1 <= k <= n <= 32`.
@@ -39,6 +41,7 @@ impl fmt::Display for CoreError {
                 write!(f, "a head needs 1 to {} classes, not {n}", crate::MAX_CLASSES)
             }
             CoreError::NotPositive => f.write_str("a scale, variance or rate is not finite and positive"),
+            CoreError::NotFinite => f.write_str("a weight or bias is NaN or infinite"),
             CoreError::NotPowerOfTwo(n) => write!(f, "FFT length {n} is not a power of two"),
             CoreError::AlarmWindow { k, n } => {
                 write!(f, "alarm policy needs 1 <= k <= n <= 32, got k={k}, n={n}")

@@ -26,9 +26,10 @@
 //! assert_eq!(state.update(score), AlarmTransition::None);
 //! assert_eq!(state.update(score), AlarmTransition::Raised);
 //! ```
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod alarm;
 pub mod bearing;
 pub mod dsp;
@@ -37,6 +38,8 @@ pub mod head;
 pub mod normalise;
 pub mod report;
 pub mod resample;
+pub mod update;
+pub mod wire;
 
 pub use error::CoreError;
 pub use heapless;

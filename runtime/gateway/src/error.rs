@@ -55,6 +55,14 @@ pub enum RuntimeError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// A serial port could not be opened or used.
+    #[error("serial port {port} {problem}")]
+    Port {
+        /// The port's path.
+        port: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
     /// A report could not be encoded or decoded.
     #[error("report encoding: {0}")]
     Encoding(#[from] postcard::Error),

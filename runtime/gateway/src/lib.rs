@@ -8,6 +8,9 @@
 //! * [`scorer::WindowScorer`] normalises, embeds, classifies, scores against the
 //!   normal-state prototype and applies the alarm policy, producing reports.
 //! * [`store::ReportStore`] keeps reports durably in an append-only, CRC-checked file.
+//! * [`agent::GatewayDevice`], [`slots::FileSlots`] and [`serial`] serve the wire protocol
+//!   of `vigil_core::wire` on a serial port: status, signed head updates into A/B slots,
+//!   report pulls and labels.
 //!
 //! ```no_run
 //! use vigil_runtime::{model::VigilModel, scorer::WindowScorer, windower::Windower};
@@ -28,11 +31,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 mod error;
 pub mod metadata;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod scorer;
+pub mod serial;
+pub mod slots;
 pub mod store;
 pub mod windower;
 

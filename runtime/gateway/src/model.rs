@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use vigil_core::head::{HeadRef, PrototypeRef};
+use vigil_core::update::{quantise_rows, HeadUpdate, HeadWeights};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -101,6 +102,64 @@ impl VigilModel {
     pub fn prototype(&self) -> PrototypeRef<'_> {
         PrototypeRef::new(&self.meta.prototype_mean, &self.meta.prototype_var)
             .unwrap_or_else(|_| unreachable!("prototype checked at load"))
+    }
+
+    /// The running head, prototype and alarm policy as a head update for this model.
+    /// `int8` quantises the weights (one scale per class row).
+    pub fn head_update(&self, version: u32, int8: bool) -> Result<HeadUpdate> {
+        let too_big = |what: &str| RuntimeError::Metadata {
+            key: "vigil.head".into(),
+            problem: format!("{what} exceeds what a head update carries (256 inputs, 8 classes)"),
+        };
+        fn heap<const N: usize>(v: &[f32]) -> Option<vigil_core::heapless::Vec<f32, N>> {
+            vigil_core::heapless::Vec::from_slice(v).ok()
+        }
+        let weights = if int8 {
+            quantise_rows(&self.head_weights, self.dim)?
+        } else {
+            HeadWeights::F32(heap(&self.head_weights).ok_or_else(|| too_big("the head"))?)
+        };
+        Ok(HeadUpdate {
+            model_hash: self.hash,
+            version,
+            inputs: u16::try_from(self.dim).map_err(|_| too_big("the embedding"))?,
+            classes: self.meta.class_names.len() as u8,
+            weights,
+            bias: heap(&self.head_bias).ok_or_else(|| too_big("the bias"))?,
+            prototype_mean: heap(&self.meta.prototype_mean).ok_or_else(|| too_big("the prototype"))?,
+            prototype_var: heap(&self.meta.prototype_var).ok_or_else(|| too_big("the prototype"))?,
+            alarm: self.meta.alarm,
+        })
+    }
+
+    /// Replaces the head, prototype and alarm policy by those of `update`, after checking
+    /// that it was made for this model.
+    pub fn apply_head(&mut self, update: &HeadUpdate) -> Result<()> {
+        let mismatch = |problem: String| RuntimeError::Metadata { key: "head update".into(), problem };
+        if update.model_hash != self.hash {
+            return Err(mismatch(format!("was made for another model than {}", self.path.display())));
+        }
+        if usize::from(update.inputs) != self.dim
+            || usize::from(update.classes) != self.meta.class_names.len()
+        {
+            return Err(mismatch(format!(
+                "is {} inputs x {} classes; the model's head is {} x {}",
+                update.inputs,
+                update.classes,
+                self.dim,
+                self.meta.class_names.len()
+            )));
+        }
+        update.validate()?;
+        let mut weights = vec![0.0; self.dim * self.meta.class_names.len()];
+        update.weights_into(&mut weights)?;
+        self.head_weights = weights;
+        self.head_bias = update.bias.to_vec();
+        self.meta.prototype_mean = update.prototype_mean.to_vec();
+        self.meta.prototype_var = update.prototype_var.to_vec();
+        self.meta.alarm = update.alarm;
+        self.meta.head_version = update.version;
+        Ok(())
     }
 
     /// A runner of the backbone (the graph cut at the embedding node).

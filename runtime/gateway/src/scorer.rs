@@ -73,6 +73,19 @@ impl WindowScorer {
         &self.model
     }
 
+    /// Scores with the head, prototype and alarm policy of `update` from the next window
+    /// on; the alarm starts quiet under the new policy.
+    pub fn apply_head(&mut self, update: &vigil_core::update::HeadUpdate) -> Result<()> {
+        self.model.apply_head(update)?;
+        self.alarm = AlarmState::new(self.model.metadata().alarm)?;
+        Ok(())
+    }
+
+    /// The sequence number the next report will carry.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
     /// Whether the alarm is active.
     pub fn alarm_active(&self) -> bool {
         self.alarm.is_active()

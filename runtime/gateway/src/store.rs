@@ -49,6 +49,9 @@ pub struct ReportStore {
     unsynced: u32,
     next_sequence: u64,
     recovery: Recovery,
+    /// Sequence number and file offset of every record, in file order.
+    index: Vec<(u64, u64)>,
+    len: u64,
 }
 
 impl ReportStore {
@@ -77,7 +80,7 @@ impl ReportStore {
                 ),
             });
         }
-        let (reports, good_len) = scan(&bytes);
+        let (reports, good_len, offsets) = scan(&bytes);
         let recovery = Recovery { records: reports.len(), truncated_bytes: (bytes.len() - good_len) as u64 };
         if recovery.truncated_bytes > 0 {
             file.set_len(good_len as u64).map_err(io(&path))?;
@@ -85,7 +88,17 @@ impl ReportStore {
         }
         file.seek(SeekFrom::End(0)).map_err(io(&path))?;
         let next_sequence = reports.last().map_or(0, |r| r.sequence + 1);
-        Ok(ReportStore { path, file, policy, unsynced: 0, next_sequence, recovery })
+        let index = reports.iter().map(|r| r.sequence).zip(offsets).collect();
+        Ok(ReportStore {
+            path,
+            file,
+            policy,
+            unsynced: 0,
+            next_sequence,
+            recovery,
+            index,
+            len: good_len as u64,
+        })
     }
 
     /// What opening found.
@@ -112,6 +125,8 @@ impl ReportStore {
         record.extend_from_slice(&payload);
         let io = |source| RuntimeError::StoreIo { path: self.path.clone(), source };
         self.file.write_all(&record).map_err(io)?;
+        self.index.push((report.sequence, self.len));
+        self.len += record.len() as u64;
         self.unsynced += 1;
         let sync = match self.policy {
             FsyncPolicy::EveryRecord => true,
@@ -123,6 +138,37 @@ impl ReportStore {
         }
         self.next_sequence = self.next_sequence.max(report.sequence + 1);
         Ok(())
+    }
+
+    /// Number of reports stored.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the store holds no report.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Whether a report with sequence number `sequence` is stored.
+    pub fn contains(&self, sequence: u64) -> bool {
+        self.index.iter().any(|&(s, _)| s == sequence)
+    }
+
+    /// The stored report with the smallest sequence number at or after `since`.
+    pub fn first_from(&self, since: u64) -> Result<Option<AnomalyReport>> {
+        use std::os::unix::fs::FileExt;
+        let Some(&(_, offset)) = self.index.iter().filter(|&&(s, _)| s >= since).min_by_key(|&&(s, _)| s)
+        else {
+            return Ok(None);
+        };
+        let io = |source| RuntimeError::StoreIo { path: self.path.clone(), source };
+        let mut header = [0u8; 8];
+        self.file.read_exact_at(&mut header, offset).map_err(io)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut payload = vec![0u8; len.min(MAX_RECORD)];
+        self.file.read_exact_at(&mut payload, offset + 8).map_err(io)?;
+        Ok(Some(postcard::from_bytes(&payload)?))
     }
 
     /// Flushes appended records to stable storage.
@@ -155,9 +201,11 @@ impl Drop for ReportStore {
     }
 }
 
-/// Decodes records after the magic; returns them and the length of the valid prefix.
-fn scan(bytes: &[u8]) -> (Vec<AnomalyReport>, usize) {
+/// Decodes records after the magic; returns them, the length of the valid prefix and the
+/// offset of each record.
+fn scan(bytes: &[u8]) -> (Vec<AnomalyReport>, usize, Vec<u64>) {
     let mut reports = Vec::new();
+    let mut offsets = Vec::new();
     let mut at = MAGIC.len();
     while let Some(header) = bytes.get(at..at + 8) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -175,9 +223,10 @@ fn scan(bytes: &[u8]) -> (Vec<AnomalyReport>, usize) {
             Ok(r) => reports.push(r),
             Err(_) => break,
         }
+        offsets.push(at as u64);
         at += 8 + len;
     }
-    (reports, at)
+    (reports, at, offsets)
 }
 
 #[cfg(test)]
@@ -213,6 +262,21 @@ mod tests {
         assert_eq!(s.recovery(), Recovery { records: 3, truncated_bytes: 0 });
         assert_eq!(s.next_sequence(), 3);
         assert_eq!(ReportStore::read_all(dir.path()).unwrap(), vec![report(0), report(1), report(2)]);
+        assert_eq!(s.first_from(1).unwrap(), Some(report(1)));
+        assert_eq!(s.first_from(3).unwrap(), None);
+    }
+
+    #[test]
+    fn reports_appended_after_open_are_found_by_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+        for i in [0, 1, 5, 6] {
+            s.append(&report(i)).unwrap();
+        }
+        assert_eq!(s.len(), 4);
+        assert!(s.contains(5) && !s.contains(3));
+        assert_eq!(s.first_from(2).unwrap(), Some(report(5)));
+        assert_eq!(s.first_from(7).unwrap(), None);
     }
 
     #[test]
@@ -226,7 +290,7 @@ mod tests {
         }
         let path = dir.path().join(FILE_NAME);
         let full = std::fs::read(&path).unwrap();
-        let (_, three_len) = scan(&full[..full.len() - 1]);
+        let (_, three_len, _) = scan(&full[..full.len() - 1]);
         assert!(three_len < full.len());
         for cut in three_len..full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();

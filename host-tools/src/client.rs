@@ -1,0 +1,471 @@
+//! The host side of the wire protocol: requests with sequence numbers, timeouts and
+//! retries over a serial port, and the transfers built on them (push, pull, snapshot).
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::time::{Duration, Instant};
+use vigil_core::report::AnomalyReport;
+use vigil_core::wire::{
+    decode_frame, encode_frame, Envelope, FrameReader, Message, NackReason, Signature, Status, MAX_CHUNK,
+    MAX_FRAME,
+};
+use vigil_runtime::serial::{read_some, ReadWrite};
+
+/// Smallest chunk an update is cut into on a noisy line.
+pub const MIN_CHUNK: usize = 32;
+
+/// Who the device says it is (owned copy of the `Info` message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceIdentity {
+    /// Device name.
+    pub device: String,
+    /// Software and version.
+    pub software: String,
+    /// SHA-256 of its model.
+    pub model_hash: [u8; 32],
+    /// Embedding dimension of its head.
+    pub embedding_dim: u16,
+    /// Class names in index order.
+    pub class_names: Vec<String>,
+    /// Active head version.
+    pub head_version: u32,
+    /// Largest update it stores.
+    pub slot_capacity: u32,
+}
+
+/// Why one attempt at a request did not complete.
+#[derive(Debug)]
+enum Attempt {
+    /// The answer was lost or corrupted; worth retrying.
+    Lost(&'static str),
+    /// The device refused.
+    Refused(NackReason),
+}
+
+/// What a transfer cost on the line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkStats {
+    /// Bytes sent, delimiters included.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Requests repeated after a lost or corrupted frame.
+    pub retries: u64,
+}
+
+/// A connection to a device.
+pub struct Client {
+    link: Box<dyn ReadWrite + Send>,
+    reader: FrameReader,
+    sequence: u32,
+    /// How long to wait for an answer before retrying.
+    pub timeout: Duration,
+    /// How many times a request is retried before giving up.
+    pub retries: u32,
+    /// How long the line must stay quiet after a failed exchange before the retry, so
+    /// that stale answers are not taken for new ones.
+    pub quiet: Duration,
+    /// Traffic so far.
+    pub stats: LinkStats,
+    /// Chunk size for the next update chunk; adapts to the line's error rate.
+    chunk: usize,
+    /// Clean chunk exchanges in a row.
+    clean: u32,
+    /// The last request timed out, so the device may hold part of a frame.
+    dangling: bool,
+}
+
+/// How one exchange of a chunked transfer ended.
+enum Step<T> {
+    Answer(T),
+    Lost,
+    Refused(NackReason),
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("sequence", &self.sequence).field("stats", &self.stats).finish()
+    }
+}
+
+impl Client {
+    /// A client over `link` (a serial port whose reads time out quickly).
+    pub fn new(link: Box<dyn ReadWrite + Send>) -> Self {
+        Client {
+            link,
+            reader: FrameReader::new(),
+            sequence: 0,
+            timeout: Duration::from_millis(1000),
+            retries: 8,
+            quiet: Duration::from_millis(30),
+            stats: LinkStats::default(),
+            chunk: MAX_CHUNK,
+            clean: 0,
+            dangling: true,
+        }
+    }
+
+    /// Sends `message` and passes each answer with its sequence number to `on_answer`
+    /// until it returns `true`. Retries lost or corrupted exchanges; a refusal is an error.
+    pub fn request(
+        &mut self,
+        message: &Message<'_>,
+        mut on_answer: impl FnMut(&Message<'_>) -> bool,
+    ) -> Result<()> {
+        let mut last = "";
+        for attempt in 0..=self.retries {
+            if attempt > 0 {
+                self.stats.retries += 1;
+            }
+            match self.attempt(message, &mut on_answer)? {
+                None => return Ok(()),
+                Some(Attempt::Refused(reason)) => return Err(Refusal(reason).into()),
+                Some(Attempt::Lost(why)) => {
+                    last = why;
+                    self.drain()?;
+                }
+            }
+        }
+        bail!(
+            "no valid answer after {} attempts (last: {last}); check the cable, port and baud rate",
+            self.retries + 1
+        )
+    }
+
+    /// Reads and drops bytes until the line has been quiet for a while, so answers to an
+    /// abandoned attempt do not disturb the next one.
+    fn drain(&mut self) -> Result<()> {
+        let quiet = self.quiet;
+        let mut last = Instant::now();
+        let mut buf = [0u8; 256];
+        while last.elapsed() < quiet {
+            match read_some(&mut self.link, &mut buf)? {
+                0 => std::thread::sleep(Duration::from_millis(1)),
+                n => {
+                    self.stats.bytes_received += n as u64;
+                    last = Instant::now();
+                }
+            }
+        }
+        self.reader.clear();
+        Ok(())
+    }
+
+    /// Like [`Client::request`] but a refusal is returned, not an error.
+    fn request_or_nack(
+        &mut self,
+        message: &Message<'_>,
+        on_answer: impl FnMut(&Message<'_>) -> bool,
+    ) -> Result<Option<NackReason>> {
+        match self.request(message, on_answer) {
+            Ok(()) => Ok(None),
+            Err(e) => match e.downcast_ref::<Refusal>() {
+                Some(r) => Ok(Some(r.0)),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn attempt(
+        &mut self,
+        message: &Message<'_>,
+        on_answer: &mut impl FnMut(&Message<'_>) -> bool,
+    ) -> Result<Option<Attempt>> {
+        self.sequence = self.sequence.wrapping_add(1).max(1);
+        let sequence = self.sequence;
+        let mut frame = [0u8; MAX_FRAME + 1];
+        let n = encode_frame(&Envelope::new(sequence, message.clone()), &mut frame[1..])
+            .map_err(|e| anyhow!("cannot encode the request: {e}"))?;
+        // After a timeout the device may hold a partial frame (its delimiter was lost): a
+        // leading delimiter ends it, and the device's BadFrame answer to it is expected.
+        let mut expected_bad_frames = u32::from(self.dangling);
+        let start = usize::from(!self.dangling);
+        self.dangling = false;
+        self.link.write_all(&frame[start..n + 1])?;
+        self.link.flush()?;
+        self.stats.bytes_sent += (n + 1 - start) as u64;
+        self.reader.clear();
+        let mut deadline = Instant::now() + self.timeout;
+        let mut buf = [0u8; 256];
+        loop {
+            if Instant::now() > deadline {
+                self.dangling = true;
+                return Ok(Some(Attempt::Lost("timed out")));
+            }
+            let got = read_some(&mut self.link, &mut buf)?;
+            if got == 0 {
+                continue;
+            }
+            self.stats.bytes_received += got as u64;
+            deadline = Instant::now() + self.timeout;
+            for &byte in &buf[..got] {
+                let Some(frame) = self.reader.push(byte) else { continue };
+                let Ok(frame) = frame else { return Ok(Some(Attempt::Lost("overlong frame"))) };
+                let envelope = match decode_frame(frame) {
+                    Ok(envelope) => envelope,
+                    Err(_) => return Ok(Some(Attempt::Lost("corrupted answer"))),
+                };
+                match envelope.message {
+                    Message::Nack(NackReason::BadFrame) if expected_bad_frames > 0 => {
+                        expected_bad_frames -= 1
+                    }
+                    Message::Nack(NackReason::BadFrame) => {
+                        return Ok(Some(Attempt::Lost("request corrupted on the line")))
+                    }
+                    _ if envelope.sequence != sequence => continue,
+                    Message::Nack(reason) => return Ok(Some(Attempt::Refused(reason))),
+                    ref m => {
+                        if on_answer(m) {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A device's refusal, kept typed inside an `anyhow::Error`.
+#[derive(Debug)]
+pub struct Refusal(pub NackReason);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the device refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PushOutcome {
+    /// The device committed the update and runs this head version now.
+    Applied(u32),
+    /// The device already ran this version.
+    AlreadyActive(u32),
+}
+
+impl Client {
+    /// Asks the device who it is.
+    pub fn info(&mut self) -> Result<DeviceIdentity> {
+        let mut identity = None;
+        self.request(&Message::InfoQuery, |m| match m {
+            Message::Info(i) => {
+                identity = Some(DeviceIdentity {
+                    device: i.device.to_owned(),
+                    software: i.software.to_owned(),
+                    model_hash: i.model_hash,
+                    embedding_dim: i.embedding_dim,
+                    class_names: i.class_names.split(',').map(str::to_owned).collect(),
+                    head_version: i.head_version,
+                    slot_capacity: i.slot_capacity,
+                });
+                true
+            }
+            _ => false,
+        })?;
+        identity.ok_or_else(|| anyhow!("the device did not say who it is"))
+    }
+
+    /// Asks the device for its status.
+    pub fn status(&mut self) -> Result<Status> {
+        let mut status = None;
+        self.request(&Message::StatusQuery, |m| match m {
+            Message::Status(s) => {
+                status = Some(s.clone());
+                true
+            }
+            _ => false,
+        })?;
+        status.ok_or_else(|| anyhow!("the device sent no status"))
+    }
+
+    fn ack(&mut self, message: &Message<'_>) -> Result<std::result::Result<u32, NackReason>> {
+        let mut value = 0;
+        let refused = self.request_or_nack(message, |m| match m {
+            Message::Ack(v) => {
+                value = *v;
+                true
+            }
+            _ => false,
+        })?;
+        Ok(refused.map_or(Ok(value), Err))
+    }
+
+    /// Pushes an update in chunks, resuming where the device is; `progress` gets the bytes
+    /// acknowledged and the total. On a noisy line the chunk size halves after a retry and
+    /// doubles after four clean chunks.
+    pub fn push(
+        &mut self,
+        header: &vigil_core::update::UpdateHeader,
+        payload: &[u8],
+        signature: Option<Signature>,
+        mut progress: impl FnMut(u32, u32),
+    ) -> Result<PushOutcome> {
+        let total = header.length;
+        let mut offset = match self.ack(&Message::UpdateBegin(*header))? {
+            Ok(offset) => offset,
+            Err(NackReason::NotNewer { current }) if current == header.version => {
+                return Ok(PushOutcome::AlreadyActive(current))
+            }
+            Err(reason) => return Err(Refusal(reason).into()),
+        };
+        let mut failures = 0;
+        while offset < total {
+            progress(offset, total);
+            let end = (offset as usize + self.chunk).min(total as usize);
+            let message = Message::UpdateChunk { offset, data: &payload[offset as usize..end] };
+            let step = self.chunk_step(&mut failures, &message, |m| match m {
+                Message::Ack(next) => Some(*next),
+                _ => None,
+            });
+            offset = match step.with_context(|| {
+                format!("push stopped at byte {offset} of {total}; run the same push again to resume")
+            })? {
+                Step::Answer(next) => next,
+                Step::Lost => offset,
+                Step::Refused(NackReason::Offset { expected }) => expected,
+                Step::Refused(reason) => return Err(Refusal(reason).into()),
+            };
+        }
+        progress(total, total);
+        let retries_before = self.stats.retries;
+        match self.ack(&Message::UpdateCommit { signature })? {
+            Ok(version) => Ok(PushOutcome::Applied(version)),
+            // The commit went through but its answer was lost: a retry finds nothing to
+            // commit. The device's head version says whether it was applied.
+            Err(NackReason::NoUpdate) if self.stats.retries > retries_before => {
+                let active = self.info()?.head_version;
+                if active == header.version {
+                    Ok(PushOutcome::Applied(active))
+                } else {
+                    bail!(
+                        "the commit's answer was lost and the device runs head version {active}, not {}",
+                        header.version
+                    )
+                }
+            }
+            Err(reason) => Err(Refusal(reason).into()),
+        }
+    }
+
+    /// Pulls every stored report from sequence `since` on, asking `batch` at a time; each
+    /// report is passed once, in order, to `on_report`. Returns the next sequence to ask.
+    pub fn pull_reports(
+        &mut self,
+        since: u64,
+        batch: u16,
+        mut on_report: impl FnMut(AnomalyReport),
+    ) -> Result<u64> {
+        let mut next = since;
+        let mut failures = 0;
+        loop {
+            let query = Message::ReportsQuery { since: next, max: batch };
+            let before = next;
+            let mut done = false;
+            let result = self.attempt(&query, &mut |m| match m {
+                Message::Report(r) if r.sequence >= next => {
+                    next = r.sequence + 1;
+                    on_report(r.clone());
+                    false
+                }
+                Message::ReportsEnd { next: end, more } => {
+                    next = next.max(*end);
+                    done = !*more;
+                    true
+                }
+                _ => false,
+            })?;
+            match result {
+                None if done => return Ok(next),
+                None => failures = 0,
+                Some(Attempt::Refused(reason)) => return Err(Refusal(reason).into()),
+                Some(Attempt::Lost(why)) => {
+                    self.stats.retries += 1;
+                    failures = if next > before { 0 } else { failures + 1 };
+                    if failures > self.retries {
+                        bail!("report pull stalled at sequence {next} ({why}); run it again with --since {next}");
+                    }
+                    self.drain()?;
+                }
+            }
+        }
+    }
+
+    /// Sends a technician's label for a report.
+    pub fn label(&mut self, report: u64, class: u8) -> Result<()> {
+        match self.ack(&Message::Label { report, class })? {
+            Ok(_) => Ok(()),
+            Err(reason) => Err(Refusal(reason).into()),
+        }
+    }
+
+    /// Fetches the device's running head, serialised as a head update.
+    pub fn head_snapshot(&mut self) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let mut failures = 0;
+        loop {
+            let offset = bytes.len() as u32;
+            let message = Message::HeadSnapshotQuery { offset, max: self.chunk as u16 };
+            let step = self.chunk_step(&mut failures, &message, |m| match m {
+                Message::HeadSnapshot { total, offset: o, data } if *o == offset => {
+                    Some((*total, data.to_vec()))
+                }
+                _ => None,
+            });
+            match step.with_context(|| format!("head snapshot stopped at byte {offset}"))? {
+                Step::Answer((total, data)) => {
+                    bytes.extend_from_slice(&data);
+                    if bytes.len() as u32 >= total {
+                        return Ok(bytes);
+                    }
+                    if data.is_empty() {
+                        bail!("the device sent an empty snapshot chunk at offset {offset} of {total}");
+                    }
+                }
+                Step::Lost => {}
+                Step::Refused(reason) => return Err(Refusal(reason).into()),
+            }
+        }
+    }
+
+    /// One exchange of a chunked transfer. A lost or corrupted exchange halves the chunk
+    /// size (down to [`MIN_CHUNK`]) and counts in `failures`, which four clean exchanges
+    /// in a row double again (up to [`MAX_CHUNK`]); more than `retries` failures in a row
+    /// end the transfer.
+    fn chunk_step<T>(
+        &mut self,
+        failures: &mut u32,
+        message: &Message<'_>,
+        mut pick: impl FnMut(&Message<'_>) -> Option<T>,
+    ) -> Result<Step<T>> {
+        let mut answer = None;
+        let attempt = self.attempt(message, &mut |m| {
+            answer = pick(m);
+            answer.is_some()
+        })?;
+        match (attempt, answer) {
+            (None, Some(value)) => {
+                *failures = 0;
+                self.clean += 1;
+                if self.clean >= 4 {
+                    self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+                    self.clean = 0;
+                }
+                Ok(Step::Answer(value))
+            }
+            (Some(Attempt::Refused(reason)), _) => Ok(Step::Refused(reason)),
+            _ => {
+                self.stats.retries += 1;
+                self.chunk = (self.chunk / 2).max(MIN_CHUNK);
+                self.clean = 0;
+                *failures += 1;
+                if *failures > self.retries {
+                    bail!("no valid answer after {failures} attempts; check the cable, port and baud rate");
+                }
+                self.drain()?;
+                Ok(Step::Lost)
+            }
+        }
+    }
+}

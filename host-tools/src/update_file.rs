@@ -1,0 +1,139 @@
+//! `.vup` files: a head update as `vigil export-head` writes it and `vigil sign` signs it.
+//!
+//! Layout (see docs/wire-format.md): `VIGILUP1`, u32 LE length + postcard `UpdateHeader`,
+//! u32 LE length + payload, then `0` (unsigned) or `1` + the 64-byte Ed25519 signature.
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::{Signer, SigningKey};
+use std::path::Path;
+use vigil_core::update::{HeadUpdate, UpdateHeader, UpdateKind};
+use vigil_core::wire::Signature;
+
+const MAGIC: &[u8; 8] = b"VIGILUP1";
+
+/// An update with its header and, once signed, its signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateFile {
+    /// What the payload is, for which model, which version, its length and hash.
+    pub header: UpdateHeader,
+    /// The serialised [`HeadUpdate`].
+    pub payload: Vec<u8>,
+    /// The publisher's signature over the header, if signed.
+    pub signature: Option<Signature>,
+}
+
+impl UpdateFile {
+    /// An unsigned update carrying `head`.
+    pub fn for_head(head: &HeadUpdate) -> Result<Self> {
+        let payload = postcard::to_allocvec(head).context("cannot serialise the head")?;
+        let header = UpdateHeader::for_payload(UpdateKind::Head, head.model_hash, head.version, &payload);
+        Ok(UpdateFile { header, payload, signature: None })
+    }
+
+    /// Signs the header with `key`.
+    pub fn sign(&mut self, key: &SigningKey) {
+        let (bytes, len) = self.header.signed_bytes();
+        self.signature = Some(Signature(key.sign(&bytes[..len]).to_bytes()));
+    }
+
+    /// The head the payload carries.
+    pub fn head(&self) -> Result<HeadUpdate> {
+        postcard::from_bytes(&self.payload).context("the payload is not a head update")
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = postcard::to_allocvec(&self.header)?;
+        let mut out = Vec::with_capacity(8 + 4 + header.len() + 4 + self.payload.len() + 65);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        match &self.signature {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&s.0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parses a file's bytes; errors name the byte offset.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut at = 0;
+        let mut take = |n: usize, what: &str| -> Result<&[u8]> {
+            let Some(part) = bytes.get(at..at + n) else {
+                bail!("truncated at byte {at}: expected {n} bytes of {what}, the file has {}", bytes.len())
+            };
+            at += n;
+            Ok(part)
+        };
+        if take(8, "magic")? != MAGIC {
+            bail!("not a Vigil update file (no VIGILUP1 magic at byte 0); make one with `vigil export-head`");
+        }
+        let len = u32::from_le_bytes(take(4, "header length")?.try_into()?) as usize;
+        let header: UpdateHeader = postcard::from_bytes(take(len, "header")?).context("header at byte 12")?;
+        let len = u32::from_le_bytes(take(4, "payload length")?.try_into()?) as usize;
+        let payload = take(len, "payload")?.to_vec();
+        let signature = match take(1, "signature flag")?[0] {
+            0 => None,
+            1 => Some(Signature(take(64, "signature")?.try_into()?)),
+            other => bail!("signature flag is {other}, expected 0 or 1"),
+        };
+        if header.length as usize != payload.len() {
+            bail!("header says {} payload bytes, the file holds {}", header.length, payload.len());
+        }
+        Ok(UpdateFile { header, payload, signature })
+    }
+
+    /// Reads a `.vup` file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read update {}", path.display()))?;
+        Self::from_bytes(&bytes).with_context(|| format!("update {}", path.display()))
+    }
+
+    /// Writes a `.vup` file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_bytes()?)
+            .with_context(|| format!("cannot write update {}", path.display()))
+    }
+}
+
+/// Reads an Ed25519 key file: 64 hex digits (32 bytes) on the first line.
+pub fn read_key_hex(path: &Path) -> Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let hex = text.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("key {} must hold 64 hex digits (made by `vigil keygen`)", path.display());
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(key)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_names_the_byte_offset() {
+        let model = crate::cmd::load_model(None).unwrap();
+        let mut file = UpdateFile::for_head(&model.head_update(2, true).unwrap()).unwrap();
+        file.sign(&SigningKey::from_bytes(&[3; 32]));
+        let bytes = file.to_bytes().unwrap();
+        assert_eq!(UpdateFile::from_bytes(&bytes).unwrap(), file);
+        let e = UpdateFile::from_bytes(&bytes[..bytes.len() - 10]).unwrap_err();
+        assert!(format!("{e:#}").contains("truncated at byte"), "{e:#}");
+        assert!(UpdateFile::from_bytes(b"nonsense").is_err());
+    }
+}

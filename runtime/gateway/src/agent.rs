@@ -1,0 +1,165 @@
+//! The gateway as a device on the wire protocol: what `vigil serve` answers over its serial
+//! port, backed by the running pipeline, the report store and files in the state folder.
+
+use crate::pipeline::Pipeline;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use vigil_core::agent::Device;
+use vigil_core::report::AnomalyReport;
+use vigil_core::update::HeadUpdate;
+use vigil_core::wire::{DeviceInfo, NackReason, Status};
+
+/// File of technician labels in the state folder, one JSON object per line.
+pub const LABELS_FILE: &str = "labels.jsonl";
+
+/// The gateway's side of the protocol.
+#[derive(Debug)]
+pub struct GatewayDevice {
+    pipeline: Arc<Mutex<Pipeline>>,
+    name: String,
+    software: String,
+    model_hash: [u8; 32],
+    dim: usize,
+    class_names: Vec<String>,
+    class_list: String,
+    public_key: [u8; 32],
+    started: Instant,
+    labels: PathBuf,
+    snapshot: Vec<u8>,
+}
+
+impl GatewayDevice {
+    /// A device named `name` serving `pipeline`, accepting updates signed for
+    /// `public_key`, keeping labels in `state_dir`.
+    pub fn new(name: &str, pipeline: Arc<Mutex<Pipeline>>, public_key: [u8; 32], state_dir: &Path) -> Self {
+        let (model_hash, dim, class_names) = {
+            let p = lock(&pipeline);
+            let model = p.scorer().model();
+            (model.hash(), model.embedding_dim(), model.metadata().class_names.clone())
+        };
+        let mut device = GatewayDevice {
+            pipeline,
+            name: name.to_owned(),
+            software: format!("vigil {}", env!("CARGO_PKG_VERSION")),
+            model_hash,
+            dim,
+            class_list: class_names.join(","),
+            class_names,
+            public_key,
+            started: Instant::now(),
+            labels: state_dir.join(LABELS_FILE),
+            snapshot: Vec::new(),
+        };
+        device.refresh_snapshot();
+        device
+    }
+
+    fn refresh_snapshot(&mut self) {
+        let p = lock(&self.pipeline);
+        let model = p.scorer().model();
+        self.snapshot = model
+            .head_update(model.metadata().head_version, false)
+            .ok()
+            .and_then(|u| postcard::to_allocvec(&u).ok())
+            .unwrap_or_default();
+    }
+
+    fn append_label(&self, report: u64, class: u8) -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "report": report,
+            "class_index": class,
+            "class": self.class_names.get(usize::from(class)),
+        });
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.labels)?;
+        writeln!(file, "{line}")?;
+        file.sync_data()
+    }
+}
+
+/// Locks the pipeline; a panic in another thread holding it does not stop the agent.
+fn lock(pipeline: &Mutex<Pipeline>) -> MutexGuard<'_, Pipeline> {
+    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Device for GatewayDevice {
+    fn info(&self) -> DeviceInfo<'_> {
+        DeviceInfo {
+            device: &self.name,
+            software: &self.software,
+            model_hash: self.model_hash,
+            embedding_dim: self.dim as u16,
+            classes: self.class_names.len() as u8,
+            class_names: &self.class_list,
+            head_version: self.head_version(),
+            slot_capacity: 0,
+        }
+    }
+
+    fn status(&self) -> Status {
+        let p = lock(&self.pipeline);
+        let counts = p.counts();
+        Status {
+            uptime_s: self.started.elapsed().as_secs() as u32,
+            windows_scored: counts.windows,
+            sensor_faults: counts.sensor_faults,
+            alarm_active: p.scorer().alarm_active(),
+            last_score: counts.last_score,
+            threshold: p.scorer().model().metadata().alarm.threshold,
+            next_report: p.scorer().next_sequence(),
+            head_version: p.scorer().model().metadata().head_version,
+            update: None,
+        }
+    }
+
+    fn model_hash(&self) -> [u8; 32] {
+        self.model_hash
+    }
+
+    fn head_version(&self) -> u32 {
+        lock(&self.pipeline).scorer().model().metadata().head_version
+    }
+
+    fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    fn report_from(&mut self, since: u64) -> Option<AnomalyReport> {
+        lock(&self.pipeline).store()?.first_from(since).ok().flatten()
+    }
+
+    fn label(&mut self, report: u64, class: u8) -> Result<(), NackReason> {
+        if usize::from(class) >= self.class_names.len() {
+            return Err(NackReason::UnknownClass { classes: self.class_names.len() as u8 });
+        }
+        if !lock(&self.pipeline).store().is_some_and(|s| s.contains(report)) {
+            return Err(NackReason::UnknownReport);
+        }
+        self.append_label(report, class).map_err(|_| NackReason::Storage)
+    }
+
+    fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason> {
+        if update.model_hash != self.model_hash {
+            return Err(NackReason::OtherModel);
+        }
+        if usize::from(update.inputs) != self.dim || usize::from(update.classes) != self.class_names.len() {
+            return Err(NackReason::BadPayload);
+        }
+        Ok(())
+    }
+
+    fn apply_head(&mut self, update: &HeadUpdate) {
+        if let Err(e) = lock(&self.pipeline).scorer_mut().apply_head(update) {
+            eprintln!("vigil serve: committed head version {} cannot run: {e}", update.version);
+        }
+        self.refresh_snapshot();
+    }
+
+    fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
+        let rest = self.snapshot.get(offset as usize..)?;
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        Some((self.snapshot.len() as u32, n))
+    }
+}

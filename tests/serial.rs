@@ -1,0 +1,481 @@
+//! The wire protocol over real pseudo-terminals: `vigil serve` on one side, the host
+//! commands (or the host client library) on the other, through a relay that can flip,
+//! drop and truncate bytes.
+
+#![allow(clippy::unwrap_used)]
+
+use ed25519_dalek::SigningKey;
+use rand::{Rng, SeedableRng};
+use serialport::{SerialPort, TTYPort};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vigil_core::report::{AnomalyReport, ReportKind};
+use vigil_tools::client::{Client, PushOutcome};
+use vigil_tools::update_file::{hex, UpdateFile};
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = vigil(args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "vigil {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn refused(args: &[&str]) -> String {
+    let o = vigil(args);
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "vigil {args:?} should fail:\n{stdout}");
+    stderr
+}
+
+/// What the relay does to the bytes it carries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Probability per byte of a flip, a drop or a truncation of the rest of the read.
+    rate: f64,
+    seed: u64,
+    /// Paces each direction to this baud rate (8N1), like a real serial line.
+    baud: Option<u32>,
+}
+
+/// Two pty pairs joined by a relay: the device opens `device_port`, the host `host_port`.
+struct Link {
+    device_port: String,
+    host_port: String,
+    stop: Arc<AtomicBool>,
+    faulted: Arc<AtomicU64>,
+    relayed: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+    // The slave ends stay open so the ptys survive the device and host closing them.
+    _slaves: (TTYPort, TTYPort),
+}
+
+impl Link {
+    fn new(faults: Option<Faults>) -> Link {
+        let (device_master, device_slave) = TTYPort::pair().unwrap();
+        let (host_master, host_slave) = TTYPort::pair().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let faulted = Arc::new(AtomicU64::new(0));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for (i, (from, to)) in [
+            (host_master.try_clone_native().unwrap(), device_master.try_clone_native().unwrap()),
+            (device_master, host_master),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (stop, faulted, relayed) = (stop.clone(), faulted.clone(), relayed.clone());
+            let faults = faults.map(|f| Faults { seed: f.seed + i as u64, ..f });
+            threads.push(std::thread::spawn(move || relay(from, to, faults, &stop, &faulted, &relayed)));
+        }
+        Link {
+            device_port: device_slave.name().unwrap(),
+            host_port: host_slave.name().unwrap(),
+            stop,
+            faulted,
+            relayed,
+            threads,
+            _slaves: (device_slave, host_slave),
+        }
+    }
+
+    fn client(&self) -> Client {
+        let port =
+            vigil_runtime::serial::open_port(&self.host_port, 115_200, Duration::from_millis(5)).unwrap();
+        let mut client = Client::new(Box::new(port));
+        client.timeout = Duration::from_millis(25);
+        client.quiet = Duration::from_millis(1);
+        client
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(
+    mut from: TTYPort,
+    mut to: TTYPort,
+    faults: Option<Faults>,
+    stop: &AtomicBool,
+    faulted: &AtomicU64,
+    relayed: &AtomicU64,
+) {
+    from.set_timeout(Duration::from_millis(10)).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(faults.map_or(0, |f| f.seed));
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match from.read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let mut out = Vec::with_capacity(n);
+        for &byte in &buf[..n] {
+            relayed.fetch_add(1, Ordering::Relaxed);
+            match faults {
+                Some(f) if f.rate > 0.0 && rng.gen_bool(f.rate) => {
+                    faulted.fetch_add(1, Ordering::Relaxed);
+                    match rng.gen_range(0..5) {
+                        0 | 1 => out.push(byte ^ rng.gen_range(1..=255u8)), // flip
+                        2 | 3 => {}                                         // drop
+                        _ => break,                                         // truncate the rest
+                    }
+                }
+                _ => out.push(byte),
+            }
+        }
+        if to.write_all(&out).is_err() {
+            return;
+        }
+        if let Some(baud) = faults.and_then(|f| f.baud) {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 * 10.0 / f64::from(baud)));
+        }
+    }
+}
+
+/// A `vigil serve` process, killed when dropped.
+struct Device {
+    child: Child,
+}
+
+impl Device {
+    fn start(link: &Link, state: &Path, pubkey: &Path, extra: &[&str]) -> Device {
+        let mut args = vec!["serve", "--port", &link.device_port, "--state", state.to_str().unwrap()];
+        args.extend(["--pubkey", pubkey.to_str().unwrap(), "--name", "press-7"]);
+        args.extend_from_slice(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut device = Device { child };
+        device.wait_ready(link);
+        device
+    }
+
+    fn wait_ready(&mut self, link: &Link) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("vigil serve exited with {status}: {err}");
+            }
+            let o = vigil(&["status", "--port", &link.host_port, "--timeout-ms", "200", "--retries", "0"]);
+            if o.status.success() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "vigil serve did not answer: {:?}",
+                text(&o)
+            );
+        }
+    }
+
+    /// Stops the process and returns what it printed.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut out = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        out
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(name);
+    ok(&["keygen", "-o", key.to_str().unwrap()]);
+    let public = dir.join(format!("{name}.pub"));
+    (key, public)
+}
+
+fn signed_head(dir: &Path, key: &Path, version: u32, int8: bool) -> PathBuf {
+    let file = dir.join(format!("head-v{version}.vup"));
+    let mut args = vec!["export-head", "-o", file.to_str().unwrap()];
+    let version = version.to_string();
+    args.extend(["--version", &version]);
+    if int8 {
+        args.push("--int8");
+    }
+    ok(&args);
+    ok(&["sign", "--key", key.to_str().unwrap(), file.to_str().unwrap()]);
+    file
+}
+
+#[test]
+fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "publisher");
+    let signal = dir.path().join("faulty.csv");
+    ok(&[
+        "simulate",
+        "-o",
+        signal.to_str().unwrap(),
+        "--seconds",
+        "30",
+        "--fault",
+        "outer-race",
+        "--onset",
+        "10",
+        "--severity",
+        "0.6",
+        "--seed",
+        "5",
+    ]);
+    let link = Link::new(Some(Faults { baud: Some(115_200), ..Faults::default() }));
+    let state = dir.path().join("state");
+    let device = Device::start(&link, &state, &public, &["--input", signal.to_str().unwrap()]);
+    let port = link.host_port.as_str();
+
+    let status = ok(&["status", "--port", port]);
+    assert!(status.contains("device   press-7") && status.contains("head     version 1"), "{status}");
+
+    let head = signed_head(dir.path(), &key, 2, true);
+    let pushed = ok(&["push", "--port", port, "--quiet", head.to_str().unwrap()]);
+    assert!(pushed.contains("applied head version 2"), "{pushed}");
+    assert!(pushed.contains("at 115200 baud"), "{pushed}");
+    eprintln!("push over a pty paced at 115200 baud: {pushed}");
+    let again = ok(&["push", "--port", port, "--quiet", head.to_str().unwrap()]);
+    assert!(again.contains("already runs head version 2"), "{again}");
+
+    // Wait for the stream to be scored, then pull its reports.
+    let started = Instant::now();
+    let pulled = dir.path().join("reports.jsonl");
+    let reports: Vec<serde_json::Value> = loop {
+        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap()]);
+        let text = std::fs::read_to_string(&pulled).unwrap();
+        let reports: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if reports.iter().any(|r| r["kind"] == "AlarmRaised") || started.elapsed() > Duration::from_secs(60) {
+            break reports;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let alarm = reports.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm was pulled");
+    assert_eq!(alarm["class"], "outer_race", "{alarm}");
+    let sequence = alarm["sequence"].as_u64().unwrap().to_string();
+    let csv = dir.path().join("reports.csv");
+    ok(&["reports", "pull", "--port", port, "-o", csv.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&csv).unwrap().starts_with("sequence,kind,"));
+
+    let labelled = ok(&["label", "--port", port, "--report", &sequence, "--class", "outer_race"]);
+    assert!(labelled.contains("labelled outer_race"), "{labelled}");
+    let labels = std::fs::read_to_string(state.join("labels.jsonl")).unwrap();
+    assert!(labels.contains(&format!("\"report\":{sequence}")) && labels.contains("outer_race"), "{labels}");
+    let e = refused(&["label", "--port", port, "--report", "999999", "--class", "ball"]);
+    assert!(e.contains("no report with that sequence"), "{e}");
+    let e = refused(&["label", "--port", port, "--report", &sequence, "--class", "cracked_housing"]);
+    assert!(e.contains("unknown class") && e.contains("outer_race"), "{e}");
+
+    let snapshot = dir.path().join("snapshot.vup");
+    let said = ok(&["snapshot", "--port", port, "-o", snapshot.to_str().unwrap()]);
+    assert!(said.contains("head version 2 (192 inputs x 4 classes)"), "{said}");
+    let ours = UpdateFile::read(&head).unwrap().head().unwrap();
+    let theirs = UpdateFile::read(&snapshot).unwrap().head().unwrap();
+    assert_eq!((theirs.version, &theirs.prototype_mean, &theirs.bias), (2, &ours.prototype_mean, &ours.bias));
+
+    // A restart keeps the committed head.
+    drop(device.stop());
+    let device = Device::start(&link, &state, &public, &[]);
+    let status = ok(&["status", "--port", port]);
+    assert!(status.contains("head     version 2"), "{status}");
+    assert!(device.stop().contains("restored committed head version 2"));
+}
+
+#[test]
+fn refused_updates_say_why_and_leave_the_head_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "publisher");
+    let (stranger, _) = keygen(dir.path(), "stranger");
+    let link = Link::new(None);
+    let _device = Device::start(&link, &dir.path().join("state"), &public, &[]);
+    let port = link.host_port.as_str();
+    let good = signed_head(dir.path(), &key, 3, false);
+    ok(&["push", "--port", port, "--quiet", good.to_str().unwrap()]);
+
+    let unsigned = dir.path().join("unsigned.vup");
+    ok(&["export-head", "-o", unsigned.to_str().unwrap(), "--version", "4"]);
+    let e = refused(&["push", "--port", port, "--quiet", unsigned.to_str().unwrap()]);
+    assert!(e.contains("unsigned"), "{e}");
+
+    let wrong = dir.path().join("wrong.vup");
+    ok(&["export-head", "-o", wrong.to_str().unwrap(), "--version", "5"]);
+    ok(&["sign", "--key", stranger.to_str().unwrap(), wrong.to_str().unwrap()]);
+    let e = refused(&["push", "--port", port, "--quiet", wrong.to_str().unwrap()]);
+    assert!(e.contains("signature does not verify"), "{e}");
+
+    let older = signed_head(dir.path(), &key, 2, false);
+    let e = refused(&["push", "--port", port, "--quiet", older.to_str().unwrap()]);
+    assert!(e.contains("not above the active version 3"), "{e}");
+
+    let mut other = UpdateFile::read(&good).unwrap();
+    let mut head = other.head().unwrap();
+    head.model_hash = [0x42; 32];
+    head.version = 6;
+    other = UpdateFile::for_head(&head).unwrap();
+    other.sign(&SigningKey::from_bytes(&read_secret(&key)));
+    let other_path = dir.path().join("other.vup");
+    other.write(&other_path).unwrap();
+    let e = refused(&["push", "--port", port, "--quiet", other_path.to_str().unwrap()]);
+    assert!(e.contains("another model"), "{e}");
+
+    let status = ok(&["status", "--port", port]);
+    assert!(status.contains("head     version 3"), "{status}");
+}
+
+fn read_secret(path: &Path) -> [u8; 32] {
+    vigil_tools::update_file::read_key_hex(path).unwrap()
+}
+
+#[test]
+fn a_missing_or_busy_port_is_named() {
+    let e = refused(&["status", "--port", "/dev/ttyVIGIL-missing"]);
+    assert!(e.contains("serial port /dev/ttyVIGIL-missing does not exist"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(dir.path(), "k");
+    let link = Link::new(None);
+    let _device = Device::start(&link, &dir.path().join("state"), &public, &[]);
+    let e = refused(&["status", "--port", &link.device_port]);
+    assert!(e.contains(&format!("serial port {} is busy", link.device_port)), "{e}");
+    let e = refused(&[
+        "serve",
+        "--port",
+        "/dev/ttyVIGIL-missing",
+        "--state",
+        dir.path().join("s2").to_str().unwrap(),
+        "--pubkey",
+        public.to_str().unwrap(),
+    ]);
+    assert!(e.contains("/dev/ttyVIGIL-missing does not exist"), "{e}");
+}
+
+fn stored_reports(n: u64) -> Vec<AnomalyReport> {
+    (0..n)
+        .map(|i| AnomalyReport {
+            sequence: i,
+            kind: if i % 2 == 0 { ReportKind::AlarmRaised } else { ReportKind::AlarmCleared },
+            stream_time_s: i as f64 * 1.5,
+            score: 10.0 + i as f32,
+            threshold: 9.0,
+            class_index: (i % 4) as u8,
+            probabilities: vigil_core::heapless::Vec::from_slice(&[0.1, 0.2, 0.3, 0.4]).unwrap(),
+            model_hash: [7; 32],
+            head_version: 1,
+            top_bands: vigil_core::heapless::Vec::new(),
+        })
+        .collect()
+}
+
+/// The link target of the wire-protocol issue: 1% of bytes corrupted or dropped, 200
+/// pushes, and report pulls.
+#[test]
+fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "publisher");
+    let secret = SigningKey::from_bytes(&read_secret(&key));
+    let state = dir.path().join("state");
+    {
+        let mut store =
+            vigil_runtime::store::ReportStore::open(&state, vigil_runtime::store::FsyncPolicy::Never)
+                .unwrap();
+        for r in stored_reports(300) {
+            store.append(&r).unwrap();
+        }
+    }
+    let link = Link::new(Some(Faults { rate: 0.01, seed: 7, baud: None }));
+    let device = Device::start(&link, &state, &public, &[]);
+    let mut client = link.client();
+    client.retries = 40;
+    let base = UpdateFile::read(&signed_head(dir.path(), &key, 1, true)).unwrap().head().unwrap();
+
+    let (mut applied, mut failed) = (0, 0);
+    let mut active = 1;
+    let mut last_applied = None;
+    let started = Instant::now();
+    for version in 2..202u32 {
+        let mut head = base.clone();
+        head.version = version;
+        head.bias[0] = version as f32; // every version differs
+        let mut file = UpdateFile::for_head(&head).unwrap();
+        file.sign(&secret);
+        match client.push(&file.header, &file.payload, file.signature, |_, _| {}) {
+            Ok(PushOutcome::Applied(v)) => {
+                assert_eq!(v, version);
+                applied += 1;
+                active = version;
+                last_applied = Some(head);
+            }
+            Ok(PushOutcome::AlreadyActive(v)) => panic!("version {v} was already active"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("push of version {version} reported failed: {e:#}");
+            }
+        }
+    }
+    let push_seconds = started.elapsed().as_secs_f64();
+    assert!(applied >= 190, "only {applied} of 200 pushes applied ({failed} failed)");
+
+    // What the device runs is exactly the last head applied, byte for byte.
+    let snapshot: vigil_core::update::HeadUpdate =
+        postcard::from_bytes(&client.head_snapshot().unwrap()).unwrap();
+    let expected = last_applied.unwrap();
+    let mut weights = vec![0.0; 768];
+    expected.weights_into(&mut weights).unwrap();
+    assert_eq!(snapshot.version, active);
+    assert_eq!(snapshot.bias, expected.bias);
+    assert_eq!(
+        (snapshot.prototype_mean, snapshot.prototype_var),
+        (expected.prototype_mean, expected.prototype_var)
+    );
+    let vigil_core::update::HeadWeights::F32(got) = &snapshot.weights else {
+        panic!("snapshot weights not f32")
+    };
+    assert_eq!(got.as_slice(), weights.as_slice());
+
+    // Pulls: every report exactly once, in order, twice over.
+    for _ in 0..2 {
+        let mut pulled = Vec::new();
+        let next = client.pull_reports(0, 16, |r| pulled.push(r)).unwrap();
+        assert_eq!(next, 300);
+        assert_eq!(pulled, stored_reports(300));
+    }
+    let faulted = link.faulted.load(Ordering::Relaxed);
+    let relayed = link.relayed.load(Ordering::Relaxed);
+    eprintln!(
+        "noisy link: {faulted} of {relayed} bytes corrupted or dropped ({:.2}%); {applied} pushes applied, \
+         {failed} reported failed in {push_seconds:.1} s; {} retries; active head {} ({})",
+        100.0 * faulted as f64 / relayed as f64,
+        client.stats.retries,
+        active,
+        hex(&snapshot.model_hash[..4])
+    );
+    assert!(faulted as f64 > 0.008 * relayed as f64);
+    drop(device);
+}
