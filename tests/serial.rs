@@ -284,6 +284,14 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
     let csv = dir.path().join("reports.csv");
     ok(&["reports", "pull", "--port", port, "-o", csv.to_str().unwrap()]);
     assert!(std::fs::read_to_string(&csv).unwrap().starts_with("sequence,kind,"));
+    let html = dir.path().join("reports.html");
+    let bearing = ["--shaft-hz", "29.95", "--bearing", "9,7.94,39.04"];
+    ok(&[&["reports", "pull", "--port", port, "--html", html.to_str().unwrap()][..], &bearing].concat());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("press-7") && page.contains(&format!("id=\"alarm-{sequence}\"")),
+        "alarm missing from HTML"
+    );
 
     let labelled = ok(&["label", "--port", port, "--report", &sequence, "--class", "outer_race"]);
     assert!(labelled.contains("labelled outer_race"), "{labelled}");
@@ -389,6 +397,7 @@ fn stored_reports(n: u64) -> Vec<AnomalyReport> {
             model_hash: [7; 32],
             head_version: 1,
             top_bands: vigil_core::heapless::Vec::new(),
+            spectrum: None,
         })
         .collect()
 }

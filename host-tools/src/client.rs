@@ -362,33 +362,44 @@ impl Client {
         loop {
             let query = Message::ReportsQuery { since: next, max: batch };
             let before = next;
-            let mut done = false;
+            // Only an unbroken run of the answer is kept: a report whose index skips one
+            // means a whole frame vanished, and the end must count what was received.
+            let (mut received, mut complete, mut done) = (0u16, false, false);
             let result = self.attempt(&query, &mut |m| match m {
-                Message::Report(r) if r.sequence >= next => {
-                    next = r.sequence + 1;
-                    on_report(r.clone());
+                Message::Report { index, report } => {
+                    if *index != received || report.sequence < next {
+                        return true;
+                    }
+                    received += 1;
+                    next = report.sequence + 1;
+                    on_report(report.clone());
                     false
                 }
-                Message::ReportsEnd { next: end, more } => {
-                    next = next.max(*end);
-                    done = !*more;
+                Message::ReportsEnd { next: end, more, count } => {
+                    if *count == received {
+                        next = next.max(*end);
+                        (complete, done) = (true, !*more);
+                    }
                     true
                 }
                 _ => false,
             })?;
-            match result {
-                None if done => return Ok(next),
-                None => failures = 0,
-                Some(Attempt::Refused(reason)) => return Err(Refusal(reason).into()),
-                Some(Attempt::Lost(why)) => {
-                    self.stats.retries += 1;
-                    failures = if next > before { 0 } else { failures + 1 };
-                    if failures > self.retries {
-                        bail!("report pull stalled at sequence {next} ({why}); run it again with --since {next}");
-                    }
-                    self.drain()?;
+            let why = match result {
+                None if complete && done => return Ok(next),
+                None if complete => {
+                    failures = 0;
+                    continue;
                 }
+                None => "a report frame was lost",
+                Some(Attempt::Refused(reason)) => return Err(Refusal(reason).into()),
+                Some(Attempt::Lost(why)) => why,
+            };
+            self.stats.retries += 1;
+            failures = if next > before { 0 } else { failures + 1 };
+            if failures > self.retries {
+                bail!("report pull stalled at sequence {next} ({why}); run it again with --since {next}");
             }
+            self.drain()?;
         }
     }
 
@@ -467,5 +478,107 @@ impl Client {
                 Ok(Step::Lost)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::io::{Read, Write};
+    use vigil_core::report::ReportKind;
+
+    /// A device answering report queries from a list, that loses the whole second report
+    /// frame of its first answer (as a receiver overrun or a truncated read would).
+    struct LossyDevice {
+        reports: Vec<AnomalyReport>,
+        reader: FrameReader,
+        out: VecDeque<u8>,
+        answers: u32,
+    }
+
+    impl Read for LossyDevice {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.out.len());
+            for (b, byte) in buf.iter_mut().zip(self.out.drain(..n)) {
+                *b = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for LossyDevice {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for &byte in bytes {
+                let Some(Ok(frame)) = self.reader.push(byte) else { continue };
+                let Ok(Envelope { sequence, message: Message::ReportsQuery { since, max }, .. }) =
+                    decode_frame(frame)
+                else {
+                    continue;
+                };
+                self.answers += 1;
+                let answer: Vec<AnomalyReport> = self
+                    .reports
+                    .iter()
+                    .filter(|r| r.sequence >= since)
+                    .take(usize::from(max))
+                    .cloned()
+                    .collect();
+                let mut frames = Vec::new();
+                for (index, report) in answer.iter().enumerate() {
+                    frames.push(Message::Report { index: index as u16, report: report.clone() });
+                }
+                let next = answer.last().map_or(since, |r| r.sequence + 1);
+                let more = self.reports.iter().any(|r| r.sequence >= next);
+                frames.push(Message::ReportsEnd { next, more, count: answer.len() as u16 });
+                for (i, message) in frames.into_iter().enumerate() {
+                    if self.answers == 1 && i == 1 {
+                        continue; // lost whole
+                    }
+                    let mut out = [0u8; MAX_FRAME];
+                    let n = encode_frame(&Envelope::new(sequence, message), &mut out).unwrap();
+                    self.out.extend(&out[..n]);
+                }
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn report(sequence: u64) -> AnomalyReport {
+        AnomalyReport {
+            sequence,
+            kind: ReportKind::AlarmRaised,
+            stream_time_s: sequence as f64,
+            score: 10.0,
+            threshold: 9.0,
+            class_index: 1,
+            probabilities: vigil_core::heapless::Vec::new(),
+            model_hash: [1; 32],
+            head_version: 1,
+            top_bands: vigil_core::heapless::Vec::new(),
+            spectrum: None,
+        }
+    }
+
+    #[test]
+    fn a_report_frame_lost_whole_is_asked_again_not_skipped() {
+        let reports: Vec<AnomalyReport> = (0..10).map(report).collect();
+        let device = LossyDevice {
+            reports: reports.clone(),
+            reader: FrameReader::new(),
+            out: VecDeque::new(),
+            answers: 0,
+        };
+        let mut client = Client::new(Box::new(device));
+        client.quiet = Duration::from_millis(1);
+        let mut pulled = Vec::new();
+        let next = client.pull_reports(0, 4, |r| pulled.push(r)).unwrap();
+        assert_eq!(next, 10);
+        assert_eq!(pulled, reports);
+        assert_eq!(client.stats.retries, 1);
     }
 }

@@ -6,6 +6,8 @@
 pub mod client;
 pub mod cmd;
 pub mod input;
+pub mod report_html;
+pub mod report_io;
 pub mod sim;
 pub mod stream;
 pub mod train;

@@ -183,23 +183,3 @@ pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
         ),
     }
 }
-
-/// A report as a JSON object, with the class name and a hex model hash.
-pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json::Value {
-    let hash: String = report.model_hash.iter().map(|b| format!("{b:02x}")).collect();
-    serde_json::json!({
-        "sequence": report.sequence,
-        "kind": format!("{:?}", report.kind),
-        "stream_time_s": report.stream_time_s,
-        "score": report.score,
-        "threshold": report.threshold,
-        "class": class_names.get(usize::from(report.class_index)),
-        "class_index": report.class_index,
-        "probabilities": report.probabilities.as_slice(),
-        "model_hash": hash,
-        "head_version": report.head_version,
-        "top_bands": report.top_bands.iter().map(|b| serde_json::json!({
-            "low_hz": b.low_hz, "high_hz": b.high_hz, "excess_db": b.excess_db
-        })).collect::<Vec<_>>(),
-    })
-}

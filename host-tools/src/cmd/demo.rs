@@ -2,8 +2,10 @@
 //! model catches it. No hardware, no download.
 
 use crate::input::SampleSource;
+use crate::report_html::{render, MachineFrequencies, ReportContext};
+use crate::report_io::report_json;
 use crate::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
-use crate::stream::{describe, report_json, run_stream, StreamOptions};
+use crate::stream::{describe, run_stream, StreamOptions};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -60,6 +62,7 @@ impl DemoArgs {
         let meta = model.metadata().clone();
         let machine = MachineConfig::reference(meta.sample_rate_hz, meta.channels);
         let bpfo = f64::from(machine.bearing.fault_orders().bpfo) * machine.shaft_hz;
+        let (shaft_hz, bearing) = (machine.shaft_hz as f32, machine.bearing);
         let fault = FaultConfig {
             kind: FaultKind::OuterRace,
             severity: 0.35,
@@ -96,6 +99,7 @@ impl DemoArgs {
         let mut false_alarms = 0;
         let onset = self.onset;
         let names = meta.class_names.clone();
+        let mut reports = Vec::new();
         let summary = run_stream(
             model,
             Box::new(source),
@@ -103,6 +107,7 @@ impl DemoArgs {
             Some(&self.out),
             |_, report| {
                 writeln!(jsonl, "{}", report_json(report, &names))?;
+                reports.push(report.clone());
                 let rel = report.stream_time_s - onset;
                 println!("  [{:+7.2} s from onset] {}", rel, describe(report, &names));
                 if report.kind == ReportKind::AlarmRaised {
@@ -132,11 +137,28 @@ impl DemoArgs {
             summary.wall_seconds,
             summary.realtime_factor()
         );
+        let html_path = self.out.join("report.html");
+        let ctx = ReportContext {
+            title: "Vigil demo: pump with a developing outer-race fault".into(),
+            device: vec![
+                ("machine".into(), format!("pump at {:.0} rpm, 6205 bearing", shaft_hz * 60.0)),
+                ("fault".into(), format!("outer race, onset at {:.0} s", self.onset)),
+                ("model".into(), "bearing-cnn-v1 (built in)".into()),
+            ],
+            class_names: names.clone(),
+            machine: Some(MachineFrequencies {
+                shaft_hz,
+                faults: bearing.fault_orders().at_shaft_hz(shaft_hz),
+            }),
+        };
+        std::fs::write(&html_path, render(&reports, &ctx)?)
+            .with_context(|| format!("cannot write {}", html_path.display()))?;
         println!(
             "Reports: {} (store) and {}",
             self.out.join(vigil_runtime::store::FILE_NAME).display(),
             jsonl_path.display()
         );
+        println!("Technician's report (open in a browser): {}", html_path.display());
         Ok(())
     }
 }

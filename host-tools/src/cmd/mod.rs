@@ -6,6 +6,7 @@ mod keys;
 mod label;
 mod pretrain;
 mod push;
+pub mod report;
 mod reports;
 mod run;
 mod serve;
@@ -95,6 +96,11 @@ impl PortArgs {
         Ok(client)
     }
 
+    /// The port's path.
+    pub fn name(&self) -> &str {
+        &self.port
+    }
+
     /// The baud rate.
     pub fn baud_rate(&self) -> u32 {
         self.baud
@@ -136,6 +142,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Push a signed head update to a device.
     Push(push::PushArgs),
+    /// Make the technician's HTML report (and CSV/JSON) from pulled reports.
+    Report(report::ReportArgs),
     /// Pull a device's stored anomaly reports.
     Reports(reports::ReportsArgs),
     /// Label a device's report with the class a technician found.
@@ -162,6 +170,7 @@ impl Cli {
             Command::Serve(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Push(a) => a.run(),
+            Command::Report(a) => a.run(),
             Command::Reports(a) => a.run(),
             Command::Label(a) => a.run(),
             Command::Snapshot(a) => a.run(),

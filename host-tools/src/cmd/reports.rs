@@ -1,6 +1,7 @@
 //! `vigil reports pull`: copies a device's stored reports.
 
-use crate::stream::report_json;
+use crate::report_html::ReportContext;
+use crate::report_io::{csv_line, report_json, CSV_HEADER};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
@@ -44,6 +45,8 @@ struct PullArgs {
     /// Reports asked per request (smaller is more robust on a noisy line).
     #[arg(long, default_value_t = 16)]
     batch: u16,
+    #[command(flatten)]
+    outputs: super::report::ReportOutputs,
 }
 
 impl ReportsArgs {
@@ -61,14 +64,20 @@ impl PullArgs {
             Some(e) if e == "csv" => ReportFormat::Csv,
             _ => ReportFormat::Jsonl,
         });
+        let machine = self.outputs.machine()?;
         let mut client = self.port.connect()?;
-        let classes = client.info()?.class_names;
+        let info = client.info()?;
+        let classes = info.class_names.clone();
+        let exports =
+            self.outputs.html.is_some() || self.outputs.csv.is_some() || self.outputs.json.is_some();
         let mut out: Box<dyn Write> = match &self.output {
             Some(path) => Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
             )),
+            None if exports => Box::new(std::io::sink()),
             None => Box::new(std::io::stdout().lock()),
         };
+        let mut pulled = Vec::new();
         if format == ReportFormat::Csv {
             writeln!(out, "{}", CSV_HEADER)?;
         }
@@ -83,36 +92,32 @@ impl PullArgs {
             if failed.is_none() {
                 failed = writeln!(out, "{line}").err();
             }
+            pulled.push(r);
         })?;
         if let Some(e) = failed {
             return Err(e).context("cannot write the reports");
         }
         out.flush()?;
         eprintln!("pulled {count} report(s); next sequence {next} (retries: {})", client.stats.retries);
+        if exports {
+            let hash: String = info.model_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let ctx = ReportContext {
+                title: format!("Vigil report: {}", info.device),
+                device: vec![
+                    ("device".into(), info.device.clone()),
+                    ("software".into(), info.software.clone()),
+                    ("port".into(), self.port.name().to_owned()),
+                    ("model".into(), format!("{hash}... ({}-d embedding)", info.embedding_dim)),
+                    ("head version".into(), info.head_version.to_string()),
+                    ("classes".into(), classes.join(", ")),
+                ],
+                class_names: classes,
+                machine,
+            };
+            for path in self.outputs.write(&pulled, &ctx)? {
+                eprintln!("wrote {}", path.display());
+            }
+        }
         Ok(())
     }
-}
-
-const CSV_HEADER: &str =
-    "sequence,kind,stream_time_s,score,threshold,class,probabilities,head_version,top_bands";
-
-fn csv_line(r: &vigil_core::report::AnomalyReport, classes: &[String]) -> String {
-    let class = classes.get(usize::from(r.class_index)).map_or("?", String::as_str);
-    let probs: Vec<String> = r.probabilities.iter().map(|p| format!("{p:.4}")).collect();
-    let bands: Vec<String> = r
-        .top_bands
-        .iter()
-        .map(|b| format!("{:.0}-{:.0}Hz:{:+.1}dB", b.low_hz, b.high_hz, b.excess_db))
-        .collect();
-    format!(
-        "{},{:?},{:.3},{:.3},{:.3},{class},{},{},{}",
-        r.sequence,
-        r.kind,
-        r.stream_time_s,
-        r.score,
-        r.threshold,
-        probs.join(";"),
-        r.head_version,
-        bands.join(";")
-    )
 }

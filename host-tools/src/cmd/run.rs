@@ -1,6 +1,7 @@
 //! `vigil run`: runs a model over a sensor stream.
 
-use crate::stream::{describe, report_json, run_stream};
+use crate::report_io::report_json;
+use crate::stream::{describe, run_stream};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;

@@ -155,13 +155,15 @@ fn respond<S: SlotStorage>(
         }
         Message::ReportsQuery { since, max } => {
             let mut next = since;
-            for _ in 0..max.min(MAX_REPORTS_PER_QUERY) {
+            let mut count = 0;
+            while count < max.min(MAX_REPORTS_PER_QUERY) {
                 let Some(report) = device.report_from(next) else { break };
                 next = report.sequence.saturating_add(1);
-                reply(seq, Message::Report(report));
+                reply(seq, Message::Report { index: count, report });
+                count += 1;
             }
             let more = device.report_from(next).is_some();
-            reply(seq, Message::ReportsEnd { next, more });
+            reply(seq, Message::ReportsEnd { next, more, count });
         }
         Message::Label { report, class } => reply(seq, answer(device.label(report, class).map(|()| 0))),
         Message::HeadSnapshotQuery { offset, max } => {
@@ -177,7 +179,7 @@ fn respond<S: SlotStorage>(
         | Message::Status(_)
         | Message::Ack(_)
         | Message::Nack(_)
-        | Message::Report(_)
+        | Message::Report { .. }
         | Message::ReportsEnd { .. }
         | Message::HeadSnapshot { .. } => reply(seq, Message::Nack(NackReason::Unexpected)),
     }
@@ -274,6 +276,7 @@ mod tests {
             model_hash: [0xAB; 32],
             head_version: 0,
             top_bands: heapless::Vec::new(),
+            spectrum: None,
         }
     }
 
@@ -333,7 +336,8 @@ mod tests {
         let answers = ask(&mut agent, &mut device, Message::ReportsQuery { since: 2, max: 2 });
         assert_eq!(answers.len(), 3);
         assert!(answers[0].contains("sequence: 2") && answers[1].contains("sequence: 3"));
-        assert_eq!(answers[2], "ReportsEnd { next: 4, more: true }");
+        assert!(answers[0].starts_with("Report { index: 0,") && answers[1].starts_with("Report { index: 1,"));
+        assert_eq!(answers[2], "ReportsEnd { next: 4, more: true, count: 2 }");
         assert_eq!(ask(&mut agent, &mut device, Message::Label { report: 4, class: 2 }), ["Ack(0)"]);
         assert_eq!(
             ask(&mut agent, &mut device, Message::Label { report: 40, class: 2 }),

@@ -51,7 +51,84 @@ pub struct AnomalyReport {
     pub head_version: u32,
     /// The bands whose energy stood furthest above the baseline.
     pub top_bands: Vec<BandContribution, MAX_TOP_BANDS>,
+    /// The spectrum and envelope spectrum of the window (alarm reports).
+    pub spectrum: Option<SpectrumSnapshot>,
 }
+
+/// Most bins of a [`SpectrumBins`].
+pub const MAX_SPECTRUM_BINS: usize = 128;
+
+/// A power spectrum in at most [`MAX_SPECTRUM_BINS`] bins from 0 Hz, each stored as its
+/// level below the peak in steps of [`SpectrumBins::DB_STEP`] (one byte per bin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpectrumBins {
+    /// Width of one bin in Hz; bin `i` spans `[i, i + 1) * bin_hz`.
+    pub bin_hz: f32,
+    /// Level of the strongest bin, in dB.
+    pub top_db: f32,
+    /// Each bin's level below `top_db`, in steps of `DB_STEP` (255: at or below the floor).
+    pub levels: Vec<u8, MAX_SPECTRUM_BINS>,
+}
+
+impl SpectrumBins {
+    /// Resolution of the stored levels, in dB.
+    pub const DB_STEP: f32 = 0.5;
+
+    /// Reduces `power` (bins of `bin_hz` from 0 Hz) up to `max_hz`, summing neighbouring
+    /// bins so that at most [`MAX_SPECTRUM_BINS`] remain.
+    pub fn from_power(power: &[f32], bin_hz: f32, max_hz: f32) -> Self {
+        let usable = if bin_hz > 0.0 { ((max_hz / bin_hz) as usize).min(power.len()) } else { 0 };
+        let group = usable.div_ceil(MAX_SPECTRUM_BINS).max(1);
+        let mut sums: Vec<f32, MAX_SPECTRUM_BINS> = Vec::new();
+        for chunk in power[..usable].chunks(group) {
+            // Cannot overflow: usable / group <= MAX_SPECTRUM_BINS.
+            let _ = sums.push(chunk.iter().sum());
+        }
+        let db = |p: f32| 10.0 * libm::log10f(p.max(1e-30));
+        let top_db = sums.iter().fold(f32::NEG_INFINITY, |m, &p| m.max(db(p)));
+        let levels = sums
+            .iter()
+            .map(|&p| libm::roundf(((top_db - db(p)) / Self::DB_STEP).clamp(0.0, 255.0)) as u8)
+            .collect();
+        SpectrumBins {
+            bin_hz: bin_hz * group as f32,
+            top_db: if top_db.is_finite() { top_db } else { 0.0 },
+            levels,
+        }
+    }
+
+    /// Level of bin `i` in dB.
+    pub fn db(&self, i: usize) -> f32 {
+        self.top_db - self.levels.get(i).map_or(255.0, |&l| f32::from(l)) * Self::DB_STEP
+    }
+
+    /// Centre frequency of bin `i` in Hz.
+    pub fn centre_hz(&self, i: usize) -> f32 {
+        (i as f32 + 0.5) * self.bin_hz
+    }
+
+    /// The strongest bin at or above `min_hz`, if any.
+    pub fn peak_from(&self, min_hz: f32) -> Option<usize> {
+        (0..self.levels.len()).filter(|&i| self.centre_hz(i) >= min_hz).min_by_key(|&i| self.levels[i])
+    }
+}
+
+/// What an alarm report carries to explain itself: the window's spectrum and its envelope
+/// spectrum, where bearing fault frequencies show up as peaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpectrumSnapshot {
+    /// Power spectrum of the window, 0 Hz to Nyquist.
+    pub spectrum: SpectrumBins,
+    /// Power spectrum of the window's envelope (high-passed above the shaft-harmonic
+    /// range), 0 Hz to [`ENVELOPE_MAX_HZ`].
+    pub envelope: SpectrumBins,
+}
+
+/// Highest frequency kept of an envelope spectrum.
+pub const ENVELOPE_MAX_HZ: f32 = 1000.0;
+/// Envelope analysis looks at the signal above this frequency, where impacts ring the
+/// structure and shaft harmonics are absent.
+pub const ENVELOPE_HIGH_PASS_HZ: f32 = 1000.0;
 
 /// Picks the bands with the largest excess over `baseline` (both as energies per band,
 /// equally wide from 0 to `nyquist_hz`), largest first.

@@ -7,7 +7,10 @@ use crate::windower::Window;
 use vigil_core::alarm::{AlarmState, AlarmTransition};
 use vigil_core::dsp::{self, Complex32};
 use vigil_core::head::{argmax, softmax_in_place};
-use vigil_core::report::{top_band_contributions, AnomalyReport, ReportKind};
+use vigil_core::report::{
+    top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot, ENVELOPE_HIGH_PASS_HZ,
+    ENVELOPE_MAX_HZ,
+};
 
 /// What scoring one window produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,7 @@ pub struct WindowScorer {
     fft: Vec<Complex32>,
     power: Vec<f32>,
     bands: Vec<f32>,
+    envelope: Vec<f32>,
 }
 
 impl WindowScorer {
@@ -64,6 +68,7 @@ impl WindowScorer {
             fft: vec![Complex32::default(); n_fft],
             power: vec![0.0; n_fft / 2],
             bands,
+            envelope: Vec::new(),
             model,
         })
     }
@@ -149,6 +154,20 @@ impl WindowScorer {
         argmax(&masked).unwrap_or(0)
     }
 
+    /// Spectrum and envelope spectrum of the first channel of the normalised window.
+    fn spectrum_snapshot(&mut self) -> Result<SpectrumSnapshot> {
+        let meta = self.model.metadata();
+        let first = &self.normalised[..meta.window];
+        let bin_hz = (meta.sample_rate_hz / self.fft.len() as f64) as f32;
+        dsp::power_spectrum(first, &mut self.fft, &mut self.power)?;
+        let spectrum = SpectrumBins::from_power(&self.power, bin_hz, (meta.sample_rate_hz / 2.0) as f32);
+        let high_pass = (ENVELOPE_HIGH_PASS_HZ / bin_hz) as usize;
+        self.envelope.resize(first.len(), 0.0);
+        dsp::envelope_spectrum(first, high_pass, &mut self.fft, &mut self.envelope, &mut self.power)?;
+        let envelope = SpectrumBins::from_power(&self.power, bin_hz, ENVELOPE_MAX_HZ);
+        Ok(SpectrumSnapshot { spectrum, envelope })
+    }
+
     fn report(
         &mut self,
         kind: ReportKind,
@@ -167,6 +186,7 @@ impl WindowScorer {
             model_hash: self.model.hash(),
             head_version: meta.head_version,
             top_bands: vigil_core::heapless::Vec::new(),
+            spectrum: None,
         };
         if let Some(score) = score {
             report.score = score.anomaly;
@@ -188,6 +208,9 @@ impl WindowScorer {
                     &meta.baseline_bands,
                     (meta.sample_rate_hz / 2.0) as f32,
                 );
+            }
+            if kind == ReportKind::AlarmRaised {
+                report.spectrum = Some(self.spectrum_snapshot()?);
             }
         }
         self.next_sequence += 1;

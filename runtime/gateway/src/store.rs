@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use vigil_core::report::AnomalyReport;
 
 /// Magic bytes at the start of a store file.
-pub const MAGIC: &[u8; 8] = b"VIGILRS1";
+pub const MAGIC: &[u8; 8] = b"VIGILRS2";
+/// Magic of the first store format (reports without spectrum snapshots).
+const MAGIC_V1: &[u8; 8] = b"VIGILRS1";
 /// Largest payload accepted; anything longer is treated as corruption.
 pub const MAX_RECORD: usize = 4096;
 /// File name of the store inside a report folder.
@@ -71,6 +73,15 @@ impl ReportStore {
             file.write_all(MAGIC).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
             bytes.extend_from_slice(MAGIC);
+        } else if bytes.starts_with(MAGIC_V1) {
+            return Err(RuntimeError::StoreIo {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "report store of an earlier format (VIGILRS1, reports without spectra); it is left \
+                     untouched: pull its reports with the vigil version that wrote it, then move it away",
+                ),
+            });
         } else if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(RuntimeError::StoreIo {
                 path,
@@ -246,6 +257,7 @@ mod tests {
             model_hash: [7; 32],
             head_version: 1,
             top_bands: vigil_core::heapless::Vec::new(),
+            spectrum: None,
         }
     }
 
@@ -330,5 +342,16 @@ mod tests {
         let e = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap_err();
         assert!(e.to_string().contains("bad magic"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious data");
+    }
+
+    #[test]
+    fn a_store_of_the_earlier_format_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let old = [MAGIC_V1.as_slice(), &[4, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9]].concat();
+        std::fs::write(&path, &old).unwrap();
+        let e = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap_err();
+        assert!(e.to_string().contains("earlier format"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), old);
     }
 }

@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Every message of the protocol. The postcard variant index (the declaration order) is
 /// the message's tag on the wire: append new messages at the end, never reorder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// A report (with its spectrum snapshot) is the largest message; without allocation there is
+// no Box to even the variants out, and a message lives on the stack only while it is handled.
+#[allow(clippy::large_enum_variant)]
 pub enum Message<'a> {
     /// Host asks who the device is.
     InfoQuery,
@@ -51,14 +54,22 @@ pub enum Message<'a> {
         /// Most reports to send in answer.
         max: u16,
     },
-    /// Device: one stored report.
-    Report(AnomalyReport),
+    /// Device: one stored report, the `index`-th (from 0) of its answer, so that the host
+    /// notices a whole frame lost on the line.
+    Report {
+        /// Position of this report in the answer.
+        index: u16,
+        /// The report.
+        report: AnomalyReport,
+    },
     /// Device: no more reports in answer to this query.
     ReportsEnd {
         /// Sequence number to ask from next.
         next: u64,
         /// Whether reports from `next` on are stored.
         more: bool,
+        /// Reports sent in this answer; the host checks it received them all.
+        count: u16,
     },
     /// Host: a technician's label for a report. Answered by `Ack(0)`.
     Label {

@@ -23,6 +23,18 @@ fn examples() -> Vec<(&'static str, Envelope<'static>)> {
             excess_db: 18.5,
         }])
         .unwrap(),
+        spectrum: Some(crate::report::SpectrumSnapshot {
+            spectrum: crate::report::SpectrumBins {
+                bin_hz: 62.5,
+                top_db: -20.0,
+                levels: heapless::Vec::from_slice(&[40, 0, 12]).unwrap(),
+            },
+            envelope: crate::report::SpectrumBins {
+                bin_hz: 7.8125,
+                top_db: -41.5,
+                levels: heapless::Vec::from_slice(&[90, 0]).unwrap(),
+            },
+        }),
     };
     let header = UpdateHeader {
         kind: UpdateKind::Head,
@@ -67,8 +79,8 @@ fn examples() -> Vec<(&'static str, Envelope<'static>)> {
         ("Ack", Envelope::new(5, Message::Ack(517))),
         ("Nack", Envelope::new(6, Message::Nack(NackReason::NotNewer { current: 4 }))),
         ("ReportsQuery", Envelope::new(7, Message::ReportsQuery { since: 10, max: 64 })),
-        ("Report", Envelope::new(7, Message::Report(report))),
-        ("ReportsEnd", Envelope::new(7, Message::ReportsEnd { next: 13, more: false })),
+        ("Report", Envelope::new(7, Message::Report { index: 2, report })),
+        ("ReportsEnd", Envelope::new(7, Message::ReportsEnd { next: 13, more: false, count: 3 })),
         ("Label", Envelope::new(8, Message::Label { report: 12, class: 2 })),
         ("HeadSnapshotQuery", Envelope::new(9, Message::HeadSnapshotQuery { offset: 0, max: 512 })),
         ("HeadSnapshot", Envelope::new(9, Message::HeadSnapshot { total: 5, offset: 0, data: CHUNK })),
@@ -149,6 +161,34 @@ fn a_full_chunk_fits_one_frame() {
     let too_big = [0u8; MAX_ENVELOPE];
     let envelope = Envelope::new(1, Message::UpdateChunk { offset: 0, data: &too_big });
     assert_eq!(encode_frame(&envelope, &mut out), Err(WireError::TooLarge));
+}
+
+#[test]
+fn the_largest_report_fits_one_frame() {
+    let bins = |hz| crate::report::SpectrumBins {
+        bin_hz: hz,
+        top_db: -1.0,
+        levels: (0..crate::report::MAX_SPECTRUM_BINS).map(|i| (i * 2) as u8).collect(),
+    };
+    let report = AnomalyReport {
+        sequence: u64::MAX,
+        kind: ReportKind::AlarmRaised,
+        stream_time_s: 1e9,
+        score: 1e6,
+        threshold: 9.0,
+        class_index: 7,
+        probabilities: (0..crate::MAX_CLASSES).map(|_| 0.125).collect(),
+        model_hash: [0xFF; 32],
+        head_version: u32::MAX,
+        top_bands: (0..crate::MAX_TOP_BANDS)
+            .map(|_| BandContribution { low_hz: 1.0, high_hz: 2.0, excess_db: 3.0 })
+            .collect(),
+        spectrum: Some(crate::report::SpectrumSnapshot { spectrum: bins(62.5), envelope: bins(7.8) }),
+    };
+    let mut out = [0u8; MAX_FRAME];
+    let n = encode_frame(&Envelope::new(u32::MAX, Message::Report { index: u16::MAX, report }), &mut out)
+        .unwrap();
+    assert!(n <= MAX_FRAME);
 }
 
 #[test]
@@ -233,7 +273,7 @@ proptest! {
             Message::UpdateCommit { signature },
             Message::UpdateBegin(header),
             Message::ReportsQuery { since: c, max: a as u16 },
-            Message::ReportsEnd { next: c, more: b % 2 == 0 },
+            Message::ReportsEnd { next: c, more: b % 2 == 0, count: a as u16 },
             Message::Label { report: c, class: b },
             Message::HeadSnapshot { total: a, offset: a / 2, data: &data },
         ];
