@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod cmd;
+pub mod gateway_config;
 pub mod input;
 pub mod report_html;
 pub mod report_io;

@@ -61,6 +61,26 @@ pub struct StreamInputArgs {
 }
 
 impl StreamInputArgs {
+    /// The `[input]` table of a config file as options.
+    pub fn from_config(input: &crate::gateway_config::InputConfig, path: &Path) -> Result<Self> {
+        let format = match &input.format {
+            Some(f) => Some(<InputFormat as clap::ValueEnum>::from_str(f, true).map_err(|_| {
+                anyhow::anyhow!(
+                    "config {}: input format `{f}` is not csv, wav, f32le or forwarder",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
+        Ok(StreamInputArgs {
+            format,
+            rate: input.rate,
+            channels: input.channels,
+            hop: None,
+            realtime: input.realtime,
+        })
+    }
+
     /// Opens `input` (a file or `-`) and the options to stream it with.
     pub fn open(&self, input: &str) -> Result<(Box<dyn SampleSource>, StreamOptions)> {
         let format = self.format.or_else(|| InputFormat::from_path(input)).unwrap_or(InputFormat::Csv);

@@ -1,5 +1,6 @@
 //! `vigil serve`: the gateway device agent.
 
+use crate::gateway_config::{AlarmConfig, GatewayConfig};
 use crate::stream::{describe, stream_into, windower_for};
 use crate::update_file::read_key_hex;
 use anyhow::{Context, Result};
@@ -23,21 +24,25 @@ use vigil_runtime::slots::{FileSlots, GATEWAY_SLOT_CAPACITY};
 /// the last committed head is restored at start.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read every setting from this TOML file (see /etc/vigil/vigil.toml) instead of
+    /// the options below.
+    #[arg(long, conflicts_with_all = ["model", "port", "state", "pubkey", "name", "input"])]
+    config: Option<PathBuf>,
     /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Serial port to serve on, such as /dev/ttyS1.
-    #[arg(long, short)]
-    port: String,
+    #[arg(long, short, required_unless_present = "config")]
+    port: Option<String>,
     /// Baud rate.
     #[arg(long, default_value_t = DEFAULT_BAUD)]
     baud: u32,
     /// State folder: report store, update slots, labels (created if missing).
-    #[arg(long)]
-    state: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    state: Option<PathBuf>,
     /// Public key (from `vigil keygen`) that head updates must be signed with.
-    #[arg(long)]
-    pubkey: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pubkey: Option<PathBuf>,
     /// Device name reported to hosts [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -48,35 +53,84 @@ pub struct ServeArgs {
     stream: super::StreamInputArgs,
 }
 
+/// The settings `vigil serve` runs with, from its options or its config file.
+struct ServeSettings {
+    model: Option<PathBuf>,
+    port: String,
+    baud: u32,
+    state: PathBuf,
+    pubkey: PathBuf,
+    name: Option<String>,
+    input: Option<(String, super::StreamInputArgs)>,
+    alarm: Option<AlarmConfig>,
+}
+
 impl ServeArgs {
+    fn settings(self) -> Result<ServeSettings> {
+        let Some(path) = &self.config else {
+            let missing = |what: &str| anyhow::anyhow!("{what} is required (or give --config)");
+            return Ok(ServeSettings {
+                model: self.model,
+                port: self.port.ok_or_else(|| missing("--port"))?,
+                baud: self.baud,
+                state: self.state.ok_or_else(|| missing("--state"))?,
+                pubkey: self.pubkey.ok_or_else(|| missing("--pubkey"))?,
+                name: self.name,
+                input: self.input.map(|i| (i, self.stream)),
+                alarm: None,
+            });
+        };
+        let c = GatewayConfig::load(path)?;
+        let input = match c.input {
+            Some(i) => Some((i.path.clone(), super::StreamInputArgs::from_config(&i, path)?)),
+            None => None,
+        };
+        Ok(ServeSettings {
+            model: Some(c.model),
+            port: c.port,
+            baud: c.baud,
+            state: c.state,
+            pubkey: c.pubkey,
+            name: c.name,
+            input,
+            alarm: c.alarm,
+        })
+    }
+
     /// Runs the command until the input fails or the process is stopped.
     pub fn run(self) -> Result<()> {
-        let model = super::load_model(self.model.as_deref())?;
-        let public_key = read_key_hex(&self.pubkey)?;
-        let input = match &self.input {
-            Some(path) => {
-                let (source, options) = self.stream.open(path)?;
+        let s = self.settings()?;
+        let mut model = super::load_model(s.model.as_deref())?;
+        if let Some(alarm) = &s.alarm {
+            model
+                .set_alarm_policy(alarm.apply(model.metadata().alarm))
+                .context("alarm settings of the config")?;
+        }
+        let public_key = read_key_hex(&s.pubkey)?;
+        let input = match &s.input {
+            Some((path, stream)) => {
+                let (source, options) = stream.open(path)?;
                 let windower = windower_for(&model, source.as_ref(), &options)?;
                 Some((source, options, windower))
             }
             None => None,
         };
-        let store = crate::stream::open_store(&self.state)?;
+        let store = crate::stream::open_store(&s.state)?;
         let class_names = model.metadata().class_names.clone();
         let pipeline = Arc::new(Mutex::new(Pipeline::new(model, Some(store))?));
-        let name = self.name.clone().unwrap_or_else(host_name);
-        let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &self.state);
-        let slots = FileSlots::open(&self.state)
-            .with_context(|| format!("cannot use state folder {}", self.state.display()))?;
+        let name = s.name.clone().unwrap_or_else(host_name);
+        let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &s.state);
+        let slots = FileSlots::open(&s.state)
+            .with_context(|| format!("cannot use state folder {}", s.state.display()))?;
         let slots = Slots::open(slots)
-            .with_context(|| format!("cannot read update slots in {}", self.state.display()))?;
+            .with_context(|| format!("cannot read update slots in {}", s.state.display()))?;
         let mut scratch = vec![0u8; GATEWAY_SLOT_CAPACITY as usize];
         let mut agent = Agent::new(slots, &mut scratch);
         if let Some(version) = agent.restore(&mut device).context("cannot restore the committed head")? {
             println!("restored committed head version {version}");
         }
-        let mut port = open_port(&self.port, self.baud, Duration::from_millis(50))?;
-        println!("serving {name} on {} at {} baud; state in {}", self.port, self.baud, self.state.display());
+        let mut port = open_port(&s.port, s.baud, Duration::from_millis(50))?;
+        println!("serving {name} on {} at {} baud; state in {}", s.port, s.baud, s.state.display());
 
         let stop = Arc::new(AtomicBool::new(false));
         let scoring = input.map(|(source, options, windower)| {
@@ -98,7 +152,7 @@ impl ServeArgs {
             })
         });
         serve_link(&mut port, &mut agent, &mut device, &stop)
-            .with_context(|| format!("serial port {} failed", self.port))?;
+            .with_context(|| format!("serial port {} failed", s.port))?;
         if let Some(handle) = scoring {
             handle.join().map_err(|_| anyhow::anyhow!("the scoring thread panicked"))??;
         }

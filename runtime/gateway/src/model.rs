@@ -132,6 +132,13 @@ impl VigilModel {
         })
     }
 
+    /// Replaces the alarm policy (threshold, k-of-n, hysteresis).
+    pub fn set_alarm_policy(&mut self, policy: vigil_core::alarm::AlarmPolicy) -> Result<()> {
+        policy.validate()?;
+        self.meta.alarm = policy;
+        Ok(())
+    }
+
     /// Replaces the head, prototype and alarm policy by those of `update`, after checking
     /// that it was made for this model.
     pub fn apply_head(&mut self, update: &HeadUpdate) -> Result<()> {

@@ -1,0 +1,175 @@
+//! The Debian package: built from the tested binary, unpacked into a throwaway root, its
+//! systemd unit verified, and the packaged agent started from the packaged config.
+
+#![allow(clippy::unwrap_used)]
+
+use serialport::{SerialPort, TTYPort};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Builds the package around the tested binary and unpacks it; `None` without dpkg.
+fn unpacked(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    if !have("dpkg-deb") {
+        eprintln!("SKIPPED: Debian package tests (no dpkg-deb)");
+        return None;
+    }
+    let out = run(Command::new(repo().join("scripts/package-deb")).args([
+        "--binary",
+        env!("CARGO_BIN_EXE_vigil"),
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(deb.exists() && deb.extension().is_some_and(|e| e == "deb"), "{deb:?}");
+    let root = dir.join("root");
+    run(Command::new("dpkg-deb").args(["-x", deb.to_str().unwrap(), root.to_str().unwrap()]));
+    Some((deb, root))
+}
+
+#[test]
+fn the_package_installs_the_binary_model_unit_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((deb, root)) = unpacked(dir.path()) else { return };
+    for file in [
+        "usr/bin/vigil",
+        "usr/share/vigil/models/bearing-cnn-v1.onnx",
+        "lib/systemd/system/vigil@.service",
+        "etc/vigil/vigil.toml",
+        "var/lib/vigil",
+    ] {
+        assert!(root.join(file).exists(), "{file} missing from the package");
+    }
+    let fields = run(Command::new("dpkg-deb").args(["-f", deb.to_str().unwrap(), "Package", "Architecture"]));
+    let fields = String::from_utf8_lossy(&fields.stdout);
+    assert!(fields.contains("Package: vigil") && fields.contains("Architecture: amd64"), "{fields}");
+    let conffiles = run(Command::new("dpkg-deb").args(["-I", deb.to_str().unwrap(), "conffiles"]));
+    assert_eq!(String::from_utf8_lossy(&conffiles.stdout).trim(), "/etc/vigil/vigil.toml");
+
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/vigil@.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/vigil serve --config /etc/vigil/%i.toml"), "{unit}");
+    if have("systemd-analyze") {
+        // Verify an instance of the template inside the unpacked root, where
+        // /usr/bin/vigil exists, with the host's targets and slices beside it for the
+        // unit's default dependencies.
+        let units = root.join("lib/systemd/system");
+        std::fs::copy(units.join("vigil@.service"), units.join("vigil@vigil.service")).unwrap();
+        for entry in std::fs::read_dir("/lib/systemd/system").unwrap().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if (name.ends_with(".target") || name.ends_with(".slice")) && !units.join(&*name).exists() {
+                let _ = std::fs::copy(entry.path(), units.join(&*name));
+            }
+        }
+        let o = Command::new("systemd-analyze")
+            .args([
+                "verify",
+                &format!("--root={}", root.display()),
+                "/lib/systemd/system/vigil@vigil.service",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && !err.contains("vigil@"), "systemd-analyze verify: {err}");
+    } else {
+        eprintln!("SKIPPED: systemd-analyze verify (no systemd-analyze)");
+    }
+}
+
+#[test]
+fn the_packaged_agent_starts_from_its_config_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_, root)) = unpacked(dir.path()) else { return };
+    let vigil = root.join("usr/bin/vigil");
+    let key = dir.path().join("publisher");
+    run(Command::new(&vigil).args(["keygen", "-o", key.to_str().unwrap()]));
+    let (device_master, slave) = TTYPort::pair().unwrap();
+    let (host_master, host_slave) = TTYPort::pair().unwrap();
+    // The packaged config, pointed at this throwaway root, a pty and a temporary state.
+    let config = std::fs::read_to_string(root.join("etc/vigil/vigil.toml"))
+        .unwrap()
+        .replace("/usr/share/vigil", &root.join("usr/share/vigil").display().to_string())
+        .replace("/dev/ttyS1", &slave.name().unwrap())
+        .replace("/var/lib/vigil", &dir.path().join("state").display().to_string())
+        .replace("/etc/vigil/publisher.pub", &format!("{}.pub", key.display()))
+        .replace("# name = \"press-7\"", "name = \"packaged\"");
+    let config_path = dir.path().join("vigil.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut agent = Command::new(&vigil)
+        .args(["serve", "--config", config_path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Relay the agent's pty to a second one for the host command.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = |mut from: TTYPort, mut to: TTYPort, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            from.set_timeout(Duration::from_millis(10)).unwrap();
+            let mut buf = [0u8; 256];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                    let _ = std::io::Write::write_all(&mut to, &buf[..n]);
+                }
+            }
+        })
+    };
+    let t1 = relay(
+        device_master.try_clone_native().unwrap(),
+        host_master.try_clone_native().unwrap(),
+        stop.clone(),
+    );
+    let t2 = relay(host_master, device_master, stop.clone());
+    let started = Instant::now();
+    let status = loop {
+        let o = Command::new(&vigil)
+            .args(["status", "--port", &host_slave.name().unwrap(), "--timeout-ms", "300", "--retries", "0"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        if let Some(exit) = agent.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the packaged agent exited with {exit}: {err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the packaged agent did not answer");
+    };
+    eprintln!("the packaged agent answered after {:.1} s", started.elapsed().as_secs_f64());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = (t1.join(), t2.join());
+    assert!(status.contains("device   packaged") && status.contains("head     version 1"), "{status}");
+
+    // A mistyped key is named with its line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&config_path).unwrap().replace("baud = ", "baudrate = "))
+        .unwrap();
+    let o = Command::new(&vigil).args(["serve", "--config", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unknown field `baudrate`") && err.contains("line 8"),
+        "{err}"
+    );
+}
