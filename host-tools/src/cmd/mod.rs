@@ -135,7 +135,9 @@ impl PortArgs {
 /// Vigil: predictive-maintenance inference at the edge.
 ///
 /// Simulate bearing vibration, pretrain the reference model, and run a model over a
-/// sensor stream to detect and classify developing faults. Start with `vigil demo`.
+/// sensor stream to detect and classify developing faults; serve devices over serial
+/// lines, push signed head updates, pull and label reports, and turn them into the
+/// technician's HTML report. Start with `vigil demo`.
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, propagate_version = true)]
 pub struct Cli {

@@ -3,7 +3,9 @@
 //! Everything that must behave identically on a factory gateway and on a microcontroller
 //! lives here exactly once: the normalisation and resampling maths applied to sensor
 //! windows, the DSP features, the classification head with its normal-state prototype,
-//! the alarm policy, the report types and the rolling-element bearing geometry.
+//! the alarm policy, the report types and the rolling-element bearing geometry, and the
+//! device side of the serial protocol: the wire format ([`wire`]), signed head updates in
+//! A/B slots ([`update`]) and the agent that answers a host ([`agent`]).
 //!
 //! The crate is `no_std` and never allocates. Buffers are borrowed from the caller and
 //! fixed capacities are named constants ([`MAX_CLASSES`], [`MAX_TOP_BANDS`]).
