@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_tools::client::{Client, PushOutcome};
-use vigil_tools::update_file::{hex, UpdateFile};
+use vigil_tools::hex;
+use vigil_tools::update_file::UpdateFile;
 
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
@@ -483,7 +484,7 @@ fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() 
         100.0 * faulted as f64 / relayed as f64,
         client.stats.retries,
         active,
-        hex(&snapshot.model_hash[..4])
+        hex::encode(&snapshot.model_hash[..4])
     );
     assert!(faulted as f64 > 0.008 * relayed as f64);
     drop(device);

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod cmd;
 pub mod gateway_config;
+pub mod hex;
 pub mod input;
 pub mod report_html;
 pub mod report_io;

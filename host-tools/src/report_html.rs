@@ -3,6 +3,7 @@
 //! alarms, the spectrum and envelope spectrum of the window with bearing fault-frequency
 //! markers.
 
+use crate::report_io::{bands_text, class_name, class_probability};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -97,17 +98,12 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
 
     html.push_str("<section id=\"reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
     for r in reports {
-        let class = ctx.class_names.get(usize::from(r.class_index)).map_or("?", String::as_str);
-        let p = r.probabilities.get(usize::from(r.class_index)).copied().unwrap_or(0.0);
-        let bands: Vec<String> = r
-            .top_bands
-            .iter()
-            .map(|b| format!("{:.0}-{:.0} Hz {:+.1} dB", b.low_hz, b.high_hz, b.excess_db))
-            .collect();
+        let class = class_name(r, &ctx.class_names);
+        let p = class_probability(r);
         let _ = write!(
             html,
             "<tr class=\"{:?}\"><td>{}</td><td>{:.2}</td><td>{:?}</td><td>{}</td><td>{p:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
-            r.kind, r.sequence, r.stream_time_s, r.kind, escape(class), r.score, r.threshold, r.head_version, escape(&bands.join(", "))
+            r.kind, r.sequence, r.stream_time_s, r.kind, escape(class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
         );
     }
     html.push_str("</table></section>\n</body></html>\n");
@@ -115,7 +111,7 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
 }
 
 fn alarm_section(r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
-    let class = ctx.class_names.get(usize::from(r.class_index)).map_or("?", String::as_str);
+    let class = class_name(r, &ctx.class_names);
     let mut html = String::new();
     let _ = write!(
         html,

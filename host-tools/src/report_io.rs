@@ -5,9 +5,28 @@ use serde::Deserialize;
 use std::path::Path;
 use vigil_core::report::{AnomalyReport, BandContribution, ReportKind, SpectrumSnapshot};
 
+/// The name of the report's class (`?` when `class_names` does not cover it).
+pub fn class_name<'a>(report: &AnomalyReport, class_names: &'a [String]) -> &'a str {
+    class_names.get(usize::from(report.class_index)).map_or("?", String::as_str)
+}
+
+/// The probability the head gave the report's class.
+pub fn class_probability(report: &AnomalyReport) -> f32 {
+    report.probabilities.get(usize::from(report.class_index)).copied().unwrap_or(0.0)
+}
+
+/// The report's top bands as people read them: `3000-3500 Hz +17.5 dB, ...`.
+pub fn bands_text(report: &AnomalyReport) -> String {
+    let bands: Vec<String> = report
+        .top_bands
+        .iter()
+        .map(|b| format!("{:.0}-{:.0} Hz {:+.1} dB", b.low_hz, b.high_hz, b.excess_db))
+        .collect();
+    bands.join(", ")
+}
+
 /// A report as a JSON object, with the class name and a hex model hash.
 pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json::Value {
-    let hash: String = report.model_hash.iter().map(|b| format!("{b:02x}")).collect();
     serde_json::json!({
         "sequence": report.sequence,
         "kind": report.kind,
@@ -17,7 +36,7 @@ pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json
         "class": class_names.get(usize::from(report.class_index)),
         "class_index": report.class_index,
         "probabilities": report.probabilities.as_slice(),
-        "model_hash": hash,
+        "model_hash": crate::hex::encode(&report.model_hash),
         "head_version": report.head_version,
         "top_bands": report.top_bands.as_slice(),
         "spectrum": report.spectrum,
@@ -52,14 +71,9 @@ pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
         let at = || format!("{} line {}", path.display(), i + 1);
         let r: ReportLine =
             serde_json::from_str(line).with_context(|| format!("{}: not a Vigil report", at()))?;
-        let mut model_hash = [0u8; 32];
-        if r.model_hash.len() != 64 {
+        let Some(model_hash) = crate::hex::decode_32(&r.model_hash) else {
             bail!("{}: model_hash must be 64 hex digits", at());
-        }
-        for (k, byte) in model_hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&r.model_hash[2 * k..2 * k + 2], 16)
-                .with_context(|| format!("{}: model_hash is not hex", at()))?;
-        }
+        };
         if let Some(name) = r.class {
             let k = usize::from(r.class_index);
             if names.len() <= k {
@@ -93,7 +107,7 @@ pub const CSV_HEADER: &str =
 
 /// One report as a CSV line (lists inside a cell are `;`-separated).
 pub fn csv_line(r: &AnomalyReport, classes: &[String]) -> String {
-    let class = classes.get(usize::from(r.class_index)).map_or("?", String::as_str);
+    let class = class_name(r, classes);
     let probs: Vec<String> = r.probabilities.iter().map(|p| format!("{p:.4}")).collect();
     let bands: Vec<String> = r
         .top_bands

@@ -2,6 +2,7 @@
 //! report store. Shared by `vigil run` and `vigil demo`.
 
 use crate::input::SampleSource;
+use crate::report_io::{bands_text, class_name, class_probability};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Mutex;
@@ -157,13 +158,8 @@ pub fn stream_into(
 
 /// One line describing a report, for people.
 pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
-    let class = class_names.get(usize::from(report.class_index)).map_or("?", String::as_str);
-    let p = report.probabilities.get(usize::from(report.class_index)).copied().unwrap_or(0.0);
-    let bands: Vec<String> = report
-        .top_bands
-        .iter()
-        .map(|b| format!("{:.0}-{:.0} Hz {:+.1} dB", b.low_hz, b.high_hz, b.excess_db))
-        .collect();
+    let class = class_name(report, class_names);
+    let p = class_probability(report);
     match report.kind {
         ReportKind::AlarmRaised => format!(
             "ALARM #{} at {:.2} s: {class} (p={p:.2}), score {:.1} > threshold {:.1}; top bands: {}",
@@ -171,7 +167,7 @@ pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
             report.stream_time_s,
             report.score,
             report.threshold,
-            bands.join(", ")
+            bands_text(report)
         ),
         ReportKind::AlarmCleared => format!(
             "cleared #{} at {:.2} s: score {:.1} back under {:.1}",

@@ -105,20 +105,10 @@ impl UpdateFile {
 pub fn read_key_hex(path: &Path) -> Result<[u8; 32]> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
-    let hex = text.trim();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("key {} must hold 64 hex digits (made by `vigil keygen`)", path.display());
+    match crate::hex::decode_32(text.trim()) {
+        Some(key) => Ok(key),
+        None => bail!("key {} must hold 64 hex digits (made by `vigil keygen`)", path.display()),
     }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(key)
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

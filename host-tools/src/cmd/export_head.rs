@@ -1,6 +1,7 @@
 //! `vigil export-head`: a model's head as an update file.
 
-use crate::update_file::{hex, UpdateFile};
+use crate::hex;
+use crate::update_file::UpdateFile;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ impl ExportHeadArgs {
         file.write(&self.output)?;
         println!(
             "head version {version} of model {} ({} x {}, {}): {} payload bytes, unsigned, in {}",
-            &hex(&head.model_hash)[..16],
+            &hex::encode(&head.model_hash)[..16],
             head.classes,
             head.inputs,
             if self.int8 { "int8" } else { "f32" },

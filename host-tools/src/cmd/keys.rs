@@ -1,6 +1,7 @@
 //! `vigil keygen` and `vigil sign`: the publisher's Ed25519 key and update signatures.
 
-use crate::update_file::{hex, read_key_hex, UpdateFile};
+use crate::hex;
+use crate::update_file::{read_key_hex, UpdateFile};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ed25519_dalek::SigningKey;
@@ -40,8 +41,8 @@ impl KeygenArgs {
             .mode(0o600)
             .open(&self.output)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
-        writeln!(file, "{}", hex(&seed))?;
-        std::fs::write(&public, format!("{}\n", hex(key.verifying_key().as_bytes())))
+        writeln!(file, "{}", hex::encode(&seed))?;
+        std::fs::write(&public, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))
             .with_context(|| format!("cannot write {}", public.display()))?;
         println!(
             "secret key {} (keep it off devices), public key {}",
@@ -82,8 +83,8 @@ impl SignArgs {
         println!(
             "signed head version {} for model {} with key {}: {}",
             file.header.version,
-            &hex(&file.header.model_hash)[..16],
-            &hex(key.verifying_key().as_bytes())[..16],
+            &hex::encode(&file.header.model_hash)[..16],
+            &hex::encode(key.verifying_key().as_bytes())[..16],
             out.display()
         );
         Ok(())

@@ -134,7 +134,7 @@ fn file_name(path: &Path) -> String {
 pub fn source_rows(from: &Path, reports: &[vigil_core::report::AnomalyReport]) -> Vec<(String, String)> {
     let mut rows = vec![("source".to_owned(), from.display().to_string())];
     if let Some(r) = reports.first() {
-        let hash: String = r.model_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let hash = &crate::hex::encode(&r.model_hash)[..16];
         rows.push(("model".into(), format!("{hash}...")));
     }
     let mut versions: Vec<u32> = reports.iter().map(|r| r.head_version).collect();

@@ -100,7 +100,7 @@ impl PullArgs {
         out.flush()?;
         eprintln!("pulled {count} report(s); next sequence {next} (retries: {})", client.stats.retries);
         if exports {
-            let hash: String = info.model_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let hash = &crate::hex::encode(&info.model_hash)[..16];
             let ctx = ReportContext {
                 title: format!("Vigil report: {}", info.device),
                 device: vec![

@@ -1,6 +1,6 @@
 //! `vigil status`: who a device is and what it is doing.
 
-use crate::update_file::hex;
+use crate::hex;
 use anyhow::Result;
 use clap::Args;
 
@@ -25,7 +25,7 @@ impl StatusArgs {
                 .update
                 .map(|u| serde_json::json!({"version": u.version, "received": u.received, "total": u.total}));
             let value = serde_json::json!({
-                "device": info.device, "software": info.software, "model_hash": hex(&info.model_hash),
+                "device": info.device, "software": info.software, "model_hash": hex::encode(&info.model_hash),
                 "embedding_dim": info.embedding_dim, "classes": info.class_names,
                 "head_version": status.head_version, "slot_capacity": info.slot_capacity,
                 "uptime_s": status.uptime_s, "windows_scored": status.windows_scored,
@@ -40,7 +40,7 @@ impl StatusArgs {
         println!("device   {} ({})", info.device, info.software);
         println!(
             "model    {} ({}-d embedding; classes {})",
-            &hex(&info.model_hash)[..16],
+            &hex::encode(&info.model_hash)[..16],
             info.embedding_dim,
             info.class_names.join(", ")
         );

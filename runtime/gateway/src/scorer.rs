@@ -154,12 +154,12 @@ impl WindowScorer {
         argmax(&masked).unwrap_or(0)
     }
 
-    /// Spectrum and envelope spectrum of the first channel of the normalised window.
+    /// Spectrum and envelope spectrum of the first channel of the normalised window;
+    /// `self.power` must hold that window's power spectrum, and is overwritten.
     fn spectrum_snapshot(&mut self) -> Result<SpectrumSnapshot> {
         let meta = self.model.metadata();
         let first = &self.normalised[..meta.window];
         let bin_hz = (meta.sample_rate_hz / self.fft.len() as f64) as f32;
-        dsp::power_spectrum(first, &mut self.fft, &mut self.power)?;
         let spectrum = SpectrumBins::from_power(&self.power, bin_hz, (meta.sample_rate_hz / 2.0) as f32);
         let high_pass = (ENVELOPE_HIGH_PASS_HZ / bin_hz) as usize;
         self.envelope.resize(first.len(), 0.0);
@@ -198,10 +198,14 @@ impl WindowScorer {
                 // Capacity is MAX_CLASSES and the head has at most that many classes.
                 let _ = report.probabilities.push(p);
             }
-            if !self.bands.is_empty() {
-                // Bands of the first channel of the normalised window (set by the scoring).
+            let wants_bands = !self.bands.is_empty();
+            if wants_bands || kind == ReportKind::AlarmRaised {
+                // Power spectrum of the first channel of the normalised window (set by the
+                // scoring), once for the bands and the snapshot.
                 let first = &self.normalised[..meta.window];
                 dsp::power_spectrum(first, &mut self.fft, &mut self.power)?;
+            }
+            if wants_bands {
                 dsp::band_energies(&self.power, &mut self.bands);
                 report.top_bands = top_band_contributions(
                     &self.bands,
