@@ -440,6 +440,55 @@ impl Client {
         }
     }
 
+    /// Stream index of the next sample the device expects: an empty sample chunk past any
+    /// stream's end draws a `SampleGap` naming it.
+    pub fn sample_position(&mut self) -> Result<u64> {
+        match self.ack(&Message::SampleChunk { first: u64::MAX, data: &[] })? {
+            Err(NackReason::SampleGap { expected }) => Ok(expected),
+            Err(reason) => Err(Refusal(reason).into()),
+            Ok(_) => bail!("the device took an empty sample chunk past the end of its stream"),
+        }
+    }
+
+    /// Sends sensor samples to a device without a sensor of its own, starting at stream
+    /// index `first`; `progress` gets the samples acknowledged. Returns the windows the
+    /// device has scored since its start.
+    pub fn send_samples(
+        &mut self,
+        first: u64,
+        samples: &[f32],
+        mut progress: impl FnMut(usize),
+    ) -> Result<u32> {
+        let mut sent = 0usize;
+        let mut windows = 0;
+        let mut failures = 0;
+        let mut data = Vec::with_capacity(MAX_CHUNK);
+        while sent < samples.len() {
+            let end = (sent + self.chunk / 4).min(samples.len());
+            data.clear();
+            samples[sent..end].iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+            let at = first + sent as u64;
+            let message = Message::SampleChunk { first: at, data: &data };
+            let step = self.chunk_step(&mut failures, &message, |m| match m {
+                Message::Ack(scored) => Some(*scored),
+                _ => None,
+            });
+            match step.with_context(|| format!("sending samples stopped at sample {at}"))? {
+                Step::Answer(scored) => {
+                    windows = scored;
+                    sent = end;
+                }
+                Step::Lost => {}
+                Step::Refused(NackReason::SampleGap { expected }) if expected >= first && expected <= at => {
+                    sent = (expected - first) as usize;
+                }
+                Step::Refused(reason) => return Err(Refusal(reason).into()),
+            }
+            progress(sent);
+        }
+        Ok(windows)
+    }
+
     /// One exchange of a chunked transfer. A lost or corrupted exchange halves the chunk
     /// size (down to [`MIN_CHUNK`]) and counts in `failures`, which four clean exchanges
     /// in a row double again (up to [`MAX_CHUNK`]); more than `retries` failures in a row

@@ -2,6 +2,8 @@
 
 mod demo;
 mod export_head;
+mod feature_head;
+mod feed;
 mod keys;
 mod label;
 mod pretrain;
@@ -174,6 +176,10 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Write a model's head as an unsigned head update (.vup).
     ExportHead(export_head::ExportHeadArgs),
+    /// Train a head over DSP features for microcontroller nodes, as an unsigned head update.
+    FeatureHead(feature_head::FeatureHeadArgs),
+    /// Stream a recorded signal into a device that has no sensor of its own.
+    Feed(feed::FeedArgs),
     /// Make an Ed25519 key pair for signing updates.
     Keygen(keys::KeygenArgs),
     /// Sign a head update with a secret key.
@@ -197,6 +203,8 @@ impl Cli {
             Command::Label(a) => a.run(),
             Command::Snapshot(a) => a.run(),
             Command::ExportHead(a) => a.run(),
+            Command::FeatureHead(a) => a.run(),
+            Command::Feed(a) => a.run(),
             Command::Keygen(a) => a.run(),
             Command::Sign(a) => a.run(),
         }

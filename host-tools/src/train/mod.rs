@@ -4,6 +4,7 @@
 pub mod cnn;
 pub mod dataset;
 pub mod export;
+pub mod feature_head;
 
 use crate::sim::{FaultKind, SourceDomain};
 use anyhow::{Context, Result};
@@ -163,7 +164,7 @@ fn class_names() -> Vec<String> {
     FaultKind::ALL.iter().map(|k| k.name().to_string()).collect()
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")

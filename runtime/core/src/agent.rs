@@ -38,6 +38,12 @@ pub trait Device {
     /// Copies the running head, serialised as a [`HeadUpdate`], from `offset` into `out`;
     /// returns the total length and the bytes copied.
     fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)>;
+    /// Takes sensor samples (little-endian f32) starting at stream index `first`; returns
+    /// the windows scored since the start. Devices with a sensor of their own refuse them.
+    fn samples(&mut self, first: u64, data: &[u8]) -> Result<u32, NackReason> {
+        let _ = (first, data);
+        Err(NackReason::Unexpected)
+    }
 }
 
 /// Serves the protocol for one device over one byte stream.
@@ -67,10 +73,12 @@ impl<'s, S: SlotStorage> Agent<'s, S> {
 
     /// Loads the committed head, if any, into `device`; returns its version. A committed
     /// head the device cannot run (another model) is left unused.
+    #[inline(never)]
     pub fn restore(&mut self, device: &mut impl Device) -> Result<Option<u32>, S::Error> {
         let Some(payload) = self.slots.read_active(self.scratch)? else { return Ok(None) };
-        match decode_head(payload).and_then(|u| device.check_head(&u).map(|()| u)) {
-            Ok(update) => {
+        let mut update = HeadUpdate::empty();
+        match decode_head(payload, &mut update).and_then(|()| device.check_head(&update)) {
+            Ok(()) => {
                 device.apply_head(&update);
                 Ok(Some(update.version))
             }
@@ -88,12 +96,36 @@ impl<'s, S: SlotStorage> Agent<'s, S> {
     }
 }
 
-fn decode_head(payload: &[u8]) -> Result<HeadUpdate, NackReason> {
-    let update: HeadUpdate = postcard::from_bytes(payload).map_err(|_| NackReason::BadPayload)?;
-    update.validate().map_err(|_| NackReason::BadPayload)?;
-    Ok(update)
+/// Decodes and validates a stored or received head into `head`.
+fn decode_head(payload: &[u8], head: &mut HeadUpdate) -> Result<(), NackReason> {
+    head.decode_into(payload).map_err(|_| NackReason::BadPayload)?;
+    head.validate().map_err(|_| NackReason::BadPayload)
 }
 
+/// Verifies and applies the update received. Kept out of line: the decoded head is large,
+/// and its stack frame should exist only while a commit is handled.
+#[inline(never)]
+fn commit<S: SlotStorage>(
+    slots: &mut Slots<S>,
+    scratch: &mut [u8],
+    signature: Option<&crate::wire::Signature>,
+    device: &mut impl Device,
+) -> Result<u32, NackReason> {
+    let mut update = HeadUpdate::empty();
+    let key = device.public_key();
+    let model_hash = device.model_hash();
+    let record = slots.commit(signature, &key, scratch, |payload| {
+        decode_head(payload, &mut update)?;
+        if update.model_hash != model_hash {
+            return Err(NackReason::OtherModel);
+        }
+        device.check_head(&update)
+    })?;
+    device.apply_head(&update);
+    Ok(record.version)
+}
+
+#[inline(never)]
 fn respond<S: SlotStorage>(
     slots: &mut Slots<S>,
     scratch: &mut [u8],
@@ -137,21 +169,7 @@ fn respond<S: SlotStorage>(
         }
         Message::UpdateChunk { offset, data } => reply(seq, answer(slots.chunk(offset, data))),
         Message::UpdateCommit { signature } => {
-            let mut decoded = None;
-            let key = device.public_key();
-            let committed = slots.commit(signature.as_ref(), &key, scratch, |payload| {
-                let update = decode_head(payload)?;
-                if update.model_hash != device.model_hash() {
-                    return Err(NackReason::OtherModel);
-                }
-                device.check_head(&update)?;
-                decoded = Some(update);
-                Ok(())
-            });
-            if let (Ok(_), Some(update)) = (&committed, &decoded) {
-                device.apply_head(update);
-            }
-            reply(seq, answer(committed.map(|record| record.version)));
+            reply(seq, answer(commit(slots, scratch, signature.as_ref(), device)))
         }
         Message::ReportsQuery { since, max } => {
             let mut next = since;
@@ -165,6 +183,7 @@ fn respond<S: SlotStorage>(
             let more = device.report_from(next).is_some();
             reply(seq, Message::ReportsEnd { next, more, count });
         }
+        Message::SampleChunk { first, data } => reply(seq, answer(device.samples(first, data))),
         Message::Label { report, class } => reply(seq, answer(device.label(report, class).map(|()| 0))),
         Message::HeadSnapshotQuery { offset, max } => {
             let mut chunk = [0u8; MAX_CHUNK];

@@ -36,6 +36,7 @@ pub mod alarm;
 pub mod bearing;
 pub mod dsp;
 mod error;
+pub mod features;
 pub mod head;
 pub mod normalise;
 pub mod report;

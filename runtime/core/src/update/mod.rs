@@ -8,6 +8,7 @@
 //! model is the one it runs and the version is above the active one; it stores updates in
 //! A/B slots ([`slots`]) so that a torn write leaves the previous head active.
 
+mod decode;
 pub mod slots;
 
 use crate::alarm::AlarmPolicy;

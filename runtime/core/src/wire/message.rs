@@ -94,6 +94,15 @@ pub enum Message<'a> {
         /// At most [`super::MAX_CHUNK`] bytes.
         data: &'a [u8],
     },
+    /// Host: sensor samples for a device without a sensor of its own (an emulated board, a
+    /// replay). Answered by `Ack(windows scored since the start)`; a chunk the device
+    /// already holds is acknowledged and ignored, one past a gap gets `Nack(SampleGap)`.
+    SampleChunk {
+        /// Index in the stream of the first sample.
+        first: u64,
+        /// Little-endian f32 samples, at most [`super::MAX_CHUNK`] bytes.
+        data: &'a [u8],
+    },
 }
 
 /// Who a device is and what it runs.
@@ -210,6 +219,11 @@ pub enum NackReason {
         /// Number of classes of the head.
         classes: u8,
     },
+    /// Samples arrived past a gap in the stream.
+    SampleGap {
+        /// Index of the next sample the device expects.
+        expected: u64,
+    },
 }
 
 impl fmt::Display for NackReason {
@@ -242,6 +256,9 @@ impl fmt::Display for NackReason {
             NackReason::UnknownReport => f.write_str("the device stores no report with that sequence number"),
             NackReason::UnknownClass { classes } => {
                 write!(f, "the class index is out of range (the head has {classes} classes)")
+            }
+            NackReason::SampleGap { expected } => {
+                write!(f, "samples arrived past a gap: the device expects sample {expected} next")
             }
         }
     }

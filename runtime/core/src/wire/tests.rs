@@ -84,6 +84,8 @@ fn examples() -> Vec<(&'static str, Envelope<'static>)> {
         ("Label", Envelope::new(8, Message::Label { report: 12, class: 2 })),
         ("HeadSnapshotQuery", Envelope::new(9, Message::HeadSnapshotQuery { offset: 0, max: 512 })),
         ("HeadSnapshot", Envelope::new(9, Message::HeadSnapshot { total: 5, offset: 0, data: CHUNK })),
+        ("SampleChunk", Envelope::new(10, Message::SampleChunk { first: 2048, data: &[0, 0, 0x80, 0x3f] })),
+        ("NackSampleGap", Envelope::new(10, Message::Nack(NackReason::SampleGap { expected: 1024 }))),
     ]
 }
 

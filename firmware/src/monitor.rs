@@ -1,0 +1,359 @@
+//! The firmware's scoring loop: windows of the sample stream through the DSP feature
+//! backbone and the head of `vigil-core`, the alarm policy, and a fixed ring of reports.
+
+use heapless::Vec;
+use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
+use vigil_core::features::{
+    self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_HOP as HOP, FEATURE_WINDOW, POWER_BANDS,
+};
+use vigil_core::head::{argmax, softmax_in_place, HeadRef, PrototypeRef};
+use vigil_core::report::{top_band_contributions, AnomalyReport, BandContribution, ReportKind};
+use vigil_core::update::{HeadUpdate, HeadWeights};
+use vigil_core::wire::NackReason;
+use vigil_core::{CoreError, MAX_CLASSES, MAX_TOP_BANDS};
+
+/// Reports the ring keeps; older ones are overwritten and counted.
+pub const REPORT_RING: usize = 32;
+
+/// The head the device scores with, unpacked to f32 for speed.
+#[derive(Debug, Clone)]
+pub struct ActiveHead {
+    version: u32,
+    classes: u8,
+    weights: [f32; MAX_CLASSES * FEATURE_COUNT],
+    bias: [f32; MAX_CLASSES],
+    mean: [f32; FEATURE_COUNT],
+    var: [f32; FEATURE_COUNT],
+    alarm: AlarmPolicy,
+}
+
+impl ActiveHead {
+    /// Whether `update` fits the feature backbone (the agent checked its model hash).
+    pub fn check(update: &HeadUpdate) -> Result<(), NackReason> {
+        if usize::from(update.inputs) != FEATURE_COUNT || update.validate().is_err() {
+            return Err(NackReason::BadPayload);
+        }
+        Ok(())
+    }
+
+    /// Unpacks a checked update.
+    pub fn from_update(update: &HeadUpdate) -> Result<Self, CoreError> {
+        let classes = usize::from(update.classes);
+        let mut head = ActiveHead {
+            version: update.version,
+            classes: update.classes,
+            weights: [0.0; MAX_CLASSES * FEATURE_COUNT],
+            bias: [0.0; MAX_CLASSES],
+            mean: [0.0; FEATURE_COUNT],
+            var: [0.0; FEATURE_COUNT],
+            alarm: update.alarm,
+        };
+        update.weights_into(&mut head.weights[..classes * FEATURE_COUNT])?;
+        head.bias[..classes].copy_from_slice(&update.bias);
+        head.mean.copy_from_slice(&update.prototype_mean);
+        head.var.copy_from_slice(&update.prototype_var);
+        Ok(head)
+    }
+
+    /// The head as an update (f32 weights), for snapshots.
+    pub fn to_update(&self, model_hash: [u8; 32]) -> HeadUpdate {
+        let classes = usize::from(self.classes);
+        fn collect<const N: usize>(values: &[f32]) -> Vec<f32, N> {
+            values.iter().copied().collect()
+        }
+        HeadUpdate {
+            model_hash,
+            version: self.version,
+            inputs: FEATURE_COUNT as u16,
+            classes: self.classes,
+            weights: HeadWeights::F32(collect(&self.weights[..classes * FEATURE_COUNT])),
+            bias: collect(&self.bias[..classes]),
+            prototype_mean: collect(&self.mean),
+            prototype_var: collect(&self.var),
+            alarm: self.alarm,
+        }
+    }
+
+    /// Version of the head.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> u8 {
+        self.classes
+    }
+}
+
+/// A report as the ring keeps it: the device-wide fields (model hash) are added when it is
+/// sent.
+#[derive(Debug, Clone, Copy)]
+struct StoredReport {
+    sequence: u64,
+    kind: ReportKind,
+    /// Stream index one past the window's last sample.
+    sample_end: u64,
+    score: f32,
+    threshold: f32,
+    class: u8,
+    classes: u8,
+    probabilities: [f32; MAX_CLASSES],
+    head_version: u32,
+    top_bands: [BandContribution; MAX_TOP_BANDS],
+    top_band_count: u8,
+    label: Option<u8>,
+}
+
+/// What the monitor has done since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Windows scored.
+    pub windows_scored: u64,
+    /// Windows skipped for non-finite samples.
+    pub sensor_faults: u64,
+    /// Reports overwritten in the ring before anyone pulled them.
+    pub reports_overwritten: u64,
+    /// Labels received.
+    pub labels: u64,
+}
+
+/// Windows the stream, scores each window and keeps reports.
+#[derive(Debug)]
+pub struct Monitor {
+    spec: FeatureSpec,
+    window: [f32; FEATURE_WINDOW],
+    filled: usize,
+    /// Stream index of the next sample expected.
+    next_sample: u64,
+    scratch: FeatureScratch,
+    features: [f32; FEATURE_COUNT],
+    head: Option<ActiveHead>,
+    alarm: Option<AlarmState>,
+    last_score: f32,
+    ring: [Option<StoredReport>; REPORT_RING],
+    next_sequence: u64,
+    counters: Counters,
+}
+
+impl Monitor {
+    /// A monitor for streams described by `spec`, with no head yet (windows are counted,
+    /// not scored, until a head is applied).
+    pub fn new(spec: FeatureSpec) -> Result<Self, CoreError> {
+        spec.validate()?;
+        Ok(Monitor {
+            spec,
+            window: [0.0; FEATURE_WINDOW],
+            filled: 0,
+            next_sample: 0,
+            scratch: FeatureScratch::default(),
+            features: [0.0; FEATURE_COUNT],
+            head: None,
+            alarm: None,
+            last_score: 0.0,
+            ring: [None; REPORT_RING],
+            next_sequence: 0,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The stream the monitor expects.
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    /// The head in use, if any.
+    pub fn head(&self) -> Option<&ActiveHead> {
+        self.head.as_ref()
+    }
+
+    /// Scores with `head` from the next window on; the alarm state starts afresh.
+    pub fn apply_head(&mut self, head: ActiveHead) {
+        self.alarm = AlarmState::new(head.alarm).ok();
+        self.head = Some(head);
+    }
+
+    /// Counters since the start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Whether the alarm is active.
+    pub fn alarm_active(&self) -> bool {
+        self.alarm.as_ref().is_some_and(AlarmState::is_active)
+    }
+
+    /// Score of the last scored window.
+    pub fn last_score(&self) -> f32 {
+        self.last_score
+    }
+
+    /// Threshold in force (0 without a head).
+    pub fn threshold(&self) -> f32 {
+        self.head.as_ref().map_or(0.0, |h| h.alarm.threshold)
+    }
+
+    /// Sequence number the next report gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Stream index of the next sample expected.
+    pub fn next_sample(&self) -> u64 {
+        self.next_sample
+    }
+
+    /// Takes little-endian f32 samples starting at stream index `first`. A chunk that ends
+    /// at or before the next expected sample is a repeat and is ignored; one that starts
+    /// past it is refused.
+    pub fn samples(&mut self, first: u64, data: &[u8]) -> Result<u64, NackReason> {
+        if !data.len().is_multiple_of(4) {
+            return Err(NackReason::BadPayload);
+        }
+        let count = (data.len() / 4) as u64;
+        if first > self.next_sample {
+            return Err(NackReason::SampleGap { expected: self.next_sample });
+        }
+        let skip = (self.next_sample - first).min(count) as usize;
+        for bytes in data.chunks_exact(4).skip(skip) {
+            let sample = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            self.push(sample);
+        }
+        Ok(self.counters.windows_scored)
+    }
+
+    fn push(&mut self, sample: f32) {
+        self.window[self.filled] = sample;
+        self.filled += 1;
+        self.next_sample += 1;
+        if self.filled == FEATURE_WINDOW {
+            self.score_window();
+            self.window.copy_within(HOP.., 0);
+            self.filled = FEATURE_WINDOW - HOP;
+        }
+    }
+
+    /// Scores the full window.
+    fn score_window(&mut self) {
+        match features::extract(&self.spec, &self.window, &mut self.scratch, &mut self.features) {
+            Ok(()) => {}
+            Err(_) => {
+                self.counters.sensor_faults += 1;
+                self.record(ReportKind::SensorFault, 0.0, None);
+                return;
+            }
+        }
+        self.counters.windows_scored += 1;
+        let Some(head) = &self.head else { return };
+        let classes = usize::from(head.classes);
+        let mut probabilities = [0.0f32; MAX_CLASSES];
+        let scored = HeadRef::new(
+            &head.weights[..classes * FEATURE_COUNT],
+            &head.bias[..classes],
+            FEATURE_COUNT,
+            classes,
+        )
+        .and_then(|h| h.logits(&self.features, &mut probabilities[..classes]))
+        .and_then(|()| PrototypeRef::new(&head.mean, &head.var))
+        .and_then(|p| p.score(&self.features));
+        let Ok(score) = scored else { return };
+        softmax_in_place(&mut probabilities[..classes]);
+        self.last_score = score;
+        let transition = self.alarm.as_mut().map_or(AlarmTransition::None, |a| a.update(score));
+        let kind = match transition {
+            AlarmTransition::None => return,
+            AlarmTransition::Raised => ReportKind::AlarmRaised,
+            AlarmTransition::Cleared => ReportKind::AlarmCleared,
+        };
+        self.record(kind, score, Some(probabilities));
+    }
+
+    fn record(&mut self, kind: ReportKind, score: f32, probabilities: Option<[f32; MAX_CLASSES]>) {
+        let (classes, head_version) = self.head.as_ref().map_or((0, 0), |h| (h.classes, h.version));
+        let probabilities = probabilities.unwrap_or([0.0; MAX_CLASSES]);
+        let class = argmax(&probabilities[..usize::from(classes)]).unwrap_or(0) as u8;
+        let mut top_bands = [BandContribution { low_hz: 0.0, high_hz: 0.0, excess_db: 0.0 }; MAX_TOP_BANDS];
+        let mut top_band_count = 0;
+        if let (Some(head), ReportKind::AlarmRaised) = (&self.head, kind) {
+            // Feature 4 + i is the log share of band i: exponentiate both sides to compare.
+            let band = |values: &[f32]| -> [f32; POWER_BANDS] {
+                core::array::from_fn(|i| libm::expf(values[4 + i]))
+            };
+            let top = top_band_contributions(
+                &band(&self.features),
+                &band(&head.mean),
+                self.spec.sample_rate_hz / 2.0,
+            );
+            top_band_count = top.len() as u8;
+            top_bands[..top.len()].copy_from_slice(&top);
+        }
+        let report = StoredReport {
+            sequence: self.next_sequence,
+            kind,
+            sample_end: self.next_sample,
+            score,
+            threshold: self.threshold(),
+            class,
+            classes,
+            probabilities,
+            head_version,
+            top_bands,
+            top_band_count,
+            label: None,
+        };
+        let slot = &mut self.ring[(self.next_sequence % REPORT_RING as u64) as usize];
+        if slot.is_some() {
+            self.counters.reports_overwritten += 1;
+        }
+        *slot = Some(report);
+        self.next_sequence += 1;
+    }
+
+    fn stored(&self, sequence: u64) -> Option<&StoredReport> {
+        self.ring[(sequence % REPORT_RING as u64) as usize].as_ref().filter(|r| r.sequence == sequence)
+    }
+
+    /// The kept report with the smallest sequence number at or after `since`.
+    pub fn report_from(&self, since: u64, model_hash: [u8; 32]) -> Option<AnomalyReport> {
+        let oldest = self.next_sequence.saturating_sub(REPORT_RING as u64);
+        let stored = (since.max(oldest)..self.next_sequence).find_map(|s| self.stored(s))?;
+        let classes = usize::from(stored.classes);
+        Some(AnomalyReport {
+            sequence: stored.sequence,
+            kind: stored.kind,
+            stream_time_s: stored.sample_end as f64 / f64::from(self.spec.sample_rate_hz),
+            score: stored.score,
+            threshold: stored.threshold,
+            class_index: stored.class,
+            probabilities: stored.probabilities[..classes].iter().copied().collect(),
+            model_hash,
+            head_version: stored.head_version,
+            top_bands: stored.top_bands[..usize::from(stored.top_band_count)]
+                .iter()
+                .copied()
+                .collect::<Vec<_, MAX_TOP_BANDS>>(),
+            spectrum: None,
+        })
+    }
+
+    /// Records a technician's label for a kept report.
+    pub fn label(&mut self, sequence: u64, class: u8) -> Result<(), NackReason> {
+        let classes = self.head.as_ref().map_or(0, |h| h.classes);
+        if class >= classes {
+            return Err(NackReason::UnknownClass { classes });
+        }
+        let slot = &mut self.ring[(sequence % REPORT_RING as u64) as usize];
+        match slot {
+            Some(report) if report.sequence == sequence => {
+                report.label = Some(class);
+                self.counters.labels += 1;
+                Ok(())
+            }
+            _ => Err(NackReason::UnknownReport),
+        }
+    }
+
+    /// The label given to a kept report, if any.
+    pub fn label_of(&self, sequence: u64) -> Option<u8> {
+        self.stored(sequence).and_then(|r| r.label)
+    }
+}
