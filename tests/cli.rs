@@ -3,16 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{text, vigil};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn model_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v1.onnx")

@@ -4,33 +4,19 @@
 //! `scripts/test-all` builds the firmware first and sets `VIGIL_REQUIRE_FIRMWARE=1`; without
 //! it, a missing firmware build or QEMU skips this test with one line saying so.
 
+mod common;
+
+use common::{ok, refused};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use vigil_core::update::HeadUpdate;
 use vigil_core::wire::Message;
 use vigil_runtime::serial::open_port;
 use vigil_tools::client::Client;
 use vigil_tools::update_file::UpdateFile;
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vigil(args);
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "vigil {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
-
-fn refused(args: &[&str]) -> String {
-    let o = vigil(args);
-    assert!(!o.status.success(), "vigil {args:?} should fail:\n{}", String::from_utf8_lossy(&o.stdout));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn firmware_elf() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/thumbv7em-none-eabihf/firmware/vigil-mps2")

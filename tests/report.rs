@@ -3,23 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{ok, vigil};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_tools::report_io::{read_jsonl, write_jsonl};
 use vigil_tools::sim::MachineConfig;
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vigil(args);
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "vigil {args:?} failed:\n{out}\n{err}");
-    out.into_owned()
-}
 
 /// Where screenshots are kept after the tests.
 fn artefacts() -> PathBuf {

@@ -4,12 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{ok, refused, text, vigil};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use serialport::{SerialPort, TTYPort};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,28 +21,6 @@ use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_tools::client::{Client, PushOutcome};
 use vigil_tools::hex;
 use vigil_tools::update_file::UpdateFile;
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vigil(args);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "vigil {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-fn refused(args: &[&str]) -> String {
-    let o = vigil(args);
-    let (stdout, stderr) = text(&o);
-    assert!(!o.status.success(), "vigil {args:?} should fail:\n{stdout}");
-    stderr
-}
 
 /// What the relay does to the bytes it carries.
 #[derive(Debug, Clone, Copy, Default)]

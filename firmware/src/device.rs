@@ -13,10 +13,10 @@ use vigil_core::wire::{DeviceInfo, NackReason, Status};
 /// Largest serialised head the device snapshots: a 64 x 8 f32 head with its prototype.
 pub const MAX_HEAD_BYTES: usize = 4096;
 
-/// Milliseconds since the device started.
+/// Time since the device started.
 pub trait Clock {
-    /// Milliseconds since start.
-    fn uptime_ms(&self) -> u64;
+    /// Seconds since start.
+    fn uptime_s(&self) -> u32;
 }
 
 /// Who the device is: fixed at build or provisioning time.
@@ -73,7 +73,7 @@ impl<C: Clock> Device for FirmwareDevice<C> {
     fn status(&self) -> Status {
         let counters = self.monitor.counters();
         Status {
-            uptime_s: (self.clock.uptime_ms() / 1000) as u32,
+            uptime_s: self.clock.uptime_s(),
             windows_scored: counters.windows_scored,
             sensor_faults: counters.sensor_faults,
             alarm_active: self.monitor.alarm_active(),

@@ -29,7 +29,7 @@ const SPEC: FeatureSpec =
 struct NoClock;
 
 impl Clock for NoClock {
-    fn uptime_ms(&self) -> u64 {
+    fn uptime_s(&self) -> u32 {
         0
     }
 }

@@ -60,6 +60,18 @@ static mut UPDATE_FLASH: MaybeUninit<[u8; UPDATE_FLASH_BYTES]> = MaybeUninit::un
 
 static MILLIS: AtomicU32 = AtomicU32::new(0);
 
+/// The board's 32 external interrupts (QEMU's mps2-an386 has no more); the firmware polls
+/// its UART, so all of them go to the default handler.
+#[link_section = ".vector_table.interrupts"]
+#[no_mangle]
+#[used]
+static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];
+
+extern "C" {
+    /// cortex-m-rt's handler for unexpected exceptions and interrupts.
+    fn DefaultHandler();
+}
+
 /// The machine this node watches: the reference pump of `vigil simulate` and `vigil demo`.
 const SPEC: FeatureSpec =
     FeatureSpec { sample_rate_hz: 16_000.0, shaft_hz: 29.95, bearing: BearingGeometry::deep_groove_6205() };
@@ -87,8 +99,8 @@ impl SysTickClock {
 }
 
 impl Clock for SysTickClock {
-    fn uptime_ms(&self) -> u64 {
-        u64::from(MILLIS.load(Ordering::Relaxed))
+    fn uptime_s(&self) -> u32 {
+        MILLIS.load(Ordering::Relaxed) / 1000
     }
 }
 
@@ -202,16 +214,21 @@ fn provisioned_key() -> [u8; 32] {
     key
 }
 
-/// A test window: a resonance rung at BPFO over noise.
+/// A test window: a 3 kHz resonance rung at BPFO, decaying, over noise.
 fn test_window(window: &mut [f32; FEATURE_WINDOW]) {
-    let bpfo = SPEC.orders_hz()[2];
+    let period = SPEC.sample_rate_hz / SPEC.orders_hz()[2];
+    let ring = vigil_core::dsp::unit(2.0 * core::f32::consts::PI * 3000.0 / SPEC.sample_rate_hz);
+    let (mut phase, mut level, mut next_impact) = (vigil_core::dsp::Complex32::new(1.0, 0.0), 0.0f32, 0.0f32);
     let mut noise = 1u32;
     for (i, v) in window.iter_mut().enumerate() {
+        if i as f32 >= next_impact {
+            level = 1.0;
+            next_impact += period;
+        }
         noise = noise.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let t = i as f32 / SPEC.sample_rate_hz;
-        let since = t % (1.0 / bpfo);
-        *v = libm::expf(-since * 1200.0) * libm::sinf(2.0 * core::f32::consts::PI * 3000.0 * t)
-            + ((noise >> 8) as f32 / 16_777_216.0 - 0.5) * 0.1;
+        *v = level * phase.im + ((noise >> 8) as f32 / 16_777_216.0 - 0.5) * 0.1;
+        level *= 0.93;
+        phase = phase * ring;
     }
 }
 
@@ -307,10 +324,10 @@ fn measure() {
     let ticks = window_cost(&mut FeatureScratch::default());
     log!(
         "vigil-firmware: one window (features + head + score) took {} SysTick ticks = {} instructions when the clock counts instructions (calibration: {} instructions in {} ticks)",
-        ticks,
-        ticks * loop_instructions / loop_ticks,
-        loop_instructions,
-        loop_ticks
+        ticks as u32,
+        (ticks as f32 * loop_instructions as f32 / loop_ticks as f32) as u32,
+        loop_instructions as u32,
+        loop_ticks as u32
     );
 }
 
@@ -331,7 +348,8 @@ fn main() -> ! {
         let monitor = device.monitor();
         if monitor.next_sequence() != reports {
             reports = monitor.next_sequence();
-            log!("vigil-firmware: {} reports, alarm active: {}", reports, monitor.alarm_active());
+            // Logged as u32: the count wraps in the log only, after four billion reports.
+            log!("vigil-firmware: {} reports, alarm active: {}", reports as u32, monitor.alarm_active());
         }
         let version = monitor.head().map_or(0, |h| h.version());
         if version != head {

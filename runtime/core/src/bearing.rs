@@ -48,9 +48,9 @@ impl BearingGeometry {
         BearingGeometry { n_balls: 9, ball_diameter: 7.94, pitch_diameter: 39.04, contact_angle: 0.0 }
     }
 
-    /// The textbook kinematic fault orders.
+    /// The textbook kinematic fault orders (contact angles up to 2 pi).
     pub fn fault_orders(&self) -> FaultOrders {
-        let r = self.ball_diameter / self.pitch_diameter * libm::cosf(self.contact_angle);
+        let r = self.ball_diameter / self.pitch_diameter * crate::dsp::sin_cos(self.contact_angle).1;
         let n = f32::from(self.n_balls);
         FaultOrders {
             bpfo: n / 2.0 * (1.0 - r),

@@ -99,7 +99,7 @@ impl FeatureSpec {
     }
 
     fn high_pass_bin(&self) -> usize {
-        libm::ceilf(ENVELOPE_HIGH_PASS_HZ / self.bin_hz()) as usize
+        ceil(ENVELOPE_HIGH_PASS_HZ / self.bin_hz())
     }
 
     fn envelope_nyquist_hz(&self) -> f32 {
@@ -139,8 +139,8 @@ pub fn extract(
     dsp::real_fft_tapered(window, moments.mean, &mut scratch.spectrum)?;
     power_bands(&scratch.spectrum, &mut out[4..4 + POWER_BANDS]);
 
-    envelope_power(spec, &mut scratch.spectrum)?;
-    let envelope = &scratch.spectrum[..ZOOM / 2];
+    let band = envelope_power(spec, &mut scratch.spectrum)?;
+    let envelope = &scratch.spectrum[band..band + ZOOM / 2];
     let mean_level = envelope[1..].iter().map(|c| c.re).sum::<f32>() / (ZOOM / 2 - 1) as f32;
     let level = |hz: f32| ln(peak_near(envelope, hz, spec.bin_hz()) / (mean_level + FLOOR));
     let [shaft, ftf, bpfo, bpfi, two_bsf] = spec.orders_hz();
@@ -162,6 +162,16 @@ pub fn extract(
     Ok(())
 }
 
+/// The ceiling of a non-negative `x`, without libm's general `ceilf`.
+fn ceil(x: f32) -> usize {
+    let whole = x as usize;
+    if (whole as f32) < x {
+        whole + 1
+    } else {
+        whole
+    }
+}
+
 fn ln(v: f32) -> f32 {
     libm::logf(v + FLOOR)
 }
@@ -175,9 +185,10 @@ fn power_bands(spectrum: &[Complex32], bands: &mut [f32]) {
     }
 }
 
-/// Replaces the window's spectrum with the envelope's power spectrum, in the real parts of
-/// `spectrum[..ZOOM / 2]`, at the same bin spacing.
-fn envelope_power(spec: &FeatureSpec, spectrum: &mut [Complex32]) -> Result<(), CoreError> {
+/// Overwrites the richest band of the window's spectrum with the envelope's power
+/// spectrum, in the real parts of `ZOOM / 2` bins from the returned index, at the same bin
+/// spacing.
+fn envelope_power(spec: &FeatureSpec, spectrum: &mut [Complex32]) -> Result<usize, CoreError> {
     // The band of ZOOM bins, starting on a multiple of an eighth of it above the
     // high-pass, that holds the most energy: where impacts ring the structure.
     let step = ZOOM / 8;
@@ -195,10 +206,9 @@ fn envelope_power(spec: &FeatureSpec, spectrum: &mut [Complex32]) -> Result<(), 
             best = (start, current);
         }
     }
-    // Analytic signal of the band, shifted to baseband (the band moves down over bins no
-    // longer needed); inverse FFT through conjugates.
-    spectrum.copy_within(best.0..best.0 + ZOOM, 0);
-    let zoom = &mut spectrum[..ZOOM];
+    // Analytic signal of the band, shifted to baseband (transformed where it lies); inverse
+    // FFT through conjugates.
+    let zoom = &mut spectrum[best.0..best.0 + ZOOM];
     for z in zoom.iter_mut() {
         z.im = -z.im;
     }
@@ -212,15 +222,16 @@ fn envelope_power(spec: &FeatureSpec, spectrum: &mut [Complex32]) -> Result<(), 
     for z in zoom.iter_mut() {
         *z = Complex32::new(z.norm_sqr(), 0.0);
     }
-    Ok(())
+    Ok(best.0)
 }
 
 /// The largest level within [`SLIP`] (at least one bin) of `hz`; 0 outside the spectrum.
 fn peak_near(envelope: &[Complex32], hz: f32, bin_hz: f32) -> f32 {
     let centre = hz / bin_hz;
     let reach = (centre * SLIP).max(1.0);
-    let low = libm::floorf(centre - reach).max(1.0) as usize;
-    let high = (libm::ceilf(centre + reach) as usize).min(envelope.len().saturating_sub(1));
+    // Truncation is the floor here: below 1 the bound is 1 anyway.
+    let low = (centre - reach).max(1.0) as usize;
+    let high = ceil(centre + reach).min(envelope.len().saturating_sub(1));
     envelope.get(low..=high).map_or(0.0, |bins| bins.iter().fold(0.0f32, |m, c| m.max(c.re)))
 }
 

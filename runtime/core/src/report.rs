@@ -137,14 +137,25 @@ pub fn top_band_contributions(
     baseline: &[f32],
     nyquist_hz: f32,
 ) -> Vec<BandContribution, MAX_TOP_BANDS> {
-    let mut top: Vec<BandContribution, MAX_TOP_BANDS> = Vec::new();
     let n = bands.len().min(baseline.len());
+    top_bands_by_excess(n, nyquist_hz, |i| 10.0 * libm::log10f((bands[i] + 1e-12) / (baseline[i] + 1e-12)))
+}
+
+/// Picks, among `n` equally wide bands from 0 to `nyquist_hz`, the ones whose excess over
+/// the baseline (`excess_db(i)`, in dB) is largest, largest first; non-finite excesses are
+/// skipped.
+pub fn top_bands_by_excess(
+    n: usize,
+    nyquist_hz: f32,
+    excess_db: impl Fn(usize) -> f32,
+) -> Vec<BandContribution, MAX_TOP_BANDS> {
+    let mut top: Vec<BandContribution, MAX_TOP_BANDS> = Vec::new();
     if n == 0 {
         return top;
     }
     let width = nyquist_hz / n as f32;
     for i in 0..n {
-        let excess_db = 10.0 * libm::log10f((bands[i] + 1e-12) / (baseline[i] + 1e-12));
+        let excess_db = excess_db(i);
         if !excess_db.is_finite() {
             continue;
         }
@@ -154,8 +165,12 @@ pub fn top_band_contributions(
             if top.is_full() {
                 top.pop();
             }
-            // Cannot fail: one slot was freed above when full.
-            let _ = top.insert(pos, c);
+            // Cannot fail: one slot was freed above when full. Swapping into place rather
+            // than inserting keeps a memmove out of microcontroller builds.
+            let _ = top.push(c);
+            for i in (pos + 1..top.len()).rev() {
+                top.swap(i, i - 1);
+            }
         }
     }
     top

@@ -1,0 +1,31 @@
+//! Running the `vigil` binary from the end-to-end tests.
+// Each test file uses the helpers it needs.
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+
+/// Runs `vigil` with `args`.
+pub fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().expect("vigil binary runs")
+}
+
+/// Standard output and standard error as text.
+pub fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `vigil` and expects success; returns its standard output.
+pub fn ok(args: &[&str]) -> String {
+    let o = vigil(args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "vigil {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Runs `vigil` and expects failure; returns its standard error.
+pub fn refused(args: &[&str]) -> String {
+    let o = vigil(args);
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "vigil {args:?} should fail:\n{stdout}");
+    stderr
+}
