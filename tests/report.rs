@@ -5,20 +5,13 @@
 
 mod common;
 
-use common::{ok, vigil};
+use common::{artefacts, ok, vigil};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_tools::report_io::{read_jsonl, write_jsonl};
 use vigil_tools::sim::MachineConfig;
-
-/// Where screenshots are kept after the tests.
-fn artefacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artefacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists())

@@ -2,6 +2,7 @@
 // Each test file uses the helpers it needs.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs `vigil` with `args`.
@@ -28,4 +29,11 @@ pub fn refused(args: &[&str]) -> String {
     let (stdout, stderr) = text(&o);
     assert!(!o.status.success(), "vigil {args:?} should fail:\n{stdout}");
     stderr
+}
+
+/// Where tests keep what they measured or rendered (`target/test-artefacts`).
+pub fn artefacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artefacts");
+    std::fs::create_dir_all(&dir).expect("target/test-artefacts can be created");
+    dir
 }

@@ -349,7 +349,13 @@ fn main() -> ! {
         if monitor.next_sequence() != reports {
             reports = monitor.next_sequence();
             // Logged as u32: the count wraps in the log only, after four billion reports.
-            log!("vigil-firmware: {} reports, alarm active: {}", reports as u32, monitor.alarm_active());
+            let overwritten = monitor.counters().reports_overwritten as u32;
+            log!(
+                "vigil-firmware: {} reports, alarm active: {}, {} overwritten before they were pulled",
+                reports as u32,
+                monitor.alarm_active(),
+                overwritten
+            );
         }
         let version = monitor.head().map_or(0, |h| h.version());
         if version != head {
