@@ -318,3 +318,30 @@ fn rate_flag_overrides_the_rate_a_wav_header_states() {
     assert!(as_recorded >= 100, "{as_recorded}");
     assert!((declared_faster as f64) < 0.6 * as_recorded as f64, "{declared_faster} vs {as_recorded}");
 }
+
+#[test]
+fn feature_head_and_feed_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("head.vup");
+    let out = out.to_str().unwrap();
+    assert_fails_with(vigil(&["feature-head", "-o", out, "--rate", "3000"]), "raise --rate");
+    assert_fails_with(
+        vigil(&["feature-head", "-o", out, "--recordings", "0"]),
+        "--recordings must be at least 1",
+    );
+    assert!(!Path::new(out).exists(), "a refused head was written");
+    // Input problems are found before the port is opened; then the port is named.
+    let no_port = "/dev/vigil-no-such-port";
+    let one = simulate(dir.path(), "one.csv", &["--seconds", "0.1"]);
+    let two = simulate(dir.path(), "two.csv", &["--channels", "2", "--seconds", "0.1"]);
+    let missing = dir.path().join("missing.csv");
+    assert_fails_with(
+        vigil(&["feed", "--port", no_port, two.to_str().unwrap()]),
+        "2 channels; the device takes one",
+    );
+    assert_fails_with(vigil(&["feed", "--port", no_port, missing.to_str().unwrap()]), "missing.csv");
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "").unwrap();
+    assert_fails_with(vigil(&["feed", "--port", no_port, empty.to_str().unwrap()]), "no samples to feed");
+    assert_fails_with(vigil(&["feed", "--port", no_port, one.to_str().unwrap()]), "vigil-no-such-port");
+}

@@ -32,6 +32,16 @@ impl FeedArgs {
     pub fn run(self) -> Result<()> {
         let format = self.format.or_else(|| InputFormat::from_path(&self.input)).unwrap_or(InputFormat::Csv);
         let mut source = input::open(&self.input, format, self.channels)?;
+        // The first block, read before the device is touched, says how many channels.
+        let mut chunk = Vec::new();
+        let mut more = source.read_chunk(&mut chunk, READ_FRAMES)?;
+        match source.channels() {
+            Some(1) | None => {}
+            Some(n) => bail!("{}: {n} channels; the device takes one (pick a channel first)", self.input),
+        }
+        if !more || chunk.is_empty() {
+            bail!("{}: no samples to feed", self.input);
+        }
         let mut client = self.port.connect()?;
         let info =
             client.info().with_context(|| format!("no answer from a device on {}", self.port.name()))?;
@@ -40,23 +50,16 @@ impl FeedArgs {
         let bar = crate::train::bar(0, "feeding");
         bar.set_message("samples");
         let began = Instant::now();
-        let mut chunk = Vec::new();
         let mut windows = 0;
-        while source.read_chunk(&mut chunk, READ_FRAMES)? {
-            match source.channels() {
-                Some(1) | None => {}
-                Some(n) => bail!("{}: {n} channels; the device takes one (pick a channel first)", self.input),
-            }
+        while more {
             let before = position;
             windows = client
                 .send_samples(position, &chunk, |sent| bar.set_position(before - start + sent as u64))?;
             position += chunk.len() as u64;
+            more = source.read_chunk(&mut chunk, READ_FRAMES)?;
         }
         bar.finish_and_clear();
         let sent = position - start;
-        if sent == 0 {
-            bail!("{}: no samples to feed", self.input);
-        }
         let seconds = began.elapsed().as_secs_f64();
         let status = client.status()?;
         println!(
