@@ -34,29 +34,30 @@ pub struct Identity {
     pub public_key: [u8; 32],
 }
 
-/// A microcontroller node: the monitor plus what the protocol asks of a device.
+/// A microcontroller node: the monitor (kept where the board puts it, typically a
+/// `static`) plus what the protocol asks of a device.
 #[derive(Debug)]
-pub struct FirmwareDevice<C: Clock> {
+pub struct FirmwareDevice<'m, C: Clock> {
     identity: Identity,
-    monitor: Monitor,
+    monitor: &'m mut Monitor,
     model_hash: [u8; 32],
     clock: C,
 }
 
-impl<C: Clock> FirmwareDevice<C> {
+impl<'m, C: Clock> FirmwareDevice<'m, C> {
     /// A device running `monitor`'s feature backbone.
-    pub fn new(identity: Identity, monitor: Monitor, clock: C) -> Self {
+    pub fn new(identity: Identity, monitor: &'m mut Monitor, clock: C) -> Self {
         let model_hash = monitor.spec().model_hash();
         FirmwareDevice { identity, monitor, model_hash, clock }
     }
 
     /// The scoring loop.
     pub fn monitor(&self) -> &Monitor {
-        &self.monitor
+        self.monitor
     }
 }
 
-impl<C: Clock> Device for FirmwareDevice<C> {
+impl<C: Clock> Device for FirmwareDevice<'_, C> {
     fn info(&self) -> DeviceInfo<'_> {
         DeviceInfo {
             device: self.identity.name,
@@ -136,7 +137,7 @@ impl<C: Clock> Device for FirmwareDevice<C> {
 pub fn serve_once<U, S, C>(
     uart: &mut U,
     agent: &mut Agent<'_, S>,
-    device: &mut FirmwareDevice<C>,
+    device: &mut FirmwareDevice<'_, C>,
 ) -> Result<usize, U::Error>
 where
     U: Read + Write,

@@ -3,6 +3,7 @@
 
 use heapless::Vec;
 use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
+use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::{
     self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_HOP as HOP, FEATURE_WINDOW, POWER_BANDS,
 };
@@ -13,8 +14,10 @@ use vigil_core::wire::NackReason;
 use vigil_core::{CoreError, MAX_CLASSES, MAX_TOP_BANDS};
 
 /// Reports the ring keeps; older ones are overwritten and counted. A power of two, so
-/// that a sequence number maps to its slot without a 64-bit division.
+/// that a sequence number maps to its slot without a 64-bit division, and at most 32, the
+/// bits of the occupancy mask.
 pub const REPORT_RING: usize = 32;
+const _: () = assert!(REPORT_RING.is_power_of_two() && REPORT_RING <= 32);
 
 fn ring_index(sequence: u64) -> usize {
     sequence as usize % REPORT_RING
@@ -111,6 +114,22 @@ struct StoredReport {
     label: Option<u8>,
 }
 
+/// An unused ring slot (all zero bytes).
+const EMPTY_REPORT: StoredReport = StoredReport {
+    sequence: 0,
+    kind: ReportKind::AlarmRaised,
+    sample_end: 0,
+    score: 0.0,
+    threshold: 0.0,
+    class: 0,
+    classes: 0,
+    probabilities: [0; MAX_CLASSES],
+    head_version: 0,
+    top_bands: [(0, 0.0); MAX_TOP_BANDS],
+    top_band_count: 0,
+    label: None,
+};
+
 /// What the monitor has done since the start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -137,7 +156,9 @@ pub struct Monitor {
     head: Option<ActiveHead>,
     alarm: Option<AlarmState>,
     last_score: f32,
-    ring: [Option<StoredReport>; REPORT_RING],
+    ring: [StoredReport; REPORT_RING],
+    /// Bit `i` set: ring slot `i` holds a report.
+    occupied: u32,
     next_sequence: u64,
     counters: Counters,
 }
@@ -146,21 +167,39 @@ impl Monitor {
     /// A monitor for streams described by `spec`, with no head yet (windows are counted,
     /// not scored, until a head is applied).
     pub fn new(spec: FeatureSpec) -> Result<Self, CoreError> {
-        spec.validate()?;
-        Ok(Monitor {
-            spec,
+        let mut monitor = Self::unconfigured();
+        monitor.configure(spec)?;
+        Ok(monitor)
+    }
+
+    /// A monitor with no stream yet, to be configured in place with
+    /// [`Monitor::configure`]: a board builds its 15 KiB monitor once, where building one
+    /// through a `Result` moves it several times on the stack.
+    pub const fn unconfigured() -> Self {
+        let none =
+            BearingGeometry { n_balls: 0, ball_diameter: 0.0, pitch_diameter: 0.0, contact_angle: 0.0 };
+        Monitor {
+            spec: FeatureSpec { sample_rate_hz: 0.0, shaft_hz: 0.0, bearing: none },
             window: [0.0; FEATURE_WINDOW],
             filled: 0,
             next_sample: 0,
-            scratch: FeatureScratch::default(),
+            scratch: FeatureScratch::new(),
             features: [0.0; FEATURE_COUNT],
             head: None,
             alarm: None,
             last_score: 0.0,
-            ring: [None; REPORT_RING],
+            ring: [EMPTY_REPORT; REPORT_RING],
+            occupied: 0,
             next_sequence: 0,
-            counters: Counters::default(),
-        })
+            counters: Counters { windows_scored: 0, sensor_faults: 0, reports_overwritten: 0, labels: 0 },
+        }
+    }
+
+    /// Sets the stream the monitor expects, once its spec validates.
+    pub fn configure(&mut self, spec: FeatureSpec) -> Result<(), CoreError> {
+        spec.validate()?;
+        self.spec = spec;
+        Ok(())
     }
 
     /// The stream the monitor expects.
@@ -308,16 +347,19 @@ impl Monitor {
             top_band_count,
             label: None,
         };
-        let slot = &mut self.ring[ring_index(self.next_sequence)];
-        if slot.is_some() {
+        let index = ring_index(self.next_sequence);
+        if self.occupied & (1 << index) != 0 {
             self.counters.reports_overwritten += 1;
         }
-        *slot = Some(report);
+        self.occupied |= 1 << index;
+        self.ring[index] = report;
         self.next_sequence += 1;
     }
 
     fn stored(&self, sequence: u64) -> Option<&StoredReport> {
-        self.ring[ring_index(sequence)].as_ref().filter(|r| r.sequence == sequence)
+        let index = ring_index(sequence);
+        let report = &self.ring[index];
+        (self.occupied & (1 << index) != 0 && report.sequence == sequence).then_some(report)
     }
 
     /// The kept report with the smallest sequence number at or after `since`.
@@ -356,15 +398,14 @@ impl Monitor {
         if class >= classes {
             return Err(NackReason::UnknownClass { classes });
         }
-        let slot = &mut self.ring[ring_index(sequence)];
-        match slot {
-            Some(report) if report.sequence == sequence => {
-                report.label = Some(class);
-                self.counters.labels += 1;
-                Ok(())
-            }
-            _ => Err(NackReason::UnknownReport),
+        let index = ring_index(sequence);
+        let report = &mut self.ring[index];
+        if self.occupied & (1 << index) == 0 || report.sequence != sequence {
+            return Err(NackReason::UnknownReport);
         }
+        report.label = Some(class);
+        self.counters.labels += 1;
+        Ok(())
     }
 
     /// The label given to a kept report, if any.

@@ -72,7 +72,8 @@ fn boot(mut flash: Vec<u8>, link: UnixStream) -> std::thread::JoinHandle<(Vec<u8
             classes: 4,
             public_key: key().verifying_key().to_bytes(),
         };
-        let mut device = FirmwareDevice::new(identity, Monitor::new(SPEC).unwrap(), NoClock);
+        let mut monitor = Monitor::new(SPEC).unwrap();
+        let mut device = FirmwareDevice::new(identity, &mut monitor, NoClock);
         let mut scratch = [0u8; SLOT];
         let slots = Slots::open(FlashSlots::new(&mut flash)).unwrap();
         let mut agent = Agent::new(slots, &mut scratch);

@@ -275,7 +275,7 @@ fn fail(what: &str) -> ! {
 /// Brings up the clock, the device and the update slots, and restores the committed head.
 /// Out of line, so that its temporaries leave the stack before serving starts.
 #[inline(never)]
-fn start() -> (&'static mut FirmwareDevice<SysTickClock>, Agent<'static, FlashSlots<'static>>) {
+fn start() -> (&'static mut FirmwareDevice<'static, SysTickClock>, Agent<'static, FlashSlots<'static>>) {
     let Some(mut core) = cortex_m::Peripherals::take() else { fail("core peripherals taken twice") };
     core.SYST.set_clock_source(SystClkSource::Core);
     core.SYST.set_reload(TICKS_PER_MS - 1);
@@ -294,8 +294,15 @@ fn start() -> (&'static mut FirmwareDevice<SysTickClock>, Agent<'static, FlashSl
         classes: 4,
         public_key,
     };
-    let Ok(monitor) = Monitor::new(SPEC) else { fail("the feature spec does not fit the window") };
-    let Some(device) = cortex_m::singleton!(: FirmwareDevice<SysTickClock> = FirmwareDevice::new(identity, monitor, SysTickClock))
+    // The monitor (15 KiB) is built unconfigured and configured in place, not moved.
+    let Some(monitor) = cortex_m::singleton!(: Monitor = Monitor::unconfigured()) else {
+        fail("monitor initialised twice")
+    };
+    if monitor.configure(SPEC).is_err() {
+        fail("the feature spec does not fit the window")
+    }
+    let Some(device) = cortex_m::singleton!(: FirmwareDevice<'static, SysTickClock> =
+        FirmwareDevice::new(identity, monitor, SysTickClock))
     else {
         fail("device initialised twice")
     };

@@ -113,9 +113,16 @@ pub struct FeatureScratch {
     spectrum: [Complex32; BINS],
 }
 
+impl FeatureScratch {
+    /// Zeroed scratch (a `const`, so a `static` of it costs no flash).
+    pub const fn new() -> Self {
+        FeatureScratch { spectrum: [Complex32::new(0.0, 0.0); BINS] }
+    }
+}
+
 impl Default for FeatureScratch {
     fn default() -> Self {
-        FeatureScratch { spectrum: [Complex32::default(); BINS] }
+        Self::new()
     }
 }
 
