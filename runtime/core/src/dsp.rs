@@ -185,18 +185,35 @@ pub fn real_fft(x: &[f32], spectrum: &mut [Complex32]) -> Result<(), CoreError> 
 /// buffer for the tapered copy.
 pub fn real_fft_tapered(x: &[f32], m: f32, spectrum: &mut [Complex32]) -> Result<(), CoreError> {
     check_len(2 * spectrum.len(), x.len())?;
-    let rotation = unit(2.0 * core::f32::consts::PI / (x.len().max(2) - 1) as f32);
-    let mut w = Complex32::new(1.0, 0.0);
-    let mut taper = || {
-        let t = 0.5 - 0.5 * w.re;
-        w = w * rotation;
-        t
-    };
+    let mut taper = HannTaper::new(x.len());
     for (c, pair) in spectrum.iter_mut().zip(x.chunks_exact(2)) {
-        let re = (pair[0] - m) * taper();
-        *c = Complex32 { re, im: (pair[1] - m) * taper() };
+        let re = (pair[0] - m) * taper.next();
+        *c = Complex32 { re, im: (pair[1] - m) * taper.next() };
     }
     split_real_fft(spectrum)
+}
+
+/// The Hann taper over a window, one value per sample in order, stepped by rotation like
+/// the FFT's twiddles.
+struct HannTaper {
+    w: Complex32,
+    rotation: Complex32,
+}
+
+impl HannTaper {
+    fn new(len: usize) -> Self {
+        HannTaper {
+            w: Complex32::new(1.0, 0.0),
+            rotation: unit(2.0 * core::f32::consts::PI / (len.max(2) - 1) as f32),
+        }
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> f32 {
+        let t = 0.5 - 0.5 * self.w.re;
+        self.w = self.w * self.rotation;
+        t
+    }
 }
 
 /// Transforms even/odd samples packed as complex pairs, then splits the result into the
@@ -234,20 +251,18 @@ pub fn power_spectrum(x: &[f32], scratch: &mut [Complex32], power: &mut [f32]) -
     }
     check_len(n / 2, power.len())?;
     let m = mean(x);
-    let rotation = unit(2.0 * core::f32::consts::PI / (x.len().max(2) - 1) as f32);
-    let mut w = Complex32::new(1.0, 0.0);
+    let mut taper = HannTaper::new(x.len());
     for (i, slot) in scratch.iter_mut().enumerate() {
         let v = match x.get(i) {
-            Some(v) => (v - m) * (0.5 - 0.5 * w.re),
+            Some(v) => (v - m) * taper.next(),
             None => 0.0,
         };
-        w = w * rotation;
         *slot = Complex32 { re: v, im: 0.0 };
     }
     fft_in_place(scratch)?;
     let norm = 1.0 / (x.len() as f32 * x.len() as f32);
     for (p, c) in power.iter_mut().zip(scratch.iter()) {
-        *p = (c.re * c.re + c.im * c.im) * norm;
+        *p = c.norm_sqr() * norm;
     }
     Ok(())
 }
@@ -288,7 +303,7 @@ pub fn envelope_spectrum(
     fft_in_place(scratch)?;
     let scale = 1.0 / n as f32;
     for (e, c) in envelope.iter_mut().zip(scratch.iter()) {
-        *e = libm::sqrtf(c.re * c.re + c.im * c.im) * scale;
+        *e = libm::sqrtf(c.norm_sqr()) * scale;
     }
     power_spectrum(envelope, scratch, power)
 }
