@@ -8,7 +8,6 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use std::vec::Vec;
 use vigil_core::agent::Agent;
-use vigil_core::alarm::AlarmPolicy;
 use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::FeatureSpec;
 use vigil_core::report::ReportKind;
@@ -17,9 +16,7 @@ use vigil_core::update::HeadUpdate;
 use vigil_core::wire::{Message, NackReason};
 use vigil_tools::client::{Client, PushOutcome, Refusal};
 use vigil_tools::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
-use vigil_tools::train::feature_head::{
-    head_update, prototype, quantile, scores, simulate_set, train, TrainOptions,
-};
+use vigil_tools::train::feature_head::{calibrated_update, simulate_set, train, TrainOptions};
 use vigil_tools::update_file::UpdateFile;
 
 const SLOT: usize = 2048;
@@ -99,10 +96,7 @@ fn connect() -> (Client, UnixStream) {
 fn trained_head(version: u32) -> HeadUpdate {
     let set = simulate_set(&SPEC, 6, 1.0, 1).unwrap();
     let head = train(&set, 4, TrainOptions::default()).unwrap();
-    let (mean, var) = prototype(&set, 0);
-    let threshold = 2.0 * quantile(&scores(&set, &mean, &var, Some(0)).unwrap(), 0.99);
-    let alarm = AlarmPolicy { threshold, raise_k: 3, window_n: 5, clear_ratio: 0.7 };
-    head_update(&SPEC, &head, (&mean, &var), alarm, version, false).unwrap()
+    calibrated_update(&SPEC, &set, &head, FaultKind::Normal.index(), version, false).unwrap()
 }
 
 fn signal(kind: FaultKind, seconds: f64, seed: u64) -> Vec<f32> {

@@ -2,14 +2,11 @@
 
 use crate::hex;
 use crate::sim::FaultKind;
-use crate::train::feature_head::{
-    head_update, prototype, quantile, scores, simulate_set, train, TrainOptions,
-};
+use crate::train::feature_head::{calibrated_update, scores, simulate_set, train, TrainOptions};
 use crate::update_file::UpdateFile;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
-use vigil_core::alarm::AlarmPolicy;
 use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::{FeatureSpec, FEATURE_COUNT};
 
@@ -67,12 +64,8 @@ impl FeatureHeadArgs {
         let classes = FaultKind::ALL.len();
         let head = train(&train_set, classes, TrainOptions::default())?;
         let normal = FaultKind::Normal.index();
-        let (mean, var) = prototype(&train_set, normal);
-        // Threshold: twice the 99th percentile of normal training windows; 3 of 5 windows
-        // above it raise the alarm.
-        let threshold = 2.0 * quantile(&scores(&train_set, &mean, &var, Some(normal))?, 0.99);
-        let alarm = AlarmPolicy { threshold, raise_k: 3, window_n: 5, clear_ratio: 0.7 };
-        let update = head_update(&spec, &head, (&mean, &var), alarm, self.version, self.int8)?;
+        let update = calibrated_update(&spec, &train_set, &head, normal, self.version, self.int8)?;
+        let (mean, var, threshold) = (&update.prototype_mean, &update.prototype_var, update.alarm.threshold);
 
         println!(
             "trained on {} windows ({} per class of 1 s recordings), loss {:.3} -> {:.3}",
@@ -98,7 +91,7 @@ impl FeatureHeadArgs {
             }
             println!("  {:<12}{}", kind.name(), row.iter().map(|n| format!("{n:>5}")).collect::<String>());
         }
-        let held_out = scores(&test_set, &mean, &var, None)?;
+        let held_out = scores(&test_set, mean, var, None)?;
         let above = |class: bool| {
             let picked: Vec<f32> = held_out
                 .iter()

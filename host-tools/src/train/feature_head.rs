@@ -2,6 +2,7 @@
 //! CNN: softmax regression on labelled windows, with the normal-state prototype and the
 //! alarm threshold, packed as a head update.
 
+use super::{mean_var, quantile};
 use crate::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -125,7 +126,8 @@ pub fn train(set: &LabelledFeatures, classes: usize, options: TrainOptions) -> R
     if let Some(&bad) = set.labels.iter().find(|&&l| l >= classes) {
         bail!("label {bad} is not one of the {classes} classes");
     }
-    let (mean, std) = mean_std(&set.rows);
+    let (mean, var) = mean_var(&set.rows);
+    let std: Vec<f32> = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
     let x: Vec<[f32; FEATURE_COUNT]> =
         set.rows.iter().map(|r| std::array::from_fn(|j| (r[j] - mean[j]) / std[j])).collect();
     let n = x.len() as f32;
@@ -177,24 +179,11 @@ pub fn train(set: &LabelledFeatures, classes: usize, options: TrainOptions) -> R
     Ok(FeatureHead { weights, bias: b, classes, losses })
 }
 
-/// Per-feature mean and standard deviation (at least 1e-6).
-fn mean_std(rows: &[[f32; FEATURE_COUNT]]) -> ([f32; FEATURE_COUNT], [f32; FEATURE_COUNT]) {
-    let n = rows.len().max(1) as f32;
-    let mean: [f32; FEATURE_COUNT] = std::array::from_fn(|j| rows.iter().map(|r| r[j]).sum::<f32>() / n);
-    let std = std::array::from_fn(|j| {
-        let var = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f32>() / n;
-        var.sqrt().max(1e-6)
-    });
-    (mean, std)
-}
-
-/// The normal-state prototype (mean and variance of the normal rows) and the anomaly
-/// score of every row against it.
+/// The normal-state prototype: mean and variance of the rows labelled `normal`.
 pub fn prototype(set: &LabelledFeatures, normal: usize) -> (Vec<f32>, Vec<f32>) {
     let rows: Vec<[f32; FEATURE_COUNT]> =
         set.rows.iter().zip(&set.labels).filter(|(_, &l)| l == normal).map(|(r, _)| *r).collect();
-    let (mean, std) = mean_std(&rows);
-    (mean.to_vec(), std.iter().map(|s| s * s).collect())
+    mean_var(&rows)
 }
 
 /// Anomaly scores of the rows of `set` with label `class` (all rows for `None`).
@@ -208,16 +197,26 @@ pub fn scores(set: &LabelledFeatures, mean: &[f32], var: &[f32], class: Option<u
         .collect()
 }
 
-/// The `q`-quantile (0-1) of `values`.
-pub fn quantile(values: &[f32], q: f64) -> f32 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f32::total_cmp);
-    let i = ((sorted.len().max(1) - 1) as f64 * q).round() as usize;
-    sorted.get(i).copied().unwrap_or(0.0)
+/// Calibrates a trained head on its training set and packs it for devices running
+/// `spec`'s feature backbone: the prototype from the normal windows, a threshold of twice
+/// the 99th percentile of their scores, and an alarm on 3 of 5 windows above it, clearing
+/// once 5 in a row fall below 0.7 of it.
+pub fn calibrated_update(
+    spec: &FeatureSpec,
+    set: &LabelledFeatures,
+    head: &FeatureHead,
+    normal: usize,
+    version: u32,
+    int8: bool,
+) -> Result<HeadUpdate> {
+    let (mean, var) = prototype(set, normal);
+    let threshold = 2.0 * quantile(scores(set, &mean, &var, Some(normal))?, 0.99);
+    let alarm = AlarmPolicy { threshold, raise_k: 3, window_n: 5, clear_ratio: 0.7 };
+    head_update(spec, head, (&mean, &var), alarm, version, int8)
 }
 
 /// Packs a trained head as an update for devices running `spec`'s feature backbone.
-pub fn head_update(
+fn head_update(
     spec: &FeatureSpec,
     head: &FeatureHead,
     prototype: (&[f32], &[f32]),

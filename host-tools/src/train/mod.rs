@@ -275,25 +275,27 @@ pub fn train_cnn(
     Ok((cnn, history))
 }
 
-fn mean_var(rows: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-    let d = rows.first().map_or(0, |r| r.len());
+/// Per-dimension mean and (population) variance of `rows`, accumulated in f64.
+pub(crate) fn mean_var<R: AsRef<[f32]>>(rows: &[R]) -> (Vec<f32>, Vec<f32>) {
+    let d = rows.first().map_or(0, |r| r.as_ref().len());
     let n = rows.len().max(1) as f64;
     let mut mean = vec![0.0f64; d];
     for r in rows {
-        for (m, v) in mean.iter_mut().zip(r) {
+        for (m, v) in mean.iter_mut().zip(r.as_ref()) {
             *m += f64::from(*v) / n;
         }
     }
     let mut var = vec![0.0f64; d];
     for r in rows {
-        for ((s, v), m) in var.iter_mut().zip(r).zip(&mean) {
+        for ((s, v), m) in var.iter_mut().zip(r.as_ref()).zip(&mean) {
             *s += (f64::from(*v) - m).powi(2) / n;
         }
     }
     (mean.iter().map(|v| *v as f32).collect(), var.iter().map(|v| *v as f32).collect())
 }
 
-fn quantile(mut values: Vec<f32>, q: f64) -> f32 {
+/// Quantile `q` of `values` (0 when empty).
+pub(crate) fn quantile(mut values: Vec<f32>, q: f64) -> f32 {
     values.sort_by(f32::total_cmp);
     quantile_of_sorted(&values, q)
 }
