@@ -5,7 +5,8 @@ use heapless::Vec;
 use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::{
-    self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_HOP as HOP, FEATURE_WINDOW, POWER_BANDS,
+    self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_HOP as HOP, FEATURE_WINDOW, FIRST_POWER_BAND,
+    POWER_BANDS,
 };
 use vigil_core::head::{argmax, softmax_in_place, HeadRef, PrototypeRef};
 use vigil_core::report::{top_bands_by_excess, AnomalyReport, BandContribution, ReportKind};
@@ -322,10 +323,11 @@ impl Monitor {
         let mut top_bands = [(0u8, 0.0f32); MAX_TOP_BANDS];
         let mut top_band_count = 0;
         if let (Some(head), ReportKind::AlarmRaised) = (&self.head, kind) {
-            // Feature 4 + i is the natural log of band i's share of the power, so its excess
-            // over the prototype in dB is the difference times 10 / ln 10.
+            // Band features are natural logs of power shares, so a band's excess over the
+            // prototype in dB is the difference times 10 / ln 10.
             let (features, mean) = (&self.features, &head.mean);
-            let excess = |i: usize| (features[4 + i] - mean[4 + i]) * (10.0 / core::f32::consts::LN_10);
+            let band = |i: usize| FIRST_POWER_BAND + i;
+            let excess = |i: usize| (features[band(i)] - mean[band(i)]) * (10.0 / core::f32::consts::LN_10);
             let top = top_bands_by_excess(POWER_BANDS, self.spec.sample_rate_hz / 2.0, excess);
             top_band_count = top.len() as u8;
             let width = self.spec.sample_rate_hz / 2.0 / POWER_BANDS as f32;

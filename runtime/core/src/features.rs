@@ -31,6 +31,9 @@ pub const FEATURE_HOP: usize = FEATURE_WINDOW / 2;
 pub const FEATURE_COUNT: usize = 64;
 /// Equal-width power bands from 0 Hz to Nyquist.
 pub const POWER_BANDS: usize = 32;
+/// Index of the first power-band feature: feature `FIRST_POWER_BAND + i` is the natural
+/// log of band `i`'s share of the window's power.
+pub const FIRST_POWER_BAND: usize = 4;
 /// Points of the demodulated envelope.
 const ZOOM: usize = 256;
 /// Bins of the window's spectrum.
@@ -144,14 +147,14 @@ pub fn extract(
     out[2] = ln(moments.crest_factor());
     out[3] = ln(moments.rms / (moments.mean_abs + FLOOR));
     dsp::real_fft_tapered(window, moments.mean, &mut scratch.spectrum)?;
-    power_bands(&scratch.spectrum, &mut out[4..4 + POWER_BANDS]);
+    power_bands(&scratch.spectrum, &mut out[FIRST_POWER_BAND..FIRST_POWER_BAND + POWER_BANDS]);
 
     let band = envelope_power(spec, &mut scratch.spectrum)?;
     let envelope = &scratch.spectrum[band..band + ZOOM / 2];
     let mean_level = envelope[1..].iter().map(|c| c.re).sum::<f32>() / (ZOOM / 2 - 1) as f32;
     let level = |hz: f32| ln(peak_near(envelope, hz, spec.bin_hz()) / (mean_level + FLOOR));
     let [shaft, ftf, bpfo, bpfi, two_bsf] = spec.orders_hz();
-    let mut i = 4 + POWER_BANDS;
+    let mut i = FIRST_POWER_BAND + POWER_BANDS;
     for base in [shaft, ftf, bpfo, bpfi, two_bsf] {
         for harmonic in 1..=4 {
             out[i] = level(base * harmonic as f32);
