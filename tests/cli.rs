@@ -345,3 +345,56 @@ fn feature_head_and_feed_refuse_bad_input_clearly() {
     assert_fails_with(vigil(&["feed", "--port", no_port, empty.to_str().unwrap()]), "no samples to feed");
     assert_fails_with(vigil(&["feed", "--port", no_port, one.to_str().unwrap()]), "vigil-no-such-port");
 }
+
+#[test]
+fn fleet_merge_serve_commission_and_adapt_eval_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("publisher");
+    let key_s = key.to_str().unwrap();
+    let out = dir.path().join("merged.vup");
+    let out_s = out.to_str().unwrap();
+    assert!(vigil(&["keygen", "-o", key_s]).status.success());
+    let missing = dir.path().join("no-such-folder");
+    let merge = |folder: &Path| {
+        vigil(&["fleet", "merge", "--snapshots", folder.to_str().unwrap(), "-o", out_s, "--key", key_s])
+    };
+    assert_fails_with(merge(&missing), "no-such-folder");
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir(&fleet).unwrap();
+    assert_fails_with(merge(&fleet), "no .vup snapshots");
+    std::fs::write(fleet.join("broken.vup"), b"VIGILUP1\x05\x00").unwrap();
+    assert_fails_with(merge(&fleet), "broken.vup");
+    std::fs::remove_file(fleet.join("broken.vup")).unwrap();
+    // Two heads of different models cannot be averaged.
+    let head = fleet.join("a.vup");
+    assert!(vigil(&["export-head", "-o", head.to_str().unwrap()]).status.success());
+    let mut other = vigil_tools::update_file::UpdateFile::read(&head).unwrap().head().unwrap();
+    other.model_hash = [9; 32];
+    vigil_tools::update_file::UpdateFile::for_head(&other).unwrap().write(&fleet.join("b.vup")).unwrap();
+    assert_fails_with(merge(&fleet), "different models");
+    assert!(!out.exists(), "a refused merge was written");
+
+    let serve = |commission: &str| {
+        vigil(&[
+            "serve",
+            "--port",
+            "/dev/vigil-no-such-port",
+            "--state",
+            dir.path().join("state").to_str().unwrap(),
+            "--pubkey",
+            &format!("{key_s}.pub"),
+            "--commission",
+            commission,
+        ])
+    };
+    // Option values clap refuses come with its pointer to --help on further lines.
+    for (value, needle) in
+        [("10 fortnights", "unknown unit `fortnights`"), ("0s", "must be a positive duration")]
+    {
+        let o = serve(value);
+        let (_, stderr) = text(&o);
+        assert!(!o.status.success() && stderr.contains(needle) && !stderr.contains("panicked"), "{stderr}");
+    }
+    assert_fails_with(serve("0.1s"), "shorter than 4 windows");
+    assert_fails_with(vigil(&["adapt-eval", "--machines", "0"]), "--machines must be at least 1");
+}

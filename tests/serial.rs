@@ -289,7 +289,13 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
     assert!(said.contains("head version 2 (192 inputs x 4 classes)"), "{said}");
     let ours = UpdateFile::read(&head).unwrap().head().unwrap();
     let theirs = UpdateFile::read(&snapshot).unwrap().head().unwrap();
-    assert_eq!((theirs.version, &theirs.prototype_mean, &theirs.bias), (2, &ours.prototype_mean, &ours.bias));
+    assert_eq!((theirs.version, theirs.inputs, theirs.classes), (2, ours.inputs, ours.classes));
+    // The device went on adapting after the push: the label moved the head a little, and
+    // the prototype follows this machine's confidently normal windows slowly.
+    let moved = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(moved(&ours.prototype_mean, &theirs.prototype_mean) < 0.1, "{said}");
+    assert!(moved(&ours.bias, &theirs.bias) < 0.1, "{said}");
+    assert!(said.contains("1 labels learned"), "{said}");
 
     // A restart keeps the committed head.
     drop(device.stop());
@@ -469,4 +475,108 @@ fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() 
     );
     assert!(faulted as f64 > 0.008 * relayed as f64);
     drop(device);
+}
+
+/// Polls `vigil reports pull` until a report of `kind` arrives; returns it.
+fn wait_for_report(port: &str, dir: &Path, kind: &str) -> serde_json::Value {
+    let started = Instant::now();
+    let pulled = dir.join("wait.jsonl");
+    loop {
+        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap()]);
+        let text = std::fs::read_to_string(&pulled).unwrap();
+        if let Some(r) = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["kind"] == kind)
+        {
+            return r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no {kind} report within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_site_commissions_learns_a_label_survives_a_restart_and_takes_a_fleet_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "publisher");
+    // A machine faster than the reference one: healthy for 40 s, then an outer-race fault.
+    let signal = dir.path().join("site.csv");
+    let sim = ["simulate", "-o", signal.to_str().unwrap(), "--seconds", "60", "--shaft-hz", "41"];
+    ok(&[&sim[..], &["--fault", "outer-race", "--onset", "40", "--severity", "0.7", "--seed", "9"]].concat());
+    let link = Link::new(None);
+    let state = dir.path().join("state");
+    let device =
+        Device::start(&link, &state, &public, &["--input", signal.to_str().unwrap(), "--commission", "20s"]);
+    let port = link.host_port.as_str();
+
+    // Alarms are disarmed while commissioning: the first alarm comes after the onset.
+    let alarm = wait_for_report(port, dir.path(), "AlarmRaised");
+    assert!(alarm["stream_time_s"].as_f64().unwrap() > 40.0, "{alarm}");
+    let status = ok(&["status", "--port", port]);
+    let shipped_threshold = vigil_tools::cmd::load_model(None).unwrap().metadata().alarm.threshold;
+    assert!(
+        !status.contains(&format!("threshold {shipped_threshold:.2})")),
+        "threshold not calibrated: {status}"
+    );
+
+    // A technician's label teaches the head; the snapshot carries the adapted state.
+    let sequence = alarm["sequence"].as_u64().unwrap().to_string();
+    ok(&["label", "--port", port, "--report", &sequence, "--class", "outer_race"]);
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir(&fleet).unwrap();
+    let snapshot = fleet.join("press-7.vup");
+    let said = ok(&["snapshot", "--port", port, "-o", snapshot.to_str().unwrap()]);
+    assert!(said.contains("1 labels learned, 0 rolled back"), "{said}");
+    let adapted = UpdateFile::read(&snapshot).unwrap();
+    let adapted_head = adapted.head().unwrap();
+    let shipped = vigil_tools::cmd::load_model(None).unwrap().head_update(1, false).unwrap();
+    assert_ne!(adapted_head.bias, shipped.bias, "the label did not change the head");
+    assert_ne!(adapted_head.alarm.threshold, shipped.alarm.threshold);
+    let printed = device.stop();
+    assert!(printed.contains("commissioned at 20.") && printed.contains("head adapted"), "{printed}");
+
+    // A restart resumes the adapted state instead of commissioning again.
+    let device = Device::start(&link, &state, &public, &["--commission", "20s"]);
+    let again = dir.path().join("again.vup");
+    ok(&["snapshot", "--port", port, "-o", again.to_str().unwrap()]);
+    assert_eq!(
+        UpdateFile::read(&again).unwrap().head().unwrap(),
+        adapted_head,
+        "state lost across a restart"
+    );
+
+    // Merge with a device that learned nothing (weight 0), sign, push back.
+    let other = fleet.join("press-8.vup");
+    ok(&["export-head", "-o", other.to_str().unwrap(), "--version", "1"]);
+    let merged = dir.path().join("merged.vup");
+    let said = ok(&[
+        "fleet",
+        "merge",
+        "--snapshots",
+        fleet.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(said.contains("press-7.vup: head version 1, 1 labels learned, weight 1.00"), "{said}");
+    let merged_head = UpdateFile::read(&merged).unwrap().head().unwrap();
+    assert_eq!((merged_head.version, &merged_head.bias), (2, &adapted_head.bias));
+    let pushed = ok(&["push", "--port", port, "--quiet", merged.to_str().unwrap()]);
+    assert!(pushed.contains("applied head version 2"), "{pushed}");
+    let printed = device.stop();
+    assert!(
+        printed.contains("restored adapted state: Armed site") && printed.contains("1 labels learned"),
+        "{printed}"
+    );
+
+    // After the push the device restarts on head 2 with its site kept.
+    let _device = Device::start(&link, &state, &public, &[]);
+    let status = ok(&["status", "--port", port]);
+    assert!(status.contains("head     version 2"), "{status}");
+    let after = dir.path().join("after.vup");
+    ok(&["snapshot", "--port", port, "-o", after.to_str().unwrap()]);
+    let after = UpdateFile::read(&after).unwrap().head().unwrap();
+    assert_eq!((after.version, after.alarm.threshold), (2, adapted_head.alarm.threshold));
 }

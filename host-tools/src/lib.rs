@@ -3,8 +3,10 @@
 //!
 //! The binary is a thin shell over [`cmd`]; tests and benches use the same modules.
 
+pub mod adapt_eval;
 pub mod client;
 pub mod cmd;
+pub mod fleet;
 pub mod gateway_config;
 pub mod hex;
 pub mod input;

@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use std::path::Path;
+use vigil_core::adapt::AdaptationStats;
 use vigil_core::update::{HeadUpdate, UpdateHeader, UpdateKind};
 use vigil_core::wire::Signature;
 
@@ -28,6 +29,27 @@ impl UpdateFile {
         let payload = postcard::to_allocvec(head).context("cannot serialise the head")?;
         let header = UpdateHeader::for_payload(UpdateKind::Head, head.model_hash, head.version, &payload);
         Ok(UpdateFile { header, payload, signature: None })
+    }
+
+    /// An unsigned update carrying a device's head snapshot as the device sent it: a
+    /// [`HeadUpdate`] followed by the device's [`AdaptationStats`] (devices without
+    /// adaptation send the head alone).
+    pub fn for_snapshot(bytes: Vec<u8>) -> Result<Self> {
+        let (head, _): (HeadUpdate, _) =
+            postcard::take_from_bytes(&bytes).context("the device's snapshot is not a head update")?;
+        let header = UpdateHeader::for_payload(UpdateKind::Head, head.model_hash, head.version, &bytes);
+        Ok(UpdateFile { header, payload: bytes, signature: None })
+    }
+
+    /// What the device's adaptation learned from, when the payload is a snapshot that
+    /// carries it; zero counts otherwise.
+    pub fn stats(&self) -> Result<AdaptationStats> {
+        let (_, rest): (HeadUpdate, _) =
+            postcard::take_from_bytes(&self.payload).context("the payload is not a head update")?;
+        if rest.is_empty() {
+            return Ok(AdaptationStats::default());
+        }
+        postcard::from_bytes(rest).context("the adaptation counts after the head do not decode")
     }
 
     /// Signs the header with `key`.

@@ -1,9 +1,11 @@
 //! The subcommands of `vigil`, one file each.
 
+mod adapt_eval;
 mod demo;
 mod export_head;
 mod feature_head;
 mod feed;
+mod fleet;
 mod keys;
 mod label;
 mod pretrain;
@@ -160,6 +162,9 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Evaluate a model on freshly simulated held-out recordings of the source domain.
     SimEval(sim_eval::SimEvalArgs),
+    /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
+    /// simulated fleet of machines outside the pretraining range.
+    AdaptEval(adapt_eval::AdaptEvalArgs),
     /// Run the pipeline and serve the device protocol on a serial port (gateway agent).
     Serve(serve::ServeArgs),
     /// Ask a device who it is and what it is doing.
@@ -174,6 +179,8 @@ enum Command {
     Label(label::LabelArgs),
     /// Copy the head a device runs into a .vup file.
     Snapshot(snapshot::SnapshotArgs),
+    /// Merge the heads that many devices adapted into one signed update.
+    Fleet(fleet::FleetArgs),
     /// Write a model's head as an unsigned head update (.vup).
     ExportHead(export_head::ExportHeadArgs),
     /// Train a head over DSP features for microcontroller nodes, as an unsigned head update.
@@ -195,6 +202,7 @@ impl Cli {
             Command::Simulate(a) => a.run(),
             Command::Pretrain(a) => a.run(),
             Command::SimEval(a) => a.run(),
+            Command::AdaptEval(a) => a.run(),
             Command::Serve(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Push(a) => a.run(),
@@ -202,6 +210,7 @@ impl Cli {
             Command::Reports(a) => a.run(),
             Command::Label(a) => a.run(),
             Command::Snapshot(a) => a.run(),
+            Command::Fleet(a) => a.run(),
             Command::ExportHead(a) => a.run(),
             Command::FeatureHead(a) => a.run(),
             Command::Feed(a) => a.run(),

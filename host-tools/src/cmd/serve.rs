@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vigil_core::adapt::label::LabelConfig;
+use vigil_core::adapt::site::SiteConfig;
 use vigil_core::agent::Agent;
 use vigil_core::update::slots::Slots;
+use vigil_runtime::adaptation::AdaptationSettings;
 use vigil_runtime::agent::GatewayDevice;
 use vigil_runtime::pipeline::Pipeline;
 use vigil_runtime::serial::{open_port, serve_link, DEFAULT_BAUD};
@@ -51,6 +54,35 @@ pub struct ServeArgs {
     input: Option<String>,
     #[command(flatten)]
     stream: super::StreamInputArgs,
+    /// Learn the site before arming alarms: for this long (such as 10m, 90s or 1h of
+    /// stream time) learn the normal state, then calibrate the threshold to
+    /// --false-alarms-per-day. Without it, alarms are armed from the start with the
+    /// model's prototype. A site commissioned before (state in STATE/adapted) is resumed,
+    /// not commissioned again; delete that folder to start over.
+    #[arg(long, value_parser = parse_duration)]
+    commission: Option<Duration>,
+    /// False alarms per day the commissioned threshold aims at.
+    #[arg(long, default_value_t = 1.0)]
+    false_alarms_per_day: f32,
+}
+
+/// Parses `90s`, `10m`, `1h`, `2d` or a number of seconds.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("`{text}` is not a duration such as 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use s, m, h or d")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// The settings `vigil serve` runs with, from its options or its config file.
@@ -63,6 +95,9 @@ struct ServeSettings {
     name: Option<String>,
     input: Option<(String, super::StreamInputArgs)>,
     alarm: Option<AlarmConfig>,
+    commission: Option<Duration>,
+    false_alarms_per_day: f32,
+    hop: Option<usize>,
 }
 
 impl ServeArgs {
@@ -76,8 +111,11 @@ impl ServeArgs {
                 state: self.state.ok_or_else(|| missing("--state"))?,
                 pubkey: self.pubkey.ok_or_else(|| missing("--pubkey"))?,
                 name: self.name,
+                hop: self.stream.hop,
                 input: self.input.map(|i| (i, self.stream)),
                 alarm: None,
+                commission: self.commission,
+                false_alarms_per_day: self.false_alarms_per_day,
             });
         };
         let c = GatewayConfig::load(path)?;
@@ -92,8 +130,11 @@ impl ServeArgs {
             state: c.state,
             pubkey: c.pubkey,
             name: c.name,
+            hop: input.as_ref().and_then(|i| i.1.hop),
             input,
             alarm: c.alarm,
+            commission: self.commission,
+            false_alarms_per_day: self.false_alarms_per_day,
         })
     }
 
@@ -129,6 +170,21 @@ impl ServeArgs {
         if let Some(version) = agent.restore(&mut device).context("cannot restore the committed head")? {
             println!("restored committed head version {version}");
         }
+        {
+            let mut p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let settings = s.adaptation(p.scorer().model())?;
+            let said =
+                p.scorer_mut().adapt(settings, Some(&s.state)).context("cannot start site adaptation")?;
+            println!("{said}");
+            if let Some(c) =
+                s.commission.filter(|_| !p.scorer().adaptation().is_some_and(|a| a.site().is_armed()))
+            {
+                println!(
+                    "commissioning for {:.0} s of stream: alarms are armed when it ends",
+                    c.as_secs_f64()
+                );
+            }
+        }
         let mut port = open_port(&s.port, s.baud, Duration::from_millis(50))?;
         println!("serving {name} on {} at {} baud; state in {}", s.port, s.baud, s.state.display());
 
@@ -140,7 +196,16 @@ impl ServeArgs {
                     println!("{}", describe(r, &class_names));
                     Ok(())
                 };
-                let result = stream_into(&pipeline, source, windower, &options, on_event, |_| Ok(()));
+                let on_window = |o: &vigil_runtime::scorer::WindowOutcome| {
+                    if let Some(threshold) = o.commissioned {
+                        println!(
+                            "commissioned at {:.1} s: alarms armed, threshold {threshold:.2}",
+                            o.end_time_s
+                        );
+                    }
+                    Ok(())
+                };
+                let result = stream_into(&pipeline, source, windower, &options, on_event, on_window);
                 match &result {
                     Ok(s) => println!(
                         "input ended: {} windows scored, {} alarm(s), {} sensor fault(s); still serving",
@@ -157,6 +222,26 @@ impl ServeArgs {
             handle.join().map_err(|_| anyhow::anyhow!("the scoring thread panicked"))??;
         }
         Ok(())
+    }
+}
+
+impl ServeSettings {
+    /// The adaptation settings for `model` at the stream's hop.
+    fn adaptation(&self, model: &vigil_runtime::model::VigilModel) -> Result<AdaptationSettings> {
+        let meta = model.metadata();
+        let windows_per_s = meta.sample_rate_hz / self.hop.unwrap_or(meta.hop).max(1) as f64;
+        let commission_windows = self.commission.map_or(0.0, |d| d.as_secs_f64() * windows_per_s);
+        let mut site = SiteConfig::new(commission_windows.ceil() as u32, (windows_per_s * 86_400.0) as f32);
+        site.false_alarms_per_day = self.false_alarms_per_day;
+        if self.commission.is_some() && site.commission_windows < 4 {
+            anyhow::bail!("--commission is shorter than 4 windows ({:.2} s)", 4.0 / windows_per_s);
+        }
+        if self.commission.is_none() {
+            site.commission_windows = 4;
+        }
+        site.validate()
+            .map_err(|e| anyhow::anyhow!("--false-alarms-per-day {}: {e}", self.false_alarms_per_day))?;
+        Ok(AdaptationSettings { site, commission: self.commission.is_some(), label: LabelConfig::default() })
     }
 }
 

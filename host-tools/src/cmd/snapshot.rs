@@ -1,13 +1,13 @@
 //! `vigil snapshot`: copies the head a device runs.
 
 use crate::update_file::UpdateFile;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use vigil_core::update::HeadUpdate;
 
-/// Copy the head a device runs (with its prototype, threshold and alarm policy) into an
-/// unsigned `.vup` file.
+/// Copy the head a device runs (with its prototype, threshold and alarm policy, as
+/// adapted on site, and the counts of what it adapted on) into an unsigned `.vup` file,
+/// for `vigil fleet merge`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     #[command(flatten)]
@@ -22,15 +22,20 @@ impl SnapshotArgs {
     pub fn run(self) -> Result<()> {
         let mut client = self.port.connect()?;
         let bytes = client.head_snapshot()?;
-        let head: HeadUpdate =
-            postcard::from_bytes(&bytes).context("the device's snapshot is not a head update")?;
-        UpdateFile::for_head(&head)?.write(&self.output)?;
+        let file = UpdateFile::for_snapshot(bytes)?;
+        let head = file.head()?;
+        let stats = file.stats()?;
+        file.write(&self.output)?;
         println!(
             "head version {} ({} inputs x {} classes) written to {}",
             head.version,
             head.inputs,
             head.classes,
             self.output.display()
+        );
+        println!(
+            "adapted on {} windows: {} prototype updates, {} labels learned, {} rolled back",
+            stats.windows_seen, stats.prototype_updates, stats.labels_accepted, stats.labels_rejected
         );
         Ok(())
     }

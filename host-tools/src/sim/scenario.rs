@@ -82,6 +82,19 @@ fn uniform(rng: &mut impl Rng, (lo, hi): (f64, f64)) -> f64 {
 }
 
 impl SourceDomain {
+    /// Machines outside the pretraining range: faster shafts (52-60 Hz), resonances
+    /// above it (6.8-7.6 kHz), hotter sensors (gain 2.5-4) and noisier sites
+    /// (0.08-0.15 g). The adaptation experiment draws its fleet from here.
+    pub fn shifted() -> Self {
+        SourceDomain {
+            shaft_hz: (52.0, 60.0),
+            resonance_hz: (6800.0, 7600.0),
+            sensor_gain: (2.5, 4.0),
+            noise_rms: (0.08, 0.15),
+            ..SourceDomain::default()
+        }
+    }
+
     /// Draws a machine.
     pub fn machine(&self, rng: &mut impl Rng, sample_rate_hz: f64, channels: usize) -> MachineConfig {
         let pitch = 40.0;

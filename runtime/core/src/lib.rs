@@ -31,6 +31,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod agent;
 pub mod alarm;
 pub mod bearing;

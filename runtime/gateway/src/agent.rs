@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use vigil_core::adapt::label::LabelOutcome;
 use vigil_core::agent::Device;
 use vigil_core::report::AnomalyReport;
 use vigil_core::update::HeadUpdate;
@@ -58,12 +59,26 @@ impl GatewayDevice {
 
     fn refresh_snapshot(&mut self) {
         let p = lock(&self.pipeline);
-        let model = p.scorer().model();
-        self.snapshot = model
-            .head_update(model.metadata().head_version, false)
-            .ok()
-            .and_then(|u| postcard::to_allocvec(&u).ok())
-            .unwrap_or_default();
+        let scorer = p.scorer();
+        self.snapshot = scorer.snapshot(scorer.model().metadata().head_version).unwrap_or_default();
+    }
+
+    /// Teaches the head the label, when the scorer adapts and still holds the window.
+    fn learn(&mut self, report: u64, class: u8) {
+        let outcome = lock(&self.pipeline).scorer_mut().learn_label(report, usize::from(class));
+        let name = self.class_names.get(usize::from(class)).map_or("?", String::as_str);
+        match outcome {
+            Ok(Some(LabelOutcome::Accepted { replay_accuracy, .. })) => println!(
+                "label {name} for report {report}: head adapted (replay accuracy {:.0}%)",
+                100.0 * replay_accuracy
+            ),
+            Ok(Some(LabelOutcome::RolledBack { correct_before, correct_after })) => println!(
+                "label {name} for report {report}: rolled back (it would have cut replay accuracy from {correct_before} to {correct_after} samples)"
+            ),
+            Ok(None) => println!("label {name} for report {report}: recorded; its window is no longer held, so the head did not learn from it"),
+            Err(e) => eprintln!("vigil serve: label {name} for report {report} not learned: {e}"),
+        }
+        self.refresh_snapshot();
     }
 
     fn append_label(&self, report: u64, class: u8) -> std::io::Result<()> {
@@ -106,7 +121,7 @@ impl Device for GatewayDevice {
             sensor_faults: counts.sensor_faults,
             alarm_active: p.scorer().alarm_active(),
             last_score: counts.last_score,
-            threshold: p.scorer().model().metadata().alarm.threshold,
+            threshold: p.scorer().policy().threshold,
             next_report: p.scorer().next_sequence(),
             head_version: p.scorer().model().metadata().head_version,
             update: None,
@@ -136,7 +151,9 @@ impl Device for GatewayDevice {
         if !lock(&self.pipeline).store().is_some_and(|s| s.contains(report)) {
             return Err(NackReason::UnknownReport);
         }
-        self.append_label(report, class).map_err(|_| NackReason::Storage)
+        self.append_label(report, class).map_err(|_| NackReason::Storage)?;
+        self.learn(report, class);
+        Ok(())
     }
 
     fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason> {
@@ -157,6 +174,10 @@ impl Device for GatewayDevice {
     }
 
     fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
+        // A transfer starts at offset 0: take the head as adapted by then.
+        if offset == 0 {
+            self.refresh_snapshot();
+        }
         let rest = self.snapshot.get(offset as usize..)?;
         let n = rest.len().min(out.len());
         out[..n].copy_from_slice(&rest[..n]);

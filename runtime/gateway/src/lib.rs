@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adaptation;
 pub mod agent;
 mod error;
 pub mod metadata;

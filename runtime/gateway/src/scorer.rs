@@ -1,16 +1,27 @@
 //! Scores windows: normalise, run the backbone in tract, the head and the prototype in
 //! Rust, apply the alarm policy and turn what happened into reports.
 
+use crate::adaptation::{Adaptation, AdaptationSettings};
 use crate::error::Result;
 use crate::model::{Embedder, VigilModel};
 use crate::windower::Window;
-use vigil_core::alarm::{AlarmState, AlarmTransition};
+use vigil_core::adapt::label::LabelOutcome;
+use vigil_core::adapt::site::SiteEvent;
+use vigil_core::adapt::AdaptationStats;
+use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::dsp::{self, Complex32};
 use vigil_core::head::{argmax, softmax_in_place};
 use vigil_core::report::{
     top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot, ENVELOPE_HIGH_PASS_HZ,
     ENVELOPE_MAX_HZ,
 };
+use vigil_core::update::HeadWeights;
+
+/// `v` in a fixed-capacity vector of a head update.
+fn heap<const N: usize>(v: &[f32]) -> Result<vigil_core::heapless::Vec<f32, N>> {
+    Ok(vigil_core::heapless::Vec::from_slice(v)
+        .map_err(|_| vigil_core::CoreError::LengthMismatch { expected: N, actual: v.len() })?)
+}
 
 /// What scoring one window produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +36,8 @@ pub struct WindowOutcome {
     pub transition: AlarmTransition,
     /// The report this window produced, if any (alarm raised or cleared, sensor fault).
     pub report: Option<AnomalyReport>,
+    /// The threshold commissioning calibrated, on the window where it ended.
+    pub commissioned: Option<f32>,
 }
 
 /// The numbers computed for one scored window.
@@ -50,6 +63,7 @@ pub struct WindowScorer {
     power: Vec<f32>,
     bands: Vec<f32>,
     envelope: Vec<f32>,
+    adaptation: Option<Adaptation>,
 }
 
 impl WindowScorer {
@@ -69,8 +83,70 @@ impl WindowScorer {
             power: vec![0.0; n_fft / 2],
             bands,
             envelope: Vec::new(),
+            adaptation: None,
             model,
         })
+    }
+
+    /// Adapts to the site from now on (see [`crate::adaptation`]), resuming the state
+    /// saved in `state_dir` when it fits. Returns what happened, for the log.
+    pub fn adapt(
+        &mut self,
+        settings: AdaptationSettings,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<String> {
+        let meta = self.model.metadata();
+        let (adaptation, message) = Adaptation::start(
+            settings,
+            self.model.head(),
+            self.model.prototype(),
+            meta.alarm,
+            meta.head_version,
+            self.model.hash(),
+            state_dir,
+        )?;
+        self.alarm = AlarmState::new(adaptation.site().policy())?;
+        self.adaptation = Some(adaptation);
+        Ok(message)
+    }
+
+    /// The adaptation, when the scorer adapts.
+    pub fn adaptation(&self) -> Option<&Adaptation> {
+        self.adaptation.as_ref()
+    }
+
+    /// The alarm policy in force (with the commissioned threshold on an adapted site).
+    pub fn policy(&self) -> AlarmPolicy {
+        *self.alarm.policy()
+    }
+
+    /// Learns a technician's label for report `sequence` (see [`Adaptation::learn`]);
+    /// `None` when the scorer does not adapt or no longer holds that report's window.
+    pub fn learn_label(&mut self, sequence: u64, class: usize) -> Result<Option<LabelOutcome>> {
+        match self.adaptation.as_mut() {
+            Some(a) => a.learn(sequence, class),
+            None => Ok(None),
+        }
+    }
+
+    /// The running head, prototype and alarm policy as a head update of `version`,
+    /// followed by what adaptation learned from ([`AdaptationStats`]): a head snapshot.
+    pub fn snapshot(&self, version: u32) -> Result<Vec<u8>> {
+        let mut update = self.model.head_update(version, false)?;
+        let mut stats = AdaptationStats::default();
+        if let Some(a) = &self.adaptation {
+            let head = a.head();
+            let site = a.site().prototype();
+            update.weights = HeadWeights::F32(heap(head.weights())?);
+            update.bias = heap(head.bias())?;
+            update.prototype_mean = heap(site.mean())?;
+            update.prototype_var = heap(site.var())?;
+            update.alarm = a.site().policy();
+            stats = a.stats();
+        }
+        let mut bytes = postcard::to_allocvec(&update)?;
+        bytes.extend(postcard::to_allocvec(&stats)?);
+        Ok(bytes)
     }
 
     /// The model being run.
@@ -83,6 +159,12 @@ impl WindowScorer {
     pub fn apply_head(&mut self, update: &vigil_core::update::HeadUpdate) -> Result<()> {
         self.model.apply_head(update)?;
         self.alarm = AlarmState::new(self.model.metadata().alarm)?;
+        if let Some(a) = self.adaptation.as_mut() {
+            a.replace_head(self.model.head(), update.version)?;
+            if a.site().is_armed() {
+                self.alarm = AlarmState::new(a.site().policy())?;
+            }
+        }
         Ok(())
     }
 
@@ -102,7 +184,10 @@ impl WindowScorer {
         self.normalise(window);
         let embedding = self.embedder.run(&self.normalised)?;
         let mut logits = vec![0.0; self.model.metadata().class_names.len()];
-        self.model.head().logits(&embedding, &mut logits)?;
+        match &self.adaptation {
+            Some(a) => a.head().logits(&embedding, &mut logits)?,
+            None => self.model.head().logits(&embedding, &mut logits)?,
+        }
         Ok((embedding, logits))
     }
 
@@ -123,6 +208,7 @@ impl WindowScorer {
             scored: None,
             transition: AlarmTransition::None,
             report: None,
+            commissioned: None,
         };
         if !window.is_finite() {
             outcome.report = Some(self.report(ReportKind::SensorFault, window, None)?);
@@ -130,15 +216,33 @@ impl WindowScorer {
         }
         let (embedding, mut probabilities) = self.embed_and_classify(window)?;
         softmax_in_place(&mut probabilities);
-        let anomaly = self.model.prototype().score(&embedding)?;
+        let anomaly = match &self.adaptation {
+            Some(a) => a.site().score(&embedding)?,
+            None => self.model.prototype().score(&embedding)?,
+        };
         let class_index = argmax(&probabilities).unwrap_or(0);
+        let armed = self.adaptation.as_ref().is_none_or(|a| a.site().is_armed());
+        if armed {
+            outcome.transition = self.alarm.update(anomaly);
+        }
+        if let Some(a) = self.adaptation.as_mut() {
+            let normal = probabilities.get(self.model.metadata().normal_class).copied().unwrap_or(0.0);
+            if let SiteEvent::Commissioned { threshold } =
+                a.observe(&embedding, anomaly, normal, self.alarm.is_active())?
+            {
+                self.alarm = AlarmState::new(a.site().policy())?;
+                outcome.commissioned = Some(threshold);
+            }
+        }
         let score = WindowScore { anomaly, probabilities, class_index };
-        outcome.transition = self.alarm.update(anomaly);
         outcome.report = match outcome.transition {
             AlarmTransition::Raised => Some(self.report(ReportKind::AlarmRaised, window, Some(&score))?),
             AlarmTransition::Cleared => Some(self.report(ReportKind::AlarmCleared, window, Some(&score))?),
             AlarmTransition::None => None,
         };
+        if let (Some(a), Some(r)) = (self.adaptation.as_mut(), &outcome.report) {
+            a.remember(r.sequence, &embedding);
+        }
         outcome.scored = Some(score);
         Ok(outcome)
     }

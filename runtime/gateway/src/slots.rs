@@ -18,6 +18,7 @@ pub const GATEWAY_SLOT_CAPACITY: u32 = 64 * 1024;
 #[derive(Debug)]
 pub struct FileSlots {
     dir: PathBuf,
+    capacity: u32,
     /// Regions written or erased since the last sync.
     dirty: Vec<Region>,
 }
@@ -25,8 +26,13 @@ pub struct FileSlots {
 impl FileSlots {
     /// Slots in folder `dir`, created when missing.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::with_capacity(dir, GATEWAY_SLOT_CAPACITY)
+    }
+
+    /// Slots of `capacity` bytes each in folder `dir`, created when missing.
+    pub fn with_capacity(dir: &Path, capacity: u32) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(FileSlots { dir: dir.to_path_buf(), dirty: Vec::new() })
+        Ok(FileSlots { dir: dir.to_path_buf(), capacity, dirty: Vec::new() })
     }
 
     /// The file behind a region.
@@ -54,7 +60,7 @@ impl SlotStorage for FileSlots {
     type Error = io::Error;
 
     fn slot_capacity(&self) -> u32 {
-        GATEWAY_SLOT_CAPACITY
+        self.capacity
     }
 
     fn erase(&mut self, region: Region) -> io::Result<()> {

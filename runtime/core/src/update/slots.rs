@@ -9,7 +9,7 @@
 //! one active, never a mixture: the active slot is never written, and the new slot counts
 //! only once its record is complete.
 
-use super::UpdateHeader;
+use super::{UpdateHeader, UpdateKind};
 use crate::wire::{crc32, NackReason, Signature, UpdateProgress, MAX_CHUNK};
 use sha2::{Digest, Sha256};
 
@@ -222,14 +222,77 @@ impl<S: SlotStorage> Slots<S> {
         if header.length > capacity {
             return Err(NackReason::TooLarge { capacity });
         }
-        let slot = self.active.map_or(Slot::A, |a| a.slot.other());
         self.receiving = None;
-        // The record goes first, so a half-erased slot can never look committed.
+        let slot = self.erase_inactive()?;
+        self.receiving = Some(Receiving { header: *header, slot, received: 0, hasher: Sha256::new() });
+        Ok(0)
+    }
+
+    /// Erases the slot that is not active, its record first so that a half-erased slot
+    /// can never look committed, and returns it.
+    fn erase_inactive(&mut self) -> Result<Slot, NackReason> {
+        let slot = self.active.map_or(Slot::A, |a| a.slot.other());
         self.storage.erase(Region::Record(slot)).map_err(|_| NackReason::Storage)?;
         self.storage.sync().map_err(|_| NackReason::Storage)?;
         self.storage.erase(Region::Slot(slot)).map_err(|_| NackReason::Storage)?;
-        self.receiving = Some(Receiving { header: *header, slot, received: 0, hasher: Sha256::new() });
-        Ok(0)
+        Ok(slot)
+    }
+
+    /// Stores `payload`, which the device produced itself (its adapted state, say), with
+    /// the same A/B discipline as a received update: written into the inactive slot,
+    /// read back and hashed, then committed by its record. It carries no signature: it
+    /// never crossed a link. An update in progress is abandoned.
+    pub fn save(
+        &mut self,
+        model_hash: &[u8; 32],
+        version: u32,
+        payload: &[u8],
+        scratch: &mut [u8],
+    ) -> Result<CommitRecord, NackReason> {
+        let capacity = self.storage.slot_capacity().min(scratch.len() as u32);
+        if payload.len() as u64 > u64::from(capacity) {
+            return Err(NackReason::TooLarge { capacity });
+        }
+        self.receiving = None;
+        let slot = self.erase_inactive()?;
+        self.storage.write(Region::Slot(slot), 0, payload).map_err(|_| NackReason::Storage)?;
+        let header = UpdateHeader::for_payload(UpdateKind::Head, *model_hash, version, payload);
+        self.read_back(slot, &header, scratch)?;
+        self.write_record(slot, &header)
+    }
+
+    /// Reads a written slot back into `scratch` and checks it against `header`'s hash;
+    /// returns the payload length.
+    fn read_back(
+        &mut self,
+        slot: Slot,
+        header: &UpdateHeader,
+        scratch: &mut [u8],
+    ) -> Result<usize, NackReason> {
+        let len = header.length as usize;
+        let capacity = scratch.len() as u32;
+        let payload = scratch.get_mut(..len).ok_or(NackReason::TooLarge { capacity })?;
+        let read = self.storage.read(Region::Slot(slot), 0, payload).map_err(|_| NackReason::Storage)?;
+        if read != len || <[u8; 32]>::from(Sha256::digest(&*payload)) != header.sha256 {
+            return Err(NackReason::Storage);
+        }
+        Ok(len)
+    }
+
+    /// Writes the commit record that makes `slot`, holding `header`'s payload, active.
+    fn write_record(&mut self, slot: Slot, header: &UpdateHeader) -> Result<CommitRecord, NackReason> {
+        let record = CommitRecord {
+            generation: self.active.map_or(1, |a| a.record.generation.wrapping_add(1)),
+            version: header.version,
+            length: header.length,
+            sha256: header.sha256,
+            model_hash: header.model_hash,
+        };
+        self.storage.sync().map_err(|_| NackReason::Storage)?;
+        self.storage.write(Region::Record(slot), 0, &record.encode()).map_err(|_| NackReason::Storage)?;
+        self.storage.sync().map_err(|_| NackReason::Storage)?;
+        self.active = Some(ActiveSlot { slot, record });
+        Ok(record)
     }
 
     /// Stores `data` at `offset`. Returns the offset of the next byte needed. A chunk the
@@ -271,26 +334,15 @@ impl<S: SlotStorage> Slots<S> {
         }
         header.verify(signature, public_key)?;
         let slot = r.slot;
-        let len = header.length as usize;
-        let capacity = scratch.len() as u32;
-        let payload = scratch.get_mut(..len).ok_or(NackReason::TooLarge { capacity })?;
-        let read = self.storage.read(Region::Slot(slot), 0, payload).map_err(|_| NackReason::Storage)?;
-        if read != len || <[u8; 32]>::from(Sha256::digest(&*payload)) != header.sha256 {
-            self.receiving = None;
-            return Err(NackReason::Storage);
-        }
-        check(payload)?;
-        let record = CommitRecord {
-            generation: self.active.map_or(1, |a| a.record.generation.wrapping_add(1)),
-            version: header.version,
-            length: header.length,
-            sha256: header.sha256,
-            model_hash: header.model_hash,
+        let len = match self.read_back(slot, &header, scratch) {
+            Ok(len) => len,
+            Err(e) => {
+                self.receiving = None;
+                return Err(e);
+            }
         };
-        self.storage.sync().map_err(|_| NackReason::Storage)?;
-        self.storage.write(Region::Record(slot), 0, &record.encode()).map_err(|_| NackReason::Storage)?;
-        self.storage.sync().map_err(|_| NackReason::Storage)?;
-        self.active = Some(ActiveSlot { slot, record });
+        check(&scratch[..len])?;
+        let record = self.write_record(slot, &header)?;
         self.receiving = None;
         Ok(record)
     }

@@ -294,3 +294,32 @@ fn invalid_heads_are_refused() {
     update.prototype_var[3] = -1.0;
     assert!(update.validate().is_err());
 }
+
+#[test]
+fn saved_device_state_is_committed_like_an_update_and_a_power_cut_keeps_the_old_one() {
+    let model = [7u8; 32];
+    let (first, second) = (std::vec![1u8; 300], std::vec![2u8; 500]);
+    let mut scratch = std::vec![0u8; 1024];
+    let mut slots = Slots::open(RamStorage::default()).unwrap();
+    slots.save(&model, 1, &first, &mut scratch).unwrap();
+    let base = slots.into_storage();
+    assert_eq!(active_payload(base.clone()), Some(first.clone()));
+
+    let mut unlimited = base.clone();
+    unlimited.budget = Some(usize::MAX);
+    let mut slots = Slots::open(unlimited).unwrap();
+    let record = slots.save(&model, 1, &second, &mut scratch).unwrap();
+    assert_eq!((record.generation, record.model_hash), (2, model));
+    let total = usize::MAX - slots.into_storage().budget.unwrap();
+    for cut in 0..total {
+        let mut storage = base.clone();
+        storage.budget = Some(cut);
+        let mut slots = Slots::open(storage).unwrap();
+        assert!(slots.save(&model, 1, &second, &mut scratch).is_err(), "saved with {cut} of {total} bytes");
+        let mut after = slots.into_storage();
+        after.budget = None;
+        assert_eq!(active_payload(after), Some(first.clone()), "power cut after {cut} bytes");
+    }
+    let mut slots = Slots::open(base).unwrap();
+    assert_eq!(slots.save(&model, 1, &second, &mut [0u8; 100]), Err(NackReason::TooLarge { capacity: 100 }));
+}
