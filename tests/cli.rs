@@ -398,3 +398,22 @@ fn fleet_merge_serve_commission_and_adapt_eval_refuse_bad_input_clearly() {
     assert_fails_with(serve("0.1s"), "shorter than 4 windows");
     assert_fails_with(vigil(&["adapt-eval", "--machines", "0"]), "--machines must be at least 1");
 }
+
+#[test]
+fn the_adaptation_experiment_runs_end_to_end_on_a_small_fleet() {
+    let out =
+        vigil(&["adapt-eval", "--machines", "1", "--commission", "20", "--healthy", "30", "--labels", "4"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for variant in [
+        "| unadapted |",
+        "| unadapted, as quiet |",
+        "| site-adapted |",
+        "| label-adapted |",
+        "| fleet-merged |",
+    ] {
+        assert!(stdout.contains(variant), "{variant} missing:\n{stdout}");
+    }
+    // Rollback keeps the replay buffer whole, whatever the machine.
+    assert!(stdout.contains("replay accuracy fell at most 0.0 percentage points"), "{stdout}");
+}

@@ -85,6 +85,8 @@ pub struct VariantResult {
     pub delay_s: Option<f64>,
     /// Accuracy of the 4-class head on the held-out labelled windows.
     pub accuracy: f64,
+    /// The same on the fault windows alone (outer race, inner race, ball).
+    pub fault_accuracy: f64,
 }
 
 impl VariantResult {
@@ -285,14 +287,28 @@ impl Scoring<'_> {
     }
 }
 
-fn accuracy(head: &HeadRef<'_>, test: &[(Vec<f32>, usize)]) -> Result<f64> {
+/// Sets the accuracy of `head` on all of `test` and on its windows of classes other
+/// than `normal`.
+fn score_accuracy(
+    result: &mut VariantResult,
+    head: &HeadRef<'_>,
+    test: &[(Vec<f32>, usize)],
+    normal: usize,
+) -> Result<()> {
     let mut logits = vec![0.0; head.classes()];
-    let mut hits = 0usize;
+    let (mut hits, mut fault_hits, mut faults) = (0usize, 0usize, 0usize);
     for (e, class) in test {
         head.logits(e, &mut logits)?;
-        hits += usize::from(argmax(&logits) == Some(*class));
+        let hit = usize::from(argmax(&logits) == Some(*class));
+        hits += hit;
+        if *class != normal {
+            faults += 1;
+            fault_hits += hit;
+        }
     }
-    Ok(hits as f64 / test.len().max(1) as f64)
+    result.accuracy = hits as f64 / test.len().max(1) as f64;
+    result.fault_accuracy = fault_hits as f64 / faults.max(1) as f64;
+    Ok(())
 }
 
 /// Alarm figures of one variant on a machine's held-out and run-to-failure streams.
@@ -314,6 +330,7 @@ fn alarm_figures(
         healthy_hours: (cfg.healthy_s + cfg.onset_s) / 3600.0,
         delay_s,
         accuracy: 0.0,
+        fault_accuracy: 0.0,
     })
 }
 
@@ -422,17 +439,18 @@ pub fn run(
         let mut variants = [VariantResult::default(); 5];
         let mut fixed = Scoring::Fixed { prototype: model.prototype(), policy: meta.alarm };
         variants[0] = alarm_figures(d, &mut fixed, &shipped, normal, end_s, cfg)?;
-        variants[0].accuracy = accuracy(&shipped, &d.test)?;
+        score_accuracy(&mut variants[0], &shipped, &d.test, normal)?;
         for (v, head) in [(2, &shipped), (3, &own), (4, &merged)] {
             let mut site = SiteAdapter::commission(site_config, model.prototype(), meta.alarm)?;
             let mut scoring = Scoring::Site(&mut site);
             // Commissioning: alarms are disarmed, so nothing is raised.
             scoring.raises(&d.commission, head, normal)?;
             variants[v] = alarm_figures(d, &mut scoring, head, normal, end_s, cfg)?;
-            variants[v].accuracy = accuracy(head, &d.test)?;
+            score_accuracy(&mut variants[v], head, &d.test, normal)?;
         }
         variants[1] = as_quiet_as(d, model, variants[2].false_alarms, end_s, cfg)?;
-        variants[1].accuracy = variants[0].accuracy;
+        (variants[1].accuracy, variants[1].fault_accuracy) =
+            (variants[0].accuracy, variants[0].fault_accuracy);
         results.push(MachineResult { machine: d.machine.clone(), fault: d.fault, variants, poisoning });
     }
     Ok(results)
