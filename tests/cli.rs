@@ -417,3 +417,83 @@ fn the_adaptation_experiment_runs_end_to_end_on_a_small_fleet() {
     // Rollback keeps the replay buffer whole, whatever the machine.
     assert!(stdout.contains("replay accuracy fell at most 0.0 percentage points"), "{stdout}");
 }
+
+/// A manifest of `entries` (TOML bodies of [[recording]] tables) in `dir`.
+fn manifest(dir: &Path, name: &str, entries: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let body: Vec<String> = entries.iter().map(|e| format!("[[recording]]\n{e}\n")).collect();
+    std::fs::write(&path, body.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn evaluate_reports_accuracy_confusion_and_alarm_rates_of_a_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = simulate(dir.path(), "healthy.csv", &["--seconds", "2", "--seed", "3"]);
+    let faulty =
+        simulate(dir.path(), "faulty.csv", &["--seconds", "2", "--fault", "outer-race", "--severity", "0.8"]);
+    let train = simulate(dir.path(), "train.csv", &["--seconds", "1"]);
+    let entry = |p: &Path, label: &str, split: &str, load: f64| {
+        format!(
+            "path = \"{}\"\nlabel = \"{label}\"\nsplit = \"{split}\"\nload = {load}",
+            p.file_name().unwrap().to_str().unwrap()
+        )
+    };
+    let m = manifest(
+        dir.path(),
+        "m.toml",
+        &[
+            entry(&healthy, "normal", "test", 0.5),
+            entry(&faulty, "outer_race", "test", 0.7),
+            entry(&train, "normal", "train", 0.5),
+        ],
+    );
+    let out = vigil(&["evaluate", "--data", m.to_str().unwrap(), "--split", "test", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let e: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Two seconds at hop 1024 of 16 kHz: 30 windows per recording; the train one is left out.
+    assert_eq!((e["windows"].as_u64(), e["recordings"].as_u64()), (Some(60), Some(2)), "{e}");
+    let confusion = e["confusion"].as_array().unwrap();
+    let total: u64 = confusion.iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!((confusion.len(), total), (4, 60));
+    let diagonal: u64 = (0..4).map(|i| confusion[i][i].as_u64().unwrap()).sum();
+    assert_eq!(e["accuracy"].as_f64().unwrap(), diagonal as f64 / 60.0, "{e}");
+    assert_eq!(confusion[1][1].as_u64(), Some(30), "every outer-race window recognised: {e}");
+    assert!(e["anomaly_auc"].as_f64().unwrap() > 0.9, "{e}");
+    assert_eq!(e["accuracy_by_condition"].as_object().unwrap().len(), 2, "{e}");
+    let text_out = vigil(&["evaluate", "--data", m.to_str().unwrap()]);
+    assert!(text(&text_out).0.contains("macro-F1") && text(&text_out).0.contains("confusion"));
+}
+
+#[test]
+fn evaluate_refuses_bad_datasets_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok_csv = simulate(dir.path(), "ok.csv", &["--seconds", "1"]);
+    let short = simulate(dir.path(), "short.csv", &["--seconds", "0.05"]);
+    let with = |extra: &str| format!("path = \"ok.csv\"\n{extra}");
+    let eval = |m: &Path, extra: &[&str]| {
+        let mut args = vec!["evaluate", "--data", m.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    assert_fails_with(eval(&dir.path().join("nowhere.toml"), &[]), "nowhere.toml");
+    let m = manifest(dir.path(), "label.toml", &[with("label = \"cracked_housing\"")]);
+    assert_fails_with(eval(&m, &[]), "recording 1 (ok.csv): label `cracked_housing` is not a class");
+    let m = manifest(
+        dir.path(),
+        "short.toml",
+        &[with("label = \"normal\""), "path = \"short.csv\"\nlabel = \"normal\"".into()],
+    );
+    assert_fails_with(eval(&m, &[]), "recording 2 (short.csv): 0.050 s of signal is shorter than one window");
+    let m = manifest(dir.path(), "missing.toml", &["path = \"gone.csv\"\nlabel = \"normal\"".into()]);
+    assert_fails_with(eval(&m, &[]), "gone.csv");
+    let m = manifest(dir.path(), "rate.toml", &[with("label = \"normal\"\nrate = -5")]);
+    assert_fails_with(eval(&m, &[]), "recording 1 (ok.csv): cannot resample -5 Hz");
+    let m = manifest(dir.path(), "split.toml", &[with("label = \"normal\"\nsplit = \"train\"")]);
+    assert_fails_with(eval(&m, &["--split", "test"]), "the test split is empty");
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"not a model").unwrap();
+    assert_fails_with(eval(&m, &["--model", corrupt.to_str().unwrap()]), "corrupt.onnx");
+    let _ = (ok_csv, short);
+}

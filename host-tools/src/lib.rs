@@ -6,6 +6,7 @@
 pub mod adapt_eval;
 pub mod client;
 pub mod cmd;
+pub mod dataset;
 pub mod fleet;
 pub mod gateway_config;
 pub mod hex;

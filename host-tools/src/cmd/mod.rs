@@ -2,6 +2,7 @@
 
 mod adapt_eval;
 mod demo;
+mod evaluate;
 mod export_head;
 mod feature_head;
 mod feed;
@@ -162,6 +163,9 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Evaluate a model on freshly simulated held-out recordings of the source domain.
     SimEval(sim_eval::SimEvalArgs),
+    /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
+    /// condition, anomaly ROC-AUC, false and missed alarms).
+    Evaluate(evaluate::EvaluateArgs),
     /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
     /// simulated fleet of machines outside the pretraining range.
     AdaptEval(adapt_eval::AdaptEvalArgs),
@@ -202,6 +206,7 @@ impl Cli {
             Command::Simulate(a) => a.run(),
             Command::Pretrain(a) => a.run(),
             Command::SimEval(a) => a.run(),
+            Command::Evaluate(a) => a.run(),
             Command::AdaptEval(a) => a.run(),
             Command::Serve(a) => a.run(),
             Command::Status(a) => a.run(),
