@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{text, vigil};
+use common::{ok, text, vigil};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -479,7 +479,10 @@ fn evaluate_refuses_bad_datasets_naming_the_entry() {
     };
     assert_fails_with(eval(&dir.path().join("nowhere.toml"), &[]), "nowhere.toml");
     let m = manifest(dir.path(), "label.toml", &[with("label = \"cracked_housing\"")]);
-    assert_fails_with(eval(&m, &[]), "recording 1 (ok.csv): label `cracked_housing` is not a class");
+    assert_fails_with(
+        eval(&m, &[]),
+        "recording 1 (ok.csv): label `cracked_housing` is not one of the classes",
+    );
     let m = manifest(
         dir.path(),
         "short.toml",
@@ -496,4 +499,89 @@ fn evaluate_refuses_bad_datasets_naming_the_entry() {
     std::fs::write(&corrupt, b"not a model").unwrap();
     assert_fails_with(eval(&m, &["--model", corrupt.to_str().unwrap()]), "corrupt.onnx");
     let _ = (ok_csv, short);
+}
+
+/// The number after `label` on the line of `text` that contains it.
+fn figure_after(text: &str, label: &str) -> f64 {
+    let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
+    let rest = &line[line.find(label).unwrap() + label.len()..];
+    let number: String =
+        rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || ".-e".contains(*c)).collect();
+    number.parse().unwrap_or_else(|_| panic!("no number after `{label}` in `{line}`"))
+}
+
+#[test]
+fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for (i, (fault, label, split)) in [
+        ("normal", "normal", "train"),
+        ("outer-race", "outer_race", "train"),
+        ("normal", "normal", "train"),
+        ("outer-race", "outer_race", "train"),
+        ("normal", "normal", "val"),
+        ("outer-race", "outer_race", "val"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("r{i}.csv");
+        let seed = (i + 20).to_string();
+        simulate(
+            dir.path(),
+            &name,
+            &["--seconds", "1", "--fault", fault, "--severity", "0.3", "--seed", &seed, "--shaft-hz", "37"],
+        );
+        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\""));
+    }
+    let m = manifest(dir.path(), "m.toml", &entries);
+    let out = dir.path().join("tuned.onnx");
+    let said = ok(&[
+        "fine-tune",
+        "--data",
+        m.to_str().unwrap(),
+        "--classes",
+        "normal,outer_race",
+        "--epochs",
+        "100",
+        "--shots",
+        "8",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let before = figure_after(&said, "validation loss");
+    let after = figure_after(&said, &format!("validation loss {before:.4} ->"));
+    assert!(after < before, "validation loss {before} -> {after}:\n{said}");
+    let parity = figure_after(&said, "over 16 windows:");
+    assert!(parity <= 1e-4, "tract and trainer differ by {parity}:\n{said}");
+    // The tuned two-class model runs in tract through the whole pipeline.
+    let e = ok(&[
+        "evaluate",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        m.to_str().unwrap(),
+        "--split",
+        "val",
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    assert_eq!(e["classes"], serde_json::json!(["normal", "outer_race"]), "{e}");
+
+    assert_fails_with(
+        vigil(&[
+            "fine-tune",
+            "--data",
+            m.to_str().unwrap(),
+            "--train",
+            "last:2",
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "only `head` is available",
+    );
+    assert_fails_with(
+        vigil(&["fine-tune", "--data", m.to_str().unwrap(), "--shots", "500", "-o", out.to_str().unwrap()]),
+        "fewer than --shots 500",
+    );
 }

@@ -152,8 +152,14 @@ impl LabelledWindows {
 }
 
 /// Cuts the recordings of `split` (all when `None`; entries without a split belong to
-/// every split) into windows for `model`, at its window and hop.
-pub fn windows_for(model: &VigilModel, manifest: &Manifest, split: Option<&str>) -> Result<LabelledWindows> {
+/// every split) into windows for `model`, at its window and hop, labelled by their index
+/// in `classes` (the model's, or a new label set).
+pub fn windows_for(
+    model: &VigilModel,
+    manifest: &Manifest,
+    split: Option<&str>,
+    classes: &[String],
+) -> Result<LabelledWindows> {
     let meta = model.metadata();
     let mut set = LabelledWindows::default();
     for (i, entry) in manifest.recordings.iter().enumerate() {
@@ -161,12 +167,8 @@ pub fn windows_for(model: &VigilModel, manifest: &Manifest, split: Option<&str>)
             continue;
         }
         let name = manifest.entry_name(i);
-        let Some(label) = meta.class_names.iter().position(|c| *c == entry.label) else {
-            bail!(
-                "{name}: label `{}` is not a class of the model ({})",
-                entry.label,
-                meta.class_names.join(", ")
-            );
+        let Some(label) = classes.iter().position(|c| *c == entry.label) else {
+            bail!("{name}: label `{}` is not one of the classes ({})", entry.label, classes.join(", "));
         };
         let path = manifest.resolve(entry);
         let format = match &entry.format {

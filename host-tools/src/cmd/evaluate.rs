@@ -88,7 +88,7 @@ impl EvaluateArgs {
                 "--split {s}: use train, val or test"
             );
         }
-        let set = windows_for(&model, &manifest, self.split.as_deref())?;
+        let set = windows_for(&model, &manifest, self.split.as_deref(), &model.metadata().class_names)?;
         let meta = model.metadata().clone();
         let mut scorer = WindowScorer::new(model, 0)?;
         let k = meta.class_names.len();

@@ -76,9 +76,9 @@ impl FeatureHeadArgs {
         );
         println!(
             "held-out accuracy {:.2}% over {} windows (training {:.2}%)",
-            100.0 * head.accuracy(&test_set),
+            100.0 * head.accuracy(&test_set.rows, &test_set.labels),
             test_set.rows.len(),
-            100.0 * head.accuracy(&train_set)
+            100.0 * head.accuracy(&train_set.rows, &train_set.labels)
         );
         println!(
             "confusion (rows true, columns predicted: {}):",

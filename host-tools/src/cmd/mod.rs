@@ -6,6 +6,7 @@ mod evaluate;
 mod export_head;
 mod feature_head;
 mod feed;
+mod fine_tune;
 mod fleet;
 mod keys;
 mod label;
@@ -163,6 +164,8 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Evaluate a model on freshly simulated held-out recordings of the source domain.
     SimEval(sim_eval::SimEvalArgs),
+    /// Fine-tune a pretrained model on labelled recordings of one machine line.
+    FineTune(fine_tune::FineTuneArgs),
     /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
     /// condition, anomaly ROC-AUC, false and missed alarms).
     Evaluate(evaluate::EvaluateArgs),
@@ -206,6 +209,7 @@ impl Cli {
             Command::Simulate(a) => a.run(),
             Command::Pretrain(a) => a.run(),
             Command::SimEval(a) => a.run(),
+            Command::FineTune(a) => a.run(),
             Command::Evaluate(a) => a.run(),
             Command::AdaptEval(a) => a.run(),
             Command::Serve(a) => a.run(),

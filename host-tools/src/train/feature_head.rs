@@ -4,12 +4,12 @@
 
 use super::{mean_var, quantile};
 use crate::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vigil_core::alarm::AlarmPolicy;
 use vigil_core::features::{self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_HOP, FEATURE_WINDOW};
-use vigil_core::head::{argmax, HeadRef, PrototypeRef};
+use vigil_core::head::PrototypeRef;
 use vigil_core::update::{quantise_rows, HeadUpdate, HeadWeights};
 
 /// Feature vectors with their class.
@@ -68,115 +68,11 @@ pub fn simulate_set(
     Ok(set)
 }
 
-/// Options of [`train`].
-#[derive(Debug, Clone, Copy)]
-pub struct TrainOptions {
-    /// Gradient steps over the whole set.
-    pub steps: usize,
-    /// Learning rate on standardised features.
-    pub learning_rate: f32,
-    /// L2 penalty on the weights.
-    pub weight_decay: f32,
-}
+pub use super::linear::{LinearHead as FeatureHead, TrainOptions};
 
-impl Default for TrainOptions {
-    fn default() -> Self {
-        TrainOptions { steps: 600, learning_rate: 0.5, weight_decay: 1e-3 }
-    }
-}
-
-/// A trained feature head: row-major `classes x FEATURE_COUNT` weights over raw features.
-#[derive(Debug, Clone)]
-pub struct FeatureHead {
-    /// Weights (standardisation folded in).
-    pub weights: Vec<f32>,
-    /// Bias per class.
-    pub bias: Vec<f32>,
-    /// Number of classes.
-    pub classes: usize,
-    /// Training loss after each step.
-    pub losses: Vec<f32>,
-}
-
-impl FeatureHead {
-    /// Most probable class of `row`.
-    pub fn predict(&self, row: &[f32; FEATURE_COUNT]) -> usize {
-        let mut logits = vec![0.0; self.classes];
-        let ok = HeadRef::new(&self.weights, &self.bias, FEATURE_COUNT, self.classes)
-            .and_then(|h| h.logits(row, &mut logits));
-        if ok.is_err() {
-            return 0;
-        }
-        argmax(&logits).unwrap_or(0)
-    }
-
-    /// Share of rows classed right.
-    pub fn accuracy(&self, set: &LabelledFeatures) -> f64 {
-        let right = set.rows.iter().zip(&set.labels).filter(|(r, &l)| self.predict(r) == l).count();
-        right as f64 / set.rows.len().max(1) as f64
-    }
-}
-
-/// Softmax regression by full-batch gradient descent with momentum, on features
-/// standardised over `set`; the standardisation is folded into the result.
+/// Softmax regression on the feature rows of `set` (see [`super::linear::fit`]).
 pub fn train(set: &LabelledFeatures, classes: usize, options: TrainOptions) -> Result<FeatureHead> {
-    if set.rows.is_empty() {
-        bail!("no labelled windows to train on");
-    }
-    if let Some(&bad) = set.labels.iter().find(|&&l| l >= classes) {
-        bail!("label {bad} is not one of the {classes} classes");
-    }
-    let (mean, var) = mean_var(&set.rows);
-    let std: Vec<f32> = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
-    let x: Vec<[f32; FEATURE_COUNT]> =
-        set.rows.iter().map(|r| std::array::from_fn(|j| (r[j] - mean[j]) / std[j])).collect();
-    let n = x.len() as f32;
-    let mut w = vec![0.0f32; classes * FEATURE_COUNT];
-    let mut b = vec![0.0f32; classes];
-    let (mut vw, mut vb) = (vec![0.0f32; w.len()], vec![0.0f32; classes]);
-    let mut losses = Vec::with_capacity(options.steps);
-    for _ in 0..options.steps {
-        let (mut gw, mut gb) = (vec![0.0f32; w.len()], vec![0.0f32; classes]);
-        let mut loss = 0.0;
-        let mut p = vec![0.0f32; classes];
-        for (row, &label) in x.iter().zip(&set.labels) {
-            for (c, pc) in p.iter_mut().enumerate() {
-                *pc = b[c]
-                    + w[c * FEATURE_COUNT..(c + 1) * FEATURE_COUNT]
-                        .iter()
-                        .zip(row)
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
-            }
-            vigil_core::head::softmax_in_place(&mut p);
-            loss -= p[label].max(1e-12).ln();
-            for c in 0..classes {
-                let g = p[c] - if c == label { 1.0 } else { 0.0 };
-                gb[c] += g;
-                for (gw, v) in gw[c * FEATURE_COUNT..(c + 1) * FEATURE_COUNT].iter_mut().zip(row) {
-                    *gw += g * v;
-                }
-            }
-        }
-        losses.push(loss / n);
-        for ((wi, vi), gi) in w.iter_mut().zip(&mut vw).zip(&gw) {
-            *vi = 0.9 * *vi + gi / n + options.weight_decay * *wi;
-            *wi -= options.learning_rate * *vi;
-        }
-        for ((bi, vi), gi) in b.iter_mut().zip(&mut vb).zip(&gb) {
-            *vi = 0.9 * *vi + gi / n;
-            *bi -= options.learning_rate * *vi;
-        }
-    }
-    // logits = W (x - mean) / std + b = (W / std) x + (b - sum W mean / std).
-    let mut weights = w.clone();
-    for c in 0..classes {
-        for j in 0..FEATURE_COUNT {
-            weights[c * FEATURE_COUNT + j] = w[c * FEATURE_COUNT + j] / std[j];
-            b[c] -= w[c * FEATURE_COUNT + j] * mean[j] / std[j];
-        }
-    }
-    Ok(FeatureHead { weights, bias: b, classes, losses })
+    super::linear::fit(&set.rows, &set.labels, classes, options, |_, _| {})
 }
 
 /// The normal-state prototype: mean and variance of the rows labelled `normal`.
@@ -260,7 +156,7 @@ mod tests {
         let test_set = simulate_set(&spec, 2, 0.5, 2).unwrap();
         let head = train(&train_set, 4, TrainOptions { steps: 200, ..TrainOptions::default() }).unwrap();
         assert!(head.losses[199] < 0.5 * head.losses[0], "loss {} -> {}", head.losses[0], head.losses[199]);
-        let accuracy = head.accuracy(&test_set);
+        let accuracy = head.accuracy(&test_set.rows, &test_set.labels);
         assert!(accuracy > 0.9, "held-out accuracy {accuracy}");
         assert!(train(&LabelledFeatures::default(), 4, TrainOptions::default()).is_err());
     }

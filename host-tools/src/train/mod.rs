@@ -5,6 +5,8 @@ pub mod cnn;
 pub mod dataset;
 pub mod export;
 pub mod feature_head;
+pub mod fine_tune;
+pub mod linear;
 
 use crate::sim::{FaultKind, SourceDomain};
 use anyhow::{Context, Result};

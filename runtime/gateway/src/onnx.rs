@@ -104,3 +104,35 @@ pub fn replace_initializer(proto: &mut ModelProto, name: &str, values: &[f32]) -
     }
     Ok(())
 }
+
+/// Replaces the float initializer `name` by `values` of shape `dims` (a head resized for
+/// another set of classes).
+pub fn resize_initializer(proto: &mut ModelProto, name: &str, dims: &[usize], values: &[f32]) -> Result<()> {
+    read_initializer(proto, name)?;
+    if dims.iter().product::<usize>() != values.len() {
+        return Err(RuntimeError::Initializer {
+            name: name.into(),
+            problem: format!("{} values do not fill shape {dims:?}", values.len()),
+        });
+    }
+    if let Some(graph) = proto.graph.as_mut() {
+        for t in graph.initializer.iter_mut().filter(|t| t.name == name) {
+            *t = float_initializer(name, dims, values);
+        }
+    }
+    Ok(())
+}
+
+/// Sets the last dimension of the graph output `name` (the logits of a resized head).
+pub fn set_output_width(proto: &mut ModelProto, name: &str, width: usize) {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
+    let outputs = proto.graph.iter_mut().flat_map(|g| g.output.iter_mut()).filter(|o| o.name == name);
+    for output in outputs {
+        if let Some(type_proto::Value::TensorType(t)) = output.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if let Some(last) = t.shape.as_mut().and_then(|s| s.dim.last_mut()) {
+                last.value = Some(Value::DimValue(width as i64));
+            }
+        }
+    }
+}

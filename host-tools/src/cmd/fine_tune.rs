@@ -1,0 +1,213 @@
+//! `vigil fine-tune`: fit the pretrained model to one machine line.
+
+use crate::dataset::{windows_for, LabelledWindows, Manifest};
+use crate::train::fine_tune::{embed, fine_tune_head, parity, take_shots};
+use crate::train::linear::TrainOptions;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Fine-tune a pretrained model on labelled recordings of one machine line (a dataset
+/// manifest, see docs/datasets.md) and write the result as a new ONNX model.
+///
+/// `--train head` runs the frozen backbone once per window in tract, caches the
+/// embeddings and trains the dense head on them (softmax regression, full batch, with
+/// weight decay); the prototype and threshold are recomputed from the normal training
+/// windows. Only the head's initialisers and Vigil's metadata change; the written model
+/// is reloaded in tract and its logits checked against the trainer's.
+#[derive(Debug, Args)]
+pub struct FineTuneArgs {
+    /// Pretrained ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Dataset manifest: recordings with split = "train" train, split = "val" validate.
+    #[arg(long)]
+    data: PathBuf,
+    /// What to train: `head` (the dense layer on frozen embeddings). Training the last K
+    /// convolutions (`last:K`) or `all` through the graph is not available in this version.
+    #[arg(long, default_value = "head")]
+    train: String,
+    /// Gradient steps over the training windows.
+    #[arg(long, default_value_t = 600)]
+    epochs: usize,
+    /// Learning rate (on standardised embeddings).
+    #[arg(long, default_value_t = 0.5)]
+    lr: f32,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 1e-3)]
+    weight_decay: f32,
+    /// Labelled windows per class to train on, drawn at random from the training
+    /// recordings [default: all of them].
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Without val recordings in the manifest, hold out this fraction of the training
+    /// recordings (whole recordings) for validation and keep the best step.
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f64,
+    /// New label set, comma-separated, replacing the model's classes (the head is
+    /// resized; name the healthy class `normal`).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    /// Seed of the shot draw and the validation hold-out.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output ONNX file.
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64).with_message(what.to_owned());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// Moves every `1/fraction`-th training recording (seeded order) into validation.
+fn hold_out(train: LabelledWindows, fraction: f64, seed: u64) -> (LabelledWindows, Option<LabelledWindows>) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if fraction <= 0.0 {
+        return (train, None);
+    }
+    let mut recordings: Vec<usize> = train.recordings.clone();
+    recordings.sort_unstable();
+    recordings.dedup();
+    recordings.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let held = ((recordings.len() as f64 * fraction).round() as usize)
+        .clamp(1, recordings.len().saturating_sub(1).max(1));
+    let held: Vec<usize> = recordings[..held].to_vec();
+    let (mut kept, mut val) = (LabelledWindows::default(), LabelledWindows::default());
+    for i in 0..train.len() {
+        let to = if held.contains(&train.recordings[i]) { &mut val } else { &mut kept };
+        to.windows.push(train.windows[i].clone());
+        to.labels.push(train.labels[i]);
+        to.recordings.push(train.recordings[i]);
+        to.conditions.push(train.conditions[i].clone());
+    }
+    (kept, (!val.is_empty()).then_some(val))
+}
+
+impl FineTuneArgs {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        if self.train != "head" {
+            bail!(
+                "--train {}: only `head` is available in this version (training the last K convolutions or all of them through the graph is not yet implemented)",
+                self.train
+            );
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            bail!("--val-split {} must be at least 0 and below 1", self.val_split);
+        }
+        if self.epochs == 0 || !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--epochs and --lr must be positive");
+        }
+        let model = super::load_model(self.model.as_deref())?;
+        let bytes = match &self.model {
+            Some(p) => std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
+            None => super::REFERENCE_MODEL.to_vec(),
+        };
+        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path())?;
+        let classes = self.classes.clone().unwrap_or_else(|| model.metadata().class_names.clone());
+        if classes.is_empty()
+            || classes.len() > vigil_core::MAX_CLASSES
+            || classes.iter().any(|c| c.trim().is_empty())
+        {
+            bail!("--classes needs 1 to {} non-empty names", vigil_core::MAX_CLASSES);
+        }
+        let manifest = Manifest::load(&self.data)?;
+        let train = windows_for(&model, &manifest, Some("train"), &classes)?;
+        let has_val = manifest.recordings.iter().any(|r| r.split.as_deref() == Some("val"));
+        let (train, val) = if has_val {
+            (train, Some(windows_for(&model, &manifest, Some("val"), &classes)?))
+        } else {
+            hold_out(train, self.val_split, self.seed)
+        };
+        let train = take_shots(&train, &classes, self.shots, self.seed)?;
+        let present: Vec<&String> =
+            classes.iter().enumerate().filter(|(c, _)| train.labels.contains(c)).map(|(_, n)| n).collect();
+        if present.len() < 2 {
+            bail!("the training windows hold {} class(es); fine-tuning needs at least two", present.len());
+        }
+
+        let started = Instant::now();
+        let pb = bar(train.len() + val.as_ref().map_or(0, LabelledWindows::len), "backbone (tract)");
+        let train_e = embed(&model, &train, || pb.inc(1))?;
+        let val_e = val.as_ref().map(|v| embed(&model, v, || pb.inc(1))).transpose()?;
+        pb.finish_and_clear();
+        let backbone_s = started.elapsed().as_secs_f64();
+        println!(
+            "backbone pass: {} training and {} validation windows in {backbone_s:.1} s",
+            train_e.rows.len(),
+            val_e.as_ref().map_or(0, |v| v.rows.len())
+        );
+
+        let options =
+            TrainOptions { steps: self.epochs, learning_rate: self.lr, weight_decay: self.weight_decay };
+        let trained = Instant::now();
+        let pb = bar(self.epochs, "head");
+        let outcome = fine_tune_head(
+            &model,
+            &proto,
+            &classes,
+            &train_e,
+            val_e.as_ref(),
+            options,
+            |step, loss, acc| {
+                pb.set_position(step as u64 + 1);
+                pb.set_message(format!("head: loss {loss:.4}, train accuracy {:.1}%", 100.0 * acc));
+            },
+        )?;
+        pb.finish_and_clear();
+        let losses = &outcome.head.losses;
+        println!(
+            "head trained in {:.2} s: loss {:.4} -> {:.4}, training accuracy {:.2}%",
+            trained.elapsed().as_secs_f64(),
+            losses.first().copied().unwrap_or(f32::NAN),
+            losses.last().copied().unwrap_or(f32::NAN),
+            100.0 * outcome.head.accuracy(&train_e.rows, &train_e.labels)
+        );
+        if let Some(v) = outcome.validation {
+            println!(
+                "validation loss {:.4} -> {:.4} (kept step {}), validation accuracy {:.2}%",
+                v.first_loss,
+                v.best_loss,
+                v.step + 1,
+                100.0 * v.accuracy
+            );
+        }
+        std::fs::write(&self.output, &outcome.onnx)
+            .with_context(|| format!("cannot write {}", self.output.display()))?;
+        let check: Vec<_> = train.windows.iter().take(16).cloned().collect();
+        let worst = parity(&self.output, &outcome.head, &check)?;
+        println!(
+            "parity: largest logit difference, tract vs trainer, over {} windows: {worst:.2e}",
+            check.len()
+        );
+        if worst > 1e-3 {
+            bail!(
+                "the written model disagrees with the trainer by {worst:.2e}; {} is not usable",
+                self.output.display()
+            );
+        }
+        match outcome.weight_change {
+            Some(change) => {
+                println!("changed: head weights by {:.1}% (relative L2), backbone 0%", 100.0 * change)
+            }
+            None => {
+                println!("changed: head replaced for classes {} (resized), backbone 0%", classes.join(", "))
+            }
+        }
+        println!(
+            "written {} ({} bytes), head version {}",
+            self.output.display(),
+            outcome.onnx.len(),
+            model.metadata().head_version + 1
+        );
+        Ok(())
+    }
+}

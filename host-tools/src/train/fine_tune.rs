@@ -1,0 +1,187 @@
+//! Fine-tuning the head of a pretrained model on a user's labelled recordings
+//! (`vigil fine-tune --train head`): the frozen backbone runs once per window in tract,
+//! the dense head is trained on the cached embeddings ([`super::linear`]), and only the
+//! head's initialisers, the prototype, the threshold and the class names are written
+//! back into the ONNX file; the graph and the rest of the metadata are kept.
+
+use super::linear::{self, LinearHead, TrainOptions};
+use super::{mean_var, quantile};
+use crate::dataset::LabelledWindows;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use tract_onnx::pb::ModelProto;
+use vigil_core::head::PrototypeRef;
+use vigil_runtime::model::VigilModel;
+use vigil_runtime::onnx::{encode_model, resize_initializer, set_output_width, write_metadata};
+use vigil_runtime::scorer::WindowScorer;
+use vigil_runtime::windower::Window;
+
+/// Embeddings with their labels.
+#[derive(Debug, Clone, Default)]
+pub struct Embedded {
+    /// One embedding per window.
+    pub rows: Vec<Vec<f32>>,
+    /// Class index per window.
+    pub labels: Vec<usize>,
+}
+
+/// Runs the backbone over `set`, calling `progress` after each window.
+pub fn embed(model: &VigilModel, set: &LabelledWindows, mut progress: impl FnMut()) -> Result<Embedded> {
+    let mut scorer = WindowScorer::new(model.clone(), 0)?;
+    let mut out = Embedded::default();
+    for (window, &label) in set.windows.iter().zip(&set.labels) {
+        out.rows.push(scorer.embed_and_classify(window)?.0);
+        out.labels.push(label);
+        progress();
+    }
+    Ok(out)
+}
+
+/// `shots` windows of each class, taken at random (seeded) across the class's
+/// recordings; every window when `shots` is `None`. Refuses a class with fewer windows.
+pub fn take_shots(
+    set: &LabelledWindows,
+    classes: &[String],
+    shots: Option<usize>,
+    seed: u64,
+) -> Result<LabelledWindows> {
+    let Some(n) = shots else { return Ok(set.clone()) };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = LabelledWindows::default();
+    for (c, name) in classes.iter().enumerate() {
+        let mut of_class: Vec<usize> = (0..set.len()).filter(|&i| set.labels[i] == c).collect();
+        if of_class.is_empty() {
+            continue;
+        }
+        if of_class.len() < n {
+            bail!("class {name} has {} training windows, fewer than --shots {n}", of_class.len());
+        }
+        of_class.shuffle(&mut rng);
+        for &i in &of_class[..n] {
+            out.windows.push(set.windows[i].clone());
+            out.labels.push(c);
+            out.recordings.push(set.recordings[i]);
+            out.conditions.push(set.conditions[i].clone());
+        }
+    }
+    Ok(out)
+}
+
+/// What [`fine_tune_head`] produced.
+#[derive(Debug)]
+pub struct HeadOutcome {
+    /// The trained head (over raw embeddings).
+    pub head: LinearHead,
+    /// The fine-tuned model, encoded.
+    pub onnx: Vec<u8>,
+    /// Relative change of the head weights, `|W' - W| / |W|` (`None` when resized).
+    pub weight_change: Option<f64>,
+    /// Validation figures, when validated.
+    pub validation: Option<Validation>,
+}
+
+/// How the head did on the validation windows.
+#[derive(Debug, Clone, Copy)]
+pub struct Validation {
+    /// Loss before the first step (the untrained head).
+    pub first_loss: f64,
+    /// Loss at the kept step.
+    pub best_loss: f64,
+    /// Accuracy at the kept step.
+    pub accuracy: f64,
+    /// The kept step (lowest validation loss).
+    pub step: usize,
+}
+
+/// Trains the head on `train` (validating on `val`, keeping the step of lowest validation
+/// loss), recomputes the
+/// prototype and threshold from the normal training windows, and writes them with the
+/// head and `classes` into a copy of `proto`.
+pub fn fine_tune_head(
+    model: &VigilModel,
+    proto: &ModelProto,
+    classes: &[String],
+    train: &Embedded,
+    val: Option<&Embedded>,
+    options: TrainOptions,
+    mut on_step: impl FnMut(usize, f32, f64),
+) -> Result<HeadOutcome> {
+    let meta = model.metadata();
+    let mut best: Option<(Validation, LinearHead)> = None;
+    let head = linear::fit(&train.rows, &train.labels, classes.len(), options, |step, head| {
+        let loss = head.losses.last().copied().unwrap_or(f32::NAN);
+        let accuracy = head.accuracy(&train.rows, &train.labels);
+        on_step(step, loss, accuracy);
+        if let Some(v) = val {
+            let val_loss = head.loss(&v.rows, &v.labels);
+            if best.as_ref().is_none_or(|(b, _)| val_loss < b.best_loss) {
+                let first_loss = best.as_ref().map_or(f64::NAN, |(b, _)| b.first_loss);
+                let accuracy = head.accuracy(&v.rows, &v.labels);
+                best = Some((Validation { first_loss, best_loss: val_loss, accuracy, step }, head.clone()));
+            }
+        }
+    })?;
+    // The untrained head scores every class alike: its loss is ln(classes).
+    let untrained = (classes.len() as f64).ln();
+    let (head, validation) = match best {
+        Some((v, best_head)) => {
+            (LinearHead { losses: head.losses, ..best_head }, Some(Validation { first_loss: untrained, ..v }))
+        }
+        None => (head, None),
+    };
+    let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
+    let normal_rows: Vec<&Vec<f32>> =
+        train.rows.iter().zip(&train.labels).filter(|(_, &l)| l == normal).map(|(r, _)| r).collect();
+    let mut new_meta = meta.clone();
+    if normal_rows.len() >= 2 {
+        let (mean, var) = mean_var(&normal_rows);
+        let prototype = PrototypeRef::new(&mean, &var).map_err(|e| anyhow::anyhow!("prototype: {e}"))?;
+        let scores = normal_rows.iter().map(|r| prototype.score(r)).collect::<Result<Vec<_>, _>>()?;
+        new_meta.alarm.threshold = 2.0 * quantile(scores, 0.975).max(f32::MIN_POSITIVE);
+        new_meta.prototype_mean = mean;
+        new_meta.prototype_var = var;
+    }
+    let resized = classes != meta.class_names.as_slice();
+    new_meta.class_names = classes.to_vec();
+    new_meta.normal_class = normal;
+    new_meta.head_version = meta.head_version + 1;
+    let mut proto = proto.clone();
+    resize_initializer(&mut proto, &meta.head_weight, &[classes.len(), head.dim], &head.weights)?;
+    resize_initializer(&mut proto, &meta.head_bias, &[classes.len()], &head.bias)?;
+    set_output_width(&mut proto, &meta.logits_node, classes.len());
+    write_metadata(&mut proto, &new_meta);
+    let weight_change = (!resized).then(|| {
+        let old = model.head().weights();
+        let diff: f64 = old.iter().zip(&head.weights).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+        let norm: f64 = old.iter().map(|a| f64::from(*a).powi(2)).sum();
+        (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+    });
+    Ok(HeadOutcome { head, onnx: encode_model(&proto), weight_change, validation })
+}
+
+/// Reloads the written model in tract and returns the largest difference between the
+/// logits of the whole graph (tract) and of `head` on the embeddings (the trainer), over
+/// `windows`.
+pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<f32> {
+    let model = VigilModel::load(path).with_context(|| format!("reloading {}", path.display()))?;
+    let mut full = model.full_model()?;
+    let mut scorer = WindowScorer::new(model.clone(), 0)?;
+    let meta = model.metadata();
+    let mut worst = 0.0f32;
+    for window in windows {
+        let (embedding, _) = scorer.embed_and_classify(window)?;
+        let mut normalised = window.samples.clone();
+        for channel in normalised.chunks_exact_mut(meta.window) {
+            meta.normalisation.apply(channel);
+        }
+        let graph = full.run(&normalised)?;
+        let mut ours = vec![0.0; head.classes];
+        vigil_core::head::HeadRef::new(&head.weights, &head.bias, head.dim, head.classes)?
+            .logits(&embedding, &mut ours)?;
+        worst = graph.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    Ok(worst)
+}
