@@ -585,3 +585,49 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
         "fewer than --shots 500",
     );
 }
+
+#[test]
+fn transfer_eval_compares_the_methods_on_a_small_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for (i, (fault, label, split)) in [
+        ("normal", "normal", "train"),
+        ("outer-race", "outer_race", "train"),
+        ("inner-race", "inner_race", "train"),
+        ("normal", "normal", "test"),
+        ("outer-race", "outer_race", "test"),
+        ("inner-race", "inner_race", "test"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("r{i}.csv");
+        let seed = (i + 40).to_string();
+        simulate(dir.path(), &name, &["--seconds", "1", "--fault", fault, "--seed", &seed]);
+        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\"\nspeed = 29.95"));
+    }
+    let m = manifest(dir.path(), "m.toml", &entries);
+    let said = ok(&[
+        "transfer-eval",
+        "--data",
+        m.to_str().unwrap(),
+        "--bearing",
+        "9,7.94,39.04",
+        "--shots",
+        "3",
+        "--seeds",
+        "2",
+    ]);
+    for method in ["envelope spectrum", "zero-shot", "head fine-tuned", "DSP feature backbone"] {
+        let row =
+            said.lines().find(|l| l.contains(method)).unwrap_or_else(|| panic!("no {method} row:\n{said}"));
+        assert!(row.contains('%'), "{row}");
+    }
+    // Without shaft speeds the envelope methods cannot place the fault frequencies.
+    let bare: Vec<String> = entries.iter().map(|e| e.replace("\nspeed = 29.95", "")).collect();
+    let m = manifest(dir.path(), "bare.toml", &bare);
+    assert_fails_with(
+        vigil(&["transfer-eval", "--data", m.to_str().unwrap(), "--bearing", "9,7.94,39.04"]),
+        "needs `speed`",
+    );
+}

@@ -16,4 +16,5 @@ pub mod report_io;
 pub mod sim;
 pub mod stream;
 pub mod train;
+pub mod transfer_eval;
 pub mod update_file;

@@ -20,6 +20,7 @@ mod sim_eval;
 mod simulate;
 mod snapshot;
 mod status;
+mod transfer_eval;
 
 use crate::client::Client;
 use crate::input::{self, InputFormat, SampleSource};
@@ -169,6 +170,9 @@ enum Command {
     /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
     /// condition, anomaly ROC-AUC, false and missed alarms).
     Evaluate(evaluate::EvaluateArgs),
+    /// Compare the envelope-spectrum classifier, the shipped model zero-shot and
+    /// fine-tuned, and the DSP feature backbone on a labelled dataset.
+    TransferEval(transfer_eval::TransferEvalArgs),
     /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
     /// simulated fleet of machines outside the pretraining range.
     AdaptEval(adapt_eval::AdaptEvalArgs),
@@ -212,6 +216,7 @@ impl Cli {
             Command::FineTune(a) => a.run(),
             Command::Evaluate(a) => a.run(),
             Command::AdaptEval(a) => a.run(),
+            Command::TransferEval(a) => a.run(),
             Command::Serve(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Push(a) => a.run(),

@@ -79,7 +79,7 @@ impl ReportOutputs {
     }
 }
 
-fn parse_bearing(text: &str) -> Result<BearingGeometry> {
+pub(crate) fn parse_bearing(text: &str) -> Result<BearingGeometry> {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     let number = |i: usize, what: &str| -> Result<f32> {
         parts[i].parse::<f32>().with_context(|| format!("--bearing: {what} `{}` is not a number", parts[i]))

@@ -40,17 +40,11 @@ pub fn embed(model: &VigilModel, set: &LabelledWindows, mut progress: impl FnMut
     Ok(out)
 }
 
-/// `shots` windows of each class, taken at random (seeded) across the class's
-/// recordings; every window when `shots` is `None`. Refuses a class with fewer windows.
-pub fn take_shots(
-    set: &LabelledWindows,
-    classes: &[String],
-    shots: Option<usize>,
-    seed: u64,
-) -> Result<LabelledWindows> {
-    let Some(n) = shots else { return Ok(set.clone()) };
+/// Indices into `set` of `n` windows of each class present, taken at random (seeded)
+/// across the class's recordings. Refuses a class with fewer windows.
+pub fn shot_indices(set: &LabelledWindows, classes: &[String], n: usize, seed: u64) -> Result<Vec<usize>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = LabelledWindows::default();
+    let mut picked = Vec::new();
     for (c, name) in classes.iter().enumerate() {
         let mut of_class: Vec<usize> = (0..set.len()).filter(|&i| set.labels[i] == c).collect();
         if of_class.is_empty() {
@@ -60,12 +54,25 @@ pub fn take_shots(
             bail!("class {name} has {} training windows, fewer than --shots {n}", of_class.len());
         }
         of_class.shuffle(&mut rng);
-        for &i in &of_class[..n] {
-            out.windows.push(set.windows[i].clone());
-            out.labels.push(c);
-            out.recordings.push(set.recordings[i]);
-            out.conditions.push(set.conditions[i].clone());
-        }
+        picked.extend_from_slice(&of_class[..n]);
+    }
+    Ok(picked)
+}
+
+/// `shots` windows of each class (see [`shot_indices`]); every window when `None`.
+pub fn take_shots(
+    set: &LabelledWindows,
+    classes: &[String],
+    shots: Option<usize>,
+    seed: u64,
+) -> Result<LabelledWindows> {
+    let Some(n) = shots else { return Ok(set.clone()) };
+    let mut out = LabelledWindows::default();
+    for i in shot_indices(set, classes, n, seed)? {
+        out.windows.push(set.windows[i].clone());
+        out.labels.push(set.labels[i]);
+        out.recordings.push(set.recordings[i]);
+        out.conditions.push(set.conditions[i].clone());
     }
     Ok(out)
 }
