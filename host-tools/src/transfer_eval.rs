@@ -8,12 +8,17 @@
 //! - the shipped model zero-shot;
 //! - the shipped model with its head fine-tuned (`vigil fine-tune --train head`'s own
 //!   training function, evaluated on the tract embeddings of the test windows);
+//! - the shipped model with its head fitted, then its last two convolutions and head
+//!   trained through the graph (`--train last:2`);
+//! - the same architecture trained from random values on the same windows
+//!   (`--train all --from-scratch`);
 //! - the DSP feature backbone of the microcontroller nodes with a trained head.
 //!
 //! Each N is drawn with several seeds; the table gives the mean and the range.
 
 use crate::dataset::{LabelledWindows, Manifest};
-use crate::train::fine_tune::{embed, fine_tune_head, shot_indices, Embedded};
+use crate::train::fine_tune::{embed, fine_tune_graph, fine_tune_head, shot_indices, take_shots, Embedded};
+use crate::train::graph::{GraphTraining, Trainable};
 use crate::train::linear::{self, TrainOptions};
 use anyhow::{bail, Result};
 use tract_onnx::pb::ModelProto;
@@ -132,6 +137,17 @@ fn accuracy(predictions: impl Iterator<Item = usize>, labels: &[usize]) -> f64 {
     hits as f64 / labels.len().max(1) as f64
 }
 
+/// Accuracy of the encoded model on `test` through the runtime (tract backbone, Rust head).
+fn graph_accuracy(onnx: &[u8], path: &std::path::Path, test: &LabelledWindows) -> Result<f64> {
+    let model = VigilModel::from_bytes(onnx, path)?;
+    let mut scorer = vigil_runtime::scorer::WindowScorer::new(model, 0)?;
+    let mut predictions = Vec::with_capacity(test.len());
+    for w in &test.windows {
+        predictions.push(argmax(&scorer.embed_and_classify(w)?.1).unwrap_or(0));
+    }
+    Ok(accuracy(predictions.into_iter(), &test.labels))
+}
+
 /// Runs the comparison. `train` and `test` are the manifest's splits, `classes` the
 /// label set, `shots` the values of N, `seeds` the draws per N.
 #[allow(clippy::too_many_arguments)]
@@ -177,8 +193,11 @@ pub fn run(
         MethodResult { name: "envelope spectrum, nearest centroid (textbook)".into(), accuracy: Vec::new() },
         MethodResult { name: "bearing-cnn-v1 zero-shot".into(), accuracy: Vec::new() },
         MethodResult { name: "bearing-cnn-v1, head fine-tuned".into(), accuracy: Vec::new() },
+        MethodResult { name: "bearing-cnn-v1, last:2 fine-tuned".into(), accuracy: Vec::new() },
+        MethodResult { name: "same CNN from scratch".into(), accuracy: Vec::new() },
         MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
     ];
+    let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
     // Zero-shot: the shipped classes mapped by name; a class the dataset lacks is wrong.
     let shipped = &model.metadata().class_names;
     let head = model.head();
@@ -191,7 +210,7 @@ pub fn run(
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
     for &n in shots {
-        let mut per = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut per = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for seed in 1..=seeds {
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
@@ -205,9 +224,33 @@ pub fn run(
             let tuned =
                 fine_tune_head(model, proto, classes, &shots_e, None, TrainOptions::default(), |_, _, _| {})?;
             per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
+            let shots = take_shots(train, classes, Some(n), seed)?;
+            for (slot, what, scratch) in [(3, Trainable::Last(2), None), (4, Trainable::All, Some(seed))] {
+                let cfg = GraphTraining {
+                    epochs: if scratch.is_some() { 60 } else { 40 },
+                    lr: 1e-3,
+                    backbone_lr: 1e-4,
+                    weight_decay: 1e-3,
+                    batch: 16,
+                    patience: 8,
+                    seed,
+                };
+                let out = fine_tune_graph(
+                    &tuned.onnx,
+                    model.path(),
+                    &shots,
+                    None,
+                    normal,
+                    what,
+                    scratch,
+                    cfg,
+                    |_, _, _, _| {},
+                )?;
+                per[slot].push(graph_accuracy(&out.onnx, model.path(), test)?);
+            }
             let feature_head =
                 linear::fit(&pick(&feat.train), &labels, classes.len(), TrainOptions::default(), |_, _| {})?;
-            per[3].push(feature_head.accuracy(&feat.test, &test.labels));
+            per[5].push(feature_head.accuracy(&feat.test, &test.labels));
         }
         for (r, accs) in results.iter_mut().zip(per) {
             r.accuracy.push((n, accs));

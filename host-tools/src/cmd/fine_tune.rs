@@ -1,7 +1,8 @@
 //! `vigil fine-tune`: fit the pretrained model to one machine line.
 
 use crate::dataset::{windows_for, LabelledWindows, Manifest};
-use crate::train::fine_tune::{embed, fine_tune_head, parity, take_shots};
+use crate::train::fine_tune::{embed, fine_tune_graph, fine_tune_head, parity, take_shots};
+use crate::train::graph::{GraphTraining, Trainable};
 use crate::train::linear::TrainOptions;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -25,19 +26,32 @@ pub struct FineTuneArgs {
     /// Dataset manifest: recordings with split = "train" train, split = "val" validate.
     #[arg(long)]
     data: PathBuf,
-    /// What to train: `head` (the dense layer on frozen embeddings). Training the last K
-    /// convolutions (`last:K`) or `all` through the graph is not available in this version.
+    /// What to train: `head` (the dense layer on frozen embeddings, cached from one tract
+    /// pass), `last:K` (the head fitted first, then the last K convolutions and the head
+    /// trained together through the graph with candle) or `all` (every layer).
     #[arg(long, default_value = "head")]
     train: String,
-    /// Gradient steps over the training windows.
-    #[arg(long, default_value_t = 600)]
-    epochs: usize,
-    /// Learning rate (on standardised embeddings).
-    #[arg(long, default_value_t = 0.5)]
-    lr: f32,
+    /// Passes over the training windows [default: 600 full-batch steps for head, 40
+    /// epochs through the graph].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Learning rate [default: 0.5 for head (gradient descent on standardised
+    /// embeddings), 0.001 through the graph (AdamW, for the head)].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning rate of the trained convolutions through the graph [default: --lr / 10].
+    #[arg(long)]
+    backbone_lr: Option<f64>,
+    /// Windows per step through the graph.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
     /// L2 weight decay.
     #[arg(long, default_value_t = 1e-3)]
-    weight_decay: f32,
+    weight_decay: f64,
+    /// With `--train all`: start every layer from random values instead of the
+    /// pretrained ones (the from-scratch baseline).
+    #[arg(long)]
+    from_scratch: bool,
     /// Labelled windows per class to train on, drawn at random from the training
     /// recordings [default: all of them].
     #[arg(long)]
@@ -94,17 +108,20 @@ fn hold_out(train: LabelledWindows, fraction: f64, seed: u64) -> (LabelledWindow
 impl FineTuneArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
-        if self.train != "head" {
-            bail!(
-                "--train {}: only `head` is available in this version (training the last K convolutions or all of them through the graph is not yet implemented)",
-                self.train
-            );
+        let graph_mode = match self.train.as_str() {
+            "head" => None,
+            other => Some(other.parse::<Trainable>().map_err(|e| anyhow::anyhow!("--train {e}"))?),
+        };
+        if self.from_scratch && graph_mode != Some(Trainable::All) {
+            bail!("--from-scratch trains every layer: use it with --train all");
         }
         if !(0.0..1.0).contains(&self.val_split) {
             bail!("--val-split {} must be at least 0 and below 1", self.val_split);
         }
-        if self.epochs == 0 || !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--epochs and --lr must be positive");
+        let epochs = self.epochs.unwrap_or(if graph_mode.is_some() { 40 } else { 600 });
+        let lr = self.lr.unwrap_or(if graph_mode.is_some() { 1e-3 } else { 0.5 });
+        if epochs == 0 || !(lr.is_finite() && lr > 0.0) || self.batch == 0 {
+            bail!("--epochs, --lr and --batch must be positive");
         }
         let model = super::load_model(self.model.as_deref())?;
         let bytes = match &self.model {
@@ -146,10 +163,16 @@ impl FineTuneArgs {
             val_e.as_ref().map_or(0, |v| v.rows.len())
         );
 
-        let options =
-            TrainOptions { steps: self.epochs, learning_rate: self.lr, weight_decay: self.weight_decay };
+        let options = match graph_mode {
+            None => TrainOptions {
+                steps: epochs,
+                learning_rate: lr as f32,
+                weight_decay: self.weight_decay as f32,
+            },
+            Some(_) => TrainOptions::default(),
+        };
         let trained = Instant::now();
-        let pb = bar(self.epochs, "head");
+        let pb = bar(options.steps, "head");
         let outcome = fine_tune_head(
             &model,
             &proto,
@@ -180,6 +203,18 @@ impl FineTuneArgs {
                 100.0 * v.accuracy
             );
         }
+        if let Some(what) = graph_mode {
+            let cfg = GraphTraining {
+                epochs,
+                lr,
+                backbone_lr: self.backbone_lr.unwrap_or(lr / 10.0),
+                weight_decay: self.weight_decay,
+                batch: self.batch,
+                patience: 8,
+                seed: self.seed,
+            };
+            return self.through_graph(&outcome.onnx, &model, &classes, &train, val.as_ref(), what, cfg);
+        }
         std::fs::write(&self.output, &outcome.onnx)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
         let check: Vec<_> = train.windows.iter().take(16).cloned().collect();
@@ -208,6 +243,78 @@ impl FineTuneArgs {
             outcome.onnx.len(),
             model.metadata().head_version + 1
         );
+        Ok(())
+    }
+
+    /// Trains `what` through the graph of `start` (the head already fitted) and writes it.
+    #[allow(clippy::too_many_arguments)]
+    fn through_graph(
+        &self,
+        start: &[u8],
+        model: &vigil_runtime::model::VigilModel,
+        classes: &[String],
+        train: &LabelledWindows,
+        val: Option<&LabelledWindows>,
+        what: Trainable,
+        cfg: GraphTraining,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let pb = bar(cfg.epochs, &format!("{} through the graph (candle)", self.train));
+        let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
+        let reinitialise = self.from_scratch.then_some(self.seed);
+        let outcome = fine_tune_graph(
+            start,
+            model.path(),
+            train,
+            val,
+            normal,
+            what,
+            reinitialise,
+            cfg,
+            |epoch, loss, acc, v| {
+                pb.set_position(epoch as u64);
+                let v = v.map_or(String::new(), |(l, a)| {
+                    format!(", validation loss {l:.4}, accuracy {:.1}%", 100.0 * a)
+                });
+                pb.set_message(format!("epoch {epoch}: loss {loss:.4}, accuracy {:.1}%{v}", 100.0 * acc));
+            },
+        )?;
+        pb.finish_and_clear();
+        println!("trained {} through the graph in {:.1} s", self.train, started.elapsed().as_secs_f64());
+        match outcome.validation {
+            Some((first, _, 0)) => {
+                println!("validation loss {first:.4}: no epoch improved on the start, which is kept")
+            }
+            Some((first, best, epoch)) => {
+                println!("validation loss {first:.4} -> {best:.4} (kept epoch {epoch})")
+            }
+            None => {}
+        }
+        std::fs::write(&self.output, &outcome.onnx)
+            .with_context(|| format!("cannot write {}", self.output.display()))?;
+        let windows = train.len().min(16);
+        println!(
+            "parity: largest logit difference, tract vs trainer, over {windows} windows: {:.2e}",
+            outcome.parity
+        );
+        if outcome.parity > 1e-3 {
+            bail!(
+                "the written model disagrees with the trainer by {:.2e}; {} is not usable",
+                outcome.parity,
+                self.output.display()
+            );
+        }
+        if self.from_scratch {
+            println!(
+                "changed (relative L2 against the pretrained values; training started from random ones):"
+            );
+        } else {
+            println!("changed (relative L2 against the fitted head and the pretrained backbone):");
+        }
+        for (name, change) in &outcome.changes {
+            println!("  {name}: {:.2}%", 100.0 * change);
+        }
+        println!("written {} ({} bytes)", self.output.display(), outcome.onnx.len());
         Ok(())
     }
 }

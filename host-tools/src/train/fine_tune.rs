@@ -140,17 +140,8 @@ pub fn fine_tune_head(
         None => (head, None),
     };
     let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
-    let normal_rows: Vec<&Vec<f32>> =
-        train.rows.iter().zip(&train.labels).filter(|(_, &l)| l == normal).map(|(r, _)| r).collect();
     let mut new_meta = meta.clone();
-    if normal_rows.len() >= 2 {
-        let (mean, var) = mean_var(&normal_rows);
-        let prototype = PrototypeRef::new(&mean, &var).map_err(|e| anyhow::anyhow!("prototype: {e}"))?;
-        let scores = normal_rows.iter().map(|r| prototype.score(r)).collect::<Result<Vec<_>, _>>()?;
-        new_meta.alarm.threshold = 2.0 * quantile(scores, 0.975).max(f32::MIN_POSITIVE);
-        new_meta.prototype_mean = mean;
-        new_meta.prototype_var = var;
-    }
+    calibrate(&mut new_meta, train, normal)?;
     let resized = classes != meta.class_names.as_slice();
     new_meta.class_names = classes.to_vec();
     new_meta.normal_class = normal;
@@ -167,6 +158,27 @@ pub fn fine_tune_head(
         (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
     });
     Ok(HeadOutcome { head, onnx: encode_model(&proto), weight_change, validation })
+}
+
+/// Sets the prototype (mean and variance of the normal rows of `train`) and the threshold
+/// (twice the 97.5th percentile of their scores) of `meta`; leaves them when fewer than two
+/// rows are normal.
+pub fn calibrate(
+    meta: &mut vigil_runtime::metadata::ModelMetadata,
+    train: &Embedded,
+    normal: usize,
+) -> Result<()> {
+    let normal_rows: Vec<&Vec<f32>> =
+        train.rows.iter().zip(&train.labels).filter(|(_, &l)| l == normal).map(|(r, _)| r).collect();
+    if normal_rows.len() >= 2 {
+        let (mean, var) = mean_var(&normal_rows);
+        let prototype = PrototypeRef::new(&mean, &var).map_err(|e| anyhow::anyhow!("prototype: {e}"))?;
+        let scores = normal_rows.iter().map(|r| prototype.score(r)).collect::<Result<Vec<_>, _>>()?;
+        meta.alarm.threshold = 2.0 * quantile(scores, 0.975).max(f32::MIN_POSITIVE);
+        meta.prototype_mean = mean;
+        meta.prototype_var = var;
+    }
+    Ok(())
 }
 
 /// Reloads the written model in tract and returns the largest difference between the
@@ -191,4 +203,82 @@ pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<f32>
         worst = graph.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
     Ok(worst)
+}
+
+/// What [`fine_tune_graph`] produced.
+#[derive(Debug)]
+pub struct GraphOutcome {
+    /// The fine-tuned model, encoded.
+    pub onnx: Vec<u8>,
+    /// Relative L2 change of each trained initialiser.
+    pub changes: Vec<(String, f64)>,
+    /// Validation loss before and at the kept epoch, and that epoch.
+    pub validation: Option<(f32, f32, usize)>,
+    /// Largest logit difference between the written model in tract and the trainer.
+    pub parity: f32,
+}
+
+/// Windows normalised as the runtime does, one `Vec` per window.
+fn normalised(meta: &vigil_runtime::metadata::ModelMetadata, set: &LabelledWindows) -> Vec<Vec<f32>> {
+    set.windows
+        .iter()
+        .map(|w| {
+            let mut s = w.samples.clone();
+            for channel in s.chunks_exact_mut(meta.window) {
+                meta.normalisation.apply(channel);
+            }
+            s
+        })
+        .collect()
+}
+
+/// Trains `what` of the model `start` (an encoded ONNX whose head already fits `classes`,
+/// such as [`fine_tune_head`]'s output) through its graph with candle, writes the trained
+/// initialisers back, recomputes the prototype and threshold with the new backbone in
+/// tract, and checks the written model against the trainer on up to 16 windows.
+#[allow(clippy::too_many_arguments)]
+pub fn fine_tune_graph(
+    start: &[u8],
+    path: &Path,
+    train: &LabelledWindows,
+    val: Option<&LabelledWindows>,
+    normal: usize,
+    what: super::graph::Trainable,
+    reinitialise: Option<u64>,
+    cfg: super::graph::GraphTraining,
+    on_epoch: impl FnMut(usize, f32, f64, Option<(f32, f64)>),
+) -> Result<GraphOutcome> {
+    use super::graph::{batch_tensors, GraphModel};
+    let mut proto = vigil_runtime::onnx::decode_model(start, path)?;
+    let mut meta = vigil_runtime::onnx::read_metadata(&proto)?;
+    let graph = GraphModel::new(
+        &proto,
+        &meta.input_name,
+        &meta.logits_node,
+        (&meta.head_weight, &meta.head_bias),
+        what,
+        reinitialise,
+    )?;
+    let train_x = normalised(&meta, train);
+    let (x, y) = batch_tensors(&train_x, &train.labels, meta.channels)?;
+    let val_t = val.map(|v| batch_tensors(&normalised(&meta, v), &v.labels, meta.channels)).transpose()?;
+    let validation =
+        super::graph::train(&graph, (&x, &y), val_t.as_ref().map(|(a, b)| (a, b)), cfg, on_epoch)?;
+    let changes = graph.write_into(&mut proto)?;
+    // The backbone changed: the prototype and threshold are recomputed in tract.
+    let retrained = VigilModel::from_bytes(&encode_model(&proto), path)?;
+    let embedded = embed(&retrained, train, || {})?;
+    calibrate(&mut meta, &embedded, normal)?;
+    write_metadata(&mut proto, &meta);
+    let onnx = encode_model(&proto);
+    let written = VigilModel::from_bytes(&onnx, path)?;
+    let mut full = written.full_model()?;
+    let mut parity = 0.0f32;
+    let check = train_x.len().min(16);
+    let ours = graph.forward(&x.narrow(0, 0, check)?)?.to_vec2::<f32>()?;
+    for (window, ours) in train_x.iter().zip(&ours) {
+        let theirs = full.run(window)?;
+        parity = theirs.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(parity, f32::max);
+    }
+    Ok(GraphOutcome { onnx, changes, validation, parity })
 }

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod export;
 pub mod feature_head;
 pub mod fine_tune;
+pub mod graph;
 pub mod linear;
 
 use crate::sim::{FaultKind, SourceDomain};
