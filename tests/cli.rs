@@ -661,3 +661,59 @@ fn transfer_eval_compares_the_methods_on_a_small_dataset() {
         "needs `speed`",
     );
 }
+
+#[test]
+fn the_int8_model_loads_in_tract_agrees_with_f32_and_is_under_30_percent_of_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for (i, (fault, label)) in
+        [("normal", "normal"), ("outer-race", "outer_race"), ("inner-race", "inner_race"), ("ball", "ball")]
+            .into_iter()
+            .cycle()
+            .take(8)
+            .enumerate()
+    {
+        let name = format!("q{i}.csv");
+        let seed = (i + 60).to_string();
+        simulate(dir.path(), &name, &["--seconds", "2", "--fault", fault, "--seed", &seed]);
+        let split = if i < 4 { "train" } else { "test" };
+        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\""));
+    }
+    let m = manifest(dir.path(), "m.toml", &entries);
+    let out = dir.path().join("int8.onnx");
+    let said = ok(&["quantize", "--calib", m.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let agree = figure_after(&said, "the int8 model gives the f32 model's answer on");
+    assert!(agree >= 99.0, "argmax agreement {agree}%:\n{said}");
+    let f32_size = figure_after(&said, "file: f32");
+    let int8_bytes = std::fs::metadata(&out).unwrap().len() as f64;
+    assert!(int8_bytes <= 0.3 * f32_size, "int8 {int8_bytes} bytes against f32 {f32_size}:\n{said}");
+    // The int8 file runs through the whole pipeline.
+    let e =
+        ok(&["evaluate", "--model", out.to_str().unwrap(), "--data", m.to_str().unwrap(), "--split", "test"]);
+    assert!(e.contains("accuracy:"), "{e}");
+
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"\x08\x07garbage").unwrap();
+    assert_fails_with(
+        vigil(&[
+            "quantize",
+            "--model",
+            corrupt.to_str().unwrap(),
+            "--calib",
+            m.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "corrupt.onnx",
+    );
+    assert_fails_with(
+        vigil(&[
+            "quantize",
+            "--calib",
+            dir.path().join("none.toml").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "none.toml",
+    );
+}

@@ -12,7 +12,9 @@
 //!   trained through the graph (`--train last:2`);
 //! - the same architecture trained from random values on the same windows
 //!   (`--train all --from-scratch`);
-//! - the DSP feature backbone of the microcontroller nodes with a trained head.
+//! - the DSP feature backbone of the microcontroller nodes with a trained head;
+//! - the head-fine-tuned model quantised to int8 (`vigil quantize`'s defaults, calibrated
+//!   on the training windows).
 //!
 //! Each N is drawn with several seeds; the table gives the mean and the range.
 
@@ -20,6 +22,7 @@ use crate::dataset::{LabelledWindows, Manifest};
 use crate::train::fine_tune::{embed, fine_tune_graph, fine_tune_head, shot_indices, take_shots, Embedded};
 use crate::train::graph::{GraphTraining, Trainable};
 use crate::train::linear::{self, TrainOptions};
+use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
 use anyhow::{bail, Result};
 use tract_onnx::pb::ModelProto;
 use vigil_core::bearing::BearingGeometry;
@@ -196,7 +199,10 @@ pub fn run(
         MethodResult { name: "bearing-cnn-v1, last:2 fine-tuned".into(), accuracy: Vec::new() },
         MethodResult { name: "same CNN from scratch".into(), accuracy: Vec::new() },
         MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
+        MethodResult { name: "bearing-cnn-v1, head fine-tuned, int8".into(), accuracy: Vec::new() },
     ];
+    // Calibration needs no labels: the training windows, as a site would record them.
+    let calibration = calibration_tensor(model.metadata(), train, 256)?;
     let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
     // Zero-shot: the shipped classes mapped by name; a class the dataset lacks is wrong.
     let shipped = &model.metadata().class_names;
@@ -210,7 +216,7 @@ pub fn run(
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
     for &n in shots {
-        let mut per = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut per: [Vec<f64>; 7] = Default::default();
         for seed in 1..=seeds {
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
@@ -224,6 +230,10 @@ pub fn run(
             let tuned =
                 fine_tune_head(model, proto, classes, &shots_e, None, TrainOptions::default(), |_, _, _| {})?;
             per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
+            let tuned_proto = vigil_runtime::onnx::decode_model(&tuned.onnx, model.path())?;
+            let tuned_meta = vigil_runtime::onnx::read_metadata(&tuned_proto)?;
+            let q = quantize(&tuned_proto, &tuned_meta, &calibration, RangeMethod::Percentile, 1)?;
+            per[6].push(graph_accuracy(&vigil_runtime::onnx::encode_model(&q.proto), model.path(), test)?);
             let shots = take_shots(train, classes, Some(n), seed)?;
             for (slot, what, scratch) in [(3, Trainable::Last(2), None), (4, Trainable::All, Some(seed))] {
                 let cfg = GraphTraining {

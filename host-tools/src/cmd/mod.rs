@@ -12,6 +12,7 @@ mod keys;
 mod label;
 mod pretrain;
 mod push;
+mod quantize;
 pub mod report;
 mod reports;
 mod run;
@@ -167,6 +168,8 @@ enum Command {
     SimEval(sim_eval::SimEvalArgs),
     /// Fine-tune a pretrained model on labelled recordings of one machine line.
     FineTune(fine_tune::FineTuneArgs),
+    /// Quantise a model to int8 for tract's integer kernels, calibrated on a dataset.
+    Quantize(quantize::QuantizeArgs),
     /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
     /// condition, anomaly ROC-AUC, false and missed alarms).
     Evaluate(evaluate::EvaluateArgs),
@@ -214,6 +217,7 @@ impl Cli {
             Command::Pretrain(a) => a.run(),
             Command::SimEval(a) => a.run(),
             Command::FineTune(a) => a.run(),
+            Command::Quantize(a) => a.run(),
             Command::Evaluate(a) => a.run(),
             Command::AdaptEval(a) => a.run(),
             Command::TransferEval(a) => a.run(),

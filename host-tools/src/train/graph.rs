@@ -146,6 +146,21 @@ impl GraphModel {
 
     /// Runs the graph on `x` (`[batch, channels, window]`, normalised).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut values = self.run(x)?;
+        values.remove(self.output.as_str()).ok_or_else(|| anyhow!("the graph does not reach {}", self.output))
+    }
+
+    /// Every node output of the graph on `x`, by name (for calibrating activation ranges).
+    pub fn activations(&self, x: &Tensor) -> Result<HashMap<String, Tensor>> {
+        Ok(self.run(x)?.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    /// The nodes of the graph, in order.
+    pub fn nodes(&self) -> &[NodeProto] {
+        &self.nodes
+    }
+
+    fn run(&self, x: &Tensor) -> Result<HashMap<&str, Tensor>> {
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x.clone());
         for node in &self.nodes {
@@ -198,7 +213,7 @@ impl GraphModel {
             let name = node.output.first().ok_or_else(|| anyhow!("{} has no output", node.name))?;
             values.insert(name.as_str(), out);
         }
-        values.remove(self.output.as_str()).ok_or_else(|| anyhow!("the graph does not reach {}", self.output))
+        Ok(values)
     }
 
     fn vars(&self, names: &[String]) -> Vec<Var> {

@@ -8,6 +8,7 @@ pub mod feature_head;
 pub mod fine_tune;
 pub mod graph;
 pub mod linear;
+pub mod quantize;
 
 use crate::sim::{FaultKind, SourceDomain};
 use anyhow::{Context, Result};

@@ -1,0 +1,116 @@
+//! `vigil quantize`: static int8 post-training quantisation.
+
+use crate::dataset::{windows_for, LabelledWindows, Manifest};
+use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+use vigil_core::head::argmax;
+use vigil_runtime::model::VigilModel;
+use vigil_runtime::scorer::WindowScorer;
+
+/// Quantise a model to int8 for tract's integer kernels (QLinearConv: int8 weights with
+/// one scale per output channel, u8 activations with ranges calibrated on a manifest's
+/// recordings), then compare it with the f32 model on held-out windows: accuracy of
+/// each, agreement of their answers, both file sizes and tract's time per window.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The f32 ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Manifest whose train recordings (all, when it has no splits) calibrate the ranges;
+    /// its test recordings (else val) are the held-out comparison.
+    #[arg(long)]
+    calib: PathBuf,
+    /// How activation ranges are taken.
+    #[arg(long, value_enum, default_value_t = RangeMethod::Percentile)]
+    method: RangeMethod,
+    /// Leading convolutions kept in f32 (the first one sees the raw, impulsive signal).
+    #[arg(long, default_value_t = 1)]
+    float_convs: usize,
+    /// Calibration windows at most (spread evenly over the calibration recordings).
+    #[arg(long, default_value_t = 256)]
+    windows: usize,
+    /// Output ONNX file.
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+/// Most probable class and time of each window through the runtime's path.
+fn answers(model: VigilModel, set: &LabelledWindows) -> Result<(Vec<usize>, f64)> {
+    let mut scorer = WindowScorer::new(model, 0)?;
+    let mut out = Vec::with_capacity(set.len());
+    let started = Instant::now();
+    for w in &set.windows {
+        out.push(argmax(&scorer.embed_and_classify(w)?.1).unwrap_or(0));
+    }
+    Ok((out, started.elapsed().as_secs_f64() * 1e6 / set.len().max(1) as f64))
+}
+
+impl QuantizeArgs {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        anyhow::ensure!(self.windows > 0, "--windows must be at least 1");
+        let model = super::load_model(self.model.as_deref())?;
+        let bytes = match &self.model {
+            Some(p) => std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
+            None => super::REFERENCE_MODEL.to_vec(),
+        };
+        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path())?;
+        let meta = model.metadata().clone();
+        let manifest = Manifest::load(&self.calib)?;
+        let has = |split: &str| manifest.recordings.iter().any(|r| r.split.as_deref() == Some(split));
+        let classes = &meta.class_names;
+        let calib_split = has("train").then_some("train");
+        let calib = windows_for(&model, &manifest, calib_split, classes)?;
+        let x = calibration_tensor(&meta, &calib, self.windows)?;
+        let q = quantize(&proto, &meta, &x, self.method, self.float_convs)?;
+        let encoded = vigil_runtime::onnx::encode_model(&q.proto);
+        std::fs::write(&self.output, &encoded)
+            .with_context(|| format!("cannot write {}", self.output.display()))?;
+        println!(
+            "quantised {} convolutions to int8 (QLinearConv), {} kept in f32, ranges from {} calibration windows ({:?})",
+            q.convs,
+            self.float_convs,
+            x.dims()[0],
+            self.method
+        );
+        let int8 = VigilModel::load(&self.output)
+            .with_context(|| format!("tract cannot load {}", self.output.display()))?;
+        let held_split = if has("test") {
+            Some("test")
+        } else if has("val") {
+            Some("val")
+        } else {
+            None
+        };
+        let held = windows_for(&model, &manifest, held_split, classes)?;
+        let (f32_answers, f32_us) = answers(model, &held)?;
+        let (int8_answers, int8_us) = answers(int8, &held)?;
+        let correct = |a: &[usize]| {
+            a.iter().zip(&held.labels).filter(|(p, l)| p == l).count() as f64 / held.len() as f64
+        };
+        let agree =
+            f32_answers.iter().zip(&int8_answers).filter(|(a, b)| a == b).count() as f64 / held.len() as f64;
+        let name = held_split
+            .map_or("all (no held-out split in the manifest)".to_owned(), |s| format!("the {s} split"));
+        println!("on {} windows of {name}:", held.len());
+        println!(
+            "  accuracy f32 {:.2}%, int8 {:.2}% ({:+.2} points)",
+            100.0 * correct(&f32_answers),
+            100.0 * correct(&int8_answers),
+            100.0 * (correct(&int8_answers) - correct(&f32_answers))
+        );
+        println!("  the int8 model gives the f32 model's answer on {:.2}% of windows", 100.0 * agree);
+        println!("  tract, one thread, this machine: {f32_us:.0} µs per window f32, {int8_us:.0} µs int8");
+        println!(
+            "file: f32 {} bytes, int8 {} bytes ({:.1}%), written to {}",
+            bytes.len(),
+            encoded.len(),
+            100.0 * encoded.len() as f64 / bytes.len() as f64,
+            self.output.display()
+        );
+        Ok(())
+    }
+}
