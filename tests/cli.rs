@@ -426,6 +426,26 @@ fn manifest(dir: &Path, name: &str, entries: &[String]) -> PathBuf {
     path
 }
 
+/// Simulates one recording per `(fault, label, split)` with `simulate_args` (seeds from
+/// `first_seed` on) and lists them, each with `extra` TOML lines, in manifest `m.toml`.
+/// Returns the manifest and its entries.
+fn simulated_manifest(
+    dir: &Path,
+    recordings: &[(&str, &str, &str)],
+    first_seed: usize,
+    simulate_args: &[&str],
+    extra: &str,
+) -> (PathBuf, Vec<String>) {
+    let mut entries = Vec::new();
+    for (i, (fault, label, split)) in recordings.iter().enumerate() {
+        let name = format!("r{i}.csv");
+        let seed = (first_seed + i).to_string();
+        simulate(dir, &name, &[&["--fault", fault, "--seed", &seed][..], simulate_args].concat());
+        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\"{extra}"));
+    }
+    (manifest(dir, "m.toml", &entries), entries)
+}
+
 #[test]
 fn evaluate_reports_accuracy_confusion_and_alarm_rates_of_a_split() {
     let dir = tempfile::tempdir().unwrap();
@@ -513,28 +533,16 @@ fn figure_after(text: &str, label: &str) -> f64 {
 #[test]
 fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
-    let mut entries = Vec::new();
-    for (i, (fault, label, split)) in [
+    let recordings = [
         ("normal", "normal", "train"),
         ("outer-race", "outer_race", "train"),
         ("normal", "normal", "train"),
         ("outer-race", "outer_race", "train"),
         ("normal", "normal", "val"),
         ("outer-race", "outer_race", "val"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let name = format!("r{i}.csv");
-        let seed = (i + 20).to_string();
-        simulate(
-            dir.path(),
-            &name,
-            &["--seconds", "1", "--fault", fault, "--severity", "0.3", "--seed", &seed, "--shaft-hz", "37"],
-        );
-        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\""));
-    }
-    let m = manifest(dir.path(), "m.toml", &entries);
+    ];
+    let sim = ["--seconds", "1", "--severity", "0.3", "--shaft-hz", "37"];
+    let (m, _) = simulated_manifest(dir.path(), &recordings, 20, &sim, "");
     let out = dir.path().join("tuned.onnx");
     let said = ok(&[
         "fine-tune",
@@ -619,24 +627,16 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
 #[test]
 fn transfer_eval_compares_the_methods_on_a_small_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut entries = Vec::new();
-    for (i, (fault, label, split)) in [
+    let recordings = [
         ("normal", "normal", "train"),
         ("outer-race", "outer_race", "train"),
         ("inner-race", "inner_race", "train"),
         ("normal", "normal", "test"),
         ("outer-race", "outer_race", "test"),
         ("inner-race", "inner_race", "test"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let name = format!("r{i}.csv");
-        let seed = (i + 40).to_string();
-        simulate(dir.path(), &name, &["--seconds", "1", "--fault", fault, "--seed", &seed]);
-        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\"\nspeed = 29.95"));
-    }
-    let m = manifest(dir.path(), "m.toml", &entries);
+    ];
+    let (m, entries) =
+        simulated_manifest(dir.path(), &recordings, 40, &["--seconds", "1"], "\nspeed = 29.95");
     let said = ok(&[
         "transfer-eval",
         "--data",
@@ -665,21 +665,13 @@ fn transfer_eval_compares_the_methods_on_a_small_dataset() {
 #[test]
 fn the_int8_model_loads_in_tract_agrees_with_f32_and_is_under_30_percent_of_its_size() {
     let dir = tempfile::tempdir().unwrap();
-    let mut entries = Vec::new();
-    for (i, (fault, label)) in
-        [("normal", "normal"), ("outer-race", "outer_race"), ("inner-race", "inner_race"), ("ball", "ball")]
-            .into_iter()
-            .cycle()
-            .take(8)
-            .enumerate()
-    {
-        let name = format!("q{i}.csv");
-        let seed = (i + 60).to_string();
-        simulate(dir.path(), &name, &["--seconds", "2", "--fault", fault, "--seed", &seed]);
-        let split = if i < 4 { "train" } else { "test" };
-        entries.push(format!("path = \"{name}\"\nlabel = \"{label}\"\nsplit = \"{split}\""));
-    }
-    let m = manifest(dir.path(), "m.toml", &entries);
+    let classes =
+        [("normal", "normal"), ("outer-race", "outer_race"), ("inner-race", "inner_race"), ("ball", "ball")];
+    let recordings: Vec<(&str, &str, &str)> = ["train", "test"]
+        .iter()
+        .flat_map(|split| classes.iter().map(move |(f, l)| (*f, *l, *split)))
+        .collect();
+    let (m, _) = simulated_manifest(dir.path(), &recordings, 60, &["--seconds", "2"], "");
     let out = dir.path().join("int8.onnx");
     let said = ok(&["quantize", "--calib", m.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     let agree = figure_after(&said, "the int8 model gives the f32 model's answer on");
