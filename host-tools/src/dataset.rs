@@ -149,6 +149,14 @@ impl LabelledWindows {
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
     }
+
+    /// Appends window `i` of `other` with its label, recording and condition.
+    pub fn push_from(&mut self, other: &LabelledWindows, i: usize) {
+        self.windows.push(other.windows[i].clone());
+        self.labels.push(other.labels[i]);
+        self.recordings.push(other.recordings[i]);
+        self.conditions.push(other.conditions[i].clone());
+    }
 }
 
 /// Cuts the recordings of `split` (all when `None`; entries without a split belong to

@@ -19,7 +19,9 @@
 //! Each N is drawn with several seeds; the table gives the mean and the range.
 
 use crate::dataset::{LabelledWindows, Manifest};
-use crate::train::fine_tune::{embed, fine_tune_graph, fine_tune_head, shot_indices, take_shots, Embedded};
+use crate::train::fine_tune::{
+    embed, fine_tune_graph, fine_tune_head, predictions, shot_indices, take_shots, Embedded,
+};
 use crate::train::graph::{GraphTraining, Trainable};
 use crate::train::linear::{self, TrainOptions};
 use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
@@ -142,13 +144,8 @@ fn accuracy(predictions: impl Iterator<Item = usize>, labels: &[usize]) -> f64 {
 
 /// Accuracy of the encoded model on `test` through the runtime (tract backbone, Rust head).
 fn graph_accuracy(onnx: &[u8], path: &std::path::Path, test: &LabelledWindows) -> Result<f64> {
-    let model = VigilModel::from_bytes(onnx, path)?;
-    let mut scorer = vigil_runtime::scorer::WindowScorer::new(model, 0)?;
-    let mut predictions = Vec::with_capacity(test.len());
-    for w in &test.windows {
-        predictions.push(argmax(&scorer.embed_and_classify(w)?.1).unwrap_or(0));
-    }
-    Ok(accuracy(predictions.into_iter(), &test.labels))
+    let predicted = predictions(VigilModel::from_bytes(onnx, path)?, test)?;
+    Ok(accuracy(predicted.into_iter(), &test.labels))
 }
 
 /// Runs the comparison. `train` and `test` are the manifest's splits, `classes` the

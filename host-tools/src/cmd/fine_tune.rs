@@ -97,10 +97,7 @@ fn hold_out(train: LabelledWindows, fraction: f64, seed: u64) -> (LabelledWindow
     let (mut kept, mut val) = (LabelledWindows::default(), LabelledWindows::default());
     for i in 0..train.len() {
         let to = if held.contains(&train.recordings[i]) { &mut val } else { &mut kept };
-        to.windows.push(train.windows[i].clone());
-        to.labels.push(train.labels[i]);
-        to.recordings.push(train.recordings[i]);
-        to.conditions.push(train.conditions[i].clone());
+        to.push_from(&train, i);
     }
     (kept, (!val.is_empty()).then_some(val))
 }
@@ -123,12 +120,7 @@ impl FineTuneArgs {
         if epochs == 0 || !(lr.is_finite() && lr > 0.0) || self.batch == 0 {
             bail!("--epochs, --lr and --batch must be positive");
         }
-        let model = super::load_model(self.model.as_deref())?;
-        let bytes = match &self.model {
-            Some(p) => std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
-            None => super::REFERENCE_MODEL.to_vec(),
-        };
-        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path())?;
+        let (model, proto, _) = super::load_model_and_proto(self.model.as_deref())?;
         let classes = self.classes.clone().unwrap_or_else(|| model.metadata().class_names.clone());
         if classes.is_empty()
             || classes.len() > vigil_core::MAX_CLASSES

@@ -48,6 +48,22 @@ pub fn load_model(path: Option<&Path>) -> Result<VigilModel> {
     }
 }
 
+/// Loads `path` (or the built-in reference model) once as a runnable model and as its
+/// ONNX graph, for the commands that write a changed copy of it; also returns the file's
+/// size in bytes.
+pub fn load_model_and_proto(path: Option<&Path>) -> Result<(VigilModel, tract_onnx::pb::ModelProto, usize)> {
+    let (bytes, name) = match path {
+        Some(p) => {
+            (std::fs::read(p).with_context(|| format!("cannot load model {}", p.display()))?, p.to_path_buf())
+        }
+        None => (REFERENCE_MODEL.to_vec(), PathBuf::from("models/bearing-cnn-v1.onnx (built in)")),
+    };
+    let model = VigilModel::from_bytes(&bytes, &name)
+        .with_context(|| format!("cannot load model {}", name.display()))?;
+    let proto = vigil_runtime::onnx::decode_model(&bytes, &name)?;
+    Ok((model, proto, bytes.len()))
+}
+
 /// How to read a sensor stream (`vigil run`, `vigil serve`).
 #[derive(Debug, Args)]
 pub struct StreamInputArgs {

@@ -1,14 +1,13 @@
 //! `vigil quantize`: static int8 post-training quantisation.
 
 use crate::dataset::{windows_for, LabelledWindows, Manifest};
+use crate::train::fine_tune::predictions;
 use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
-use vigil_core::head::argmax;
 use vigil_runtime::model::VigilModel;
-use vigil_runtime::scorer::WindowScorer;
 
 /// Quantise a model to int8 for tract's integer kernels (QLinearConv: int8 weights with
 /// one scale per output channel, u8 activations with ranges calibrated on a manifest's
@@ -39,12 +38,8 @@ pub struct QuantizeArgs {
 
 /// Most probable class and time of each window through the runtime's path.
 fn answers(model: VigilModel, set: &LabelledWindows) -> Result<(Vec<usize>, f64)> {
-    let mut scorer = WindowScorer::new(model, 0)?;
-    let mut out = Vec::with_capacity(set.len());
     let started = Instant::now();
-    for w in &set.windows {
-        out.push(argmax(&scorer.embed_and_classify(w)?.1).unwrap_or(0));
-    }
+    let out = predictions(model, set)?;
     Ok((out, started.elapsed().as_secs_f64() * 1e6 / set.len().max(1) as f64))
 }
 
@@ -52,12 +47,7 @@ impl QuantizeArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         anyhow::ensure!(self.windows > 0, "--windows must be at least 1");
-        let model = super::load_model(self.model.as_deref())?;
-        let bytes = match &self.model {
-            Some(p) => std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
-            None => super::REFERENCE_MODEL.to_vec(),
-        };
-        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path())?;
+        let (model, proto, f32_bytes) = super::load_model_and_proto(self.model.as_deref())?;
         let meta = model.metadata().clone();
         let manifest = Manifest::load(&self.calib)?;
         let has = |split: &str| manifest.recordings.iter().any(|r| r.split.as_deref() == Some(split));
@@ -106,9 +96,9 @@ impl QuantizeArgs {
         println!("  tract, one thread, this machine: {f32_us:.0} µs per window f32, {int8_us:.0} µs int8");
         println!(
             "file: f32 {} bytes, int8 {} bytes ({:.1}%), written to {}",
-            bytes.len(),
+            f32_bytes,
             encoded.len(),
-            100.0 * encoded.len() as f64 / bytes.len() as f64,
+            100.0 * encoded.len() as f64 / f32_bytes as f64,
             self.output.display()
         );
         Ok(())

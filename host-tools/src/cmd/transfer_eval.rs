@@ -2,7 +2,7 @@
 
 use crate::dataset::{windows_for, Manifest};
 use crate::transfer_eval::{self, MethodResult};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::ProgressBar;
 use std::path::PathBuf;
@@ -43,12 +43,7 @@ impl TransferEvalArgs {
             "--seeds and --shots must not be empty or zero"
         );
         let bearing = super::report::parse_bearing(&self.bearing)?;
-        let model = super::load_model(self.model.as_deref())?;
-        let bytes = match &self.model {
-            Some(p) => std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
-            None => super::REFERENCE_MODEL.to_vec(),
-        };
-        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path())?;
+        let (model, proto, _) = super::load_model_and_proto(self.model.as_deref())?;
         let manifest = Manifest::load(&self.data)?;
         let train = windows_for(&model, &manifest, Some("train"), &self.classes)?;
         let test = windows_for(&model, &manifest, Some("test"), &self.classes)?;

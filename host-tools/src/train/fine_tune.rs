@@ -69,10 +69,7 @@ pub fn take_shots(
     let Some(n) = shots else { return Ok(set.clone()) };
     let mut out = LabelledWindows::default();
     for i in shot_indices(set, classes, n, seed)? {
-        out.windows.push(set.windows[i].clone());
-        out.labels.push(set.labels[i]);
-        out.recordings.push(set.recordings[i]);
-        out.conditions.push(set.conditions[i].clone());
+        out.push_from(set, i);
     }
     Ok(out)
 }
@@ -193,9 +190,7 @@ pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<f32>
     for window in windows {
         let (embedding, _) = scorer.embed_and_classify(window)?;
         let mut normalised = window.samples.clone();
-        for channel in normalised.chunks_exact_mut(meta.window) {
-            meta.normalisation.apply(channel);
-        }
+        meta.normalise(&mut normalised);
         let graph = full.run(&normalised)?;
         let mut ours = vec![0.0; head.classes];
         vigil_core::head::HeadRef::new(&head.weights, &head.bias, head.dim, head.classes)?
@@ -218,17 +213,27 @@ pub struct GraphOutcome {
     pub parity: f32,
 }
 
-/// Windows normalised as the runtime does, one `Vec` per window.
-fn normalised(meta: &vigil_runtime::metadata::ModelMetadata, set: &LabelledWindows) -> Vec<Vec<f32>> {
-    set.windows
-        .iter()
+/// `windows` normalised as the runtime does, one `Vec` per window.
+pub fn normalised<'a>(
+    meta: &vigil_runtime::metadata::ModelMetadata,
+    windows: impl Iterator<Item = &'a Window>,
+) -> Vec<Vec<f32>> {
+    windows
         .map(|w| {
             let mut s = w.samples.clone();
-            for channel in s.chunks_exact_mut(meta.window) {
-                meta.normalisation.apply(channel);
-            }
+            meta.normalise(&mut s);
             s
         })
+        .collect()
+}
+
+/// The most probable class of each window of `set`, through the runtime's path (tract
+/// backbone, Rust head).
+pub fn predictions(model: VigilModel, set: &LabelledWindows) -> Result<Vec<usize>> {
+    let mut scorer = WindowScorer::new(model, 0)?;
+    set.windows
+        .iter()
+        .map(|w| Ok(vigil_core::head::argmax(&scorer.embed_and_classify(w)?.1).unwrap_or(0)))
         .collect()
 }
 
@@ -259,9 +264,11 @@ pub fn fine_tune_graph(
         what,
         reinitialise,
     )?;
-    let train_x = normalised(&meta, train);
+    let train_x = normalised(&meta, train.windows.iter());
     let (x, y) = batch_tensors(&train_x, &train.labels, meta.channels)?;
-    let val_t = val.map(|v| batch_tensors(&normalised(&meta, v), &v.labels, meta.channels)).transpose()?;
+    let val_t = val
+        .map(|v| batch_tensors(&normalised(&meta, v.windows.iter()), &v.labels, meta.channels))
+        .transpose()?;
     let validation =
         super::graph::train(&graph, (&x, &y), val_t.as_ref().map(|(a, b)| (a, b)), cfg, on_epoch)?;
     let changes = graph.write_into(&mut proto)?;

@@ -68,18 +68,7 @@ pub fn calibration_tensor(
     max: usize,
 ) -> Result<Tensor> {
     let step = set.len().div_ceil(max.max(1)).max(1);
-    let picked: Vec<Vec<f32>> = set
-        .windows
-        .iter()
-        .step_by(step)
-        .map(|w| {
-            let mut s = w.samples.clone();
-            for channel in s.chunks_exact_mut(meta.window) {
-                meta.normalisation.apply(channel);
-            }
-            s
-        })
-        .collect();
+    let picked = super::fine_tune::normalised(meta, set.windows.iter().step_by(step));
     let labels = vec![0; picked.len()];
     Ok(super::graph::batch_tensors(&picked, &labels, meta.channels)?.0)
 }

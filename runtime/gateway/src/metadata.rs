@@ -56,6 +56,14 @@ fn join(values: &[f32]) -> String {
 }
 
 impl ModelMetadata {
+    /// Normalises every channel of a window (`channels * window` values, channel-major)
+    /// in place, as the scorer does before the backbone.
+    pub fn normalise(&self, window: &mut [f32]) {
+        for channel in window.chunks_exact_mut(self.window) {
+            self.normalisation.apply(channel);
+        }
+    }
+
     /// The metadata as `(key, value)` pairs for `metadata_props`.
     pub fn to_props(&self) -> Vec<(String, String)> {
         let centre = match self.normalisation.centre {

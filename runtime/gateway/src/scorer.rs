@@ -195,9 +195,7 @@ impl WindowScorer {
         let meta = self.model.metadata();
         self.normalised.clear();
         self.normalised.extend_from_slice(&window.samples);
-        for channel in self.normalised.chunks_exact_mut(meta.window) {
-            meta.normalisation.apply(channel);
-        }
+        meta.normalise(&mut self.normalised);
     }
 
     /// Scores one window and updates the alarm.
