@@ -30,6 +30,7 @@ use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::head::{argmax, softmax_in_place, HeadRef, PrototypeRef};
 use vigil_runtime::metadata::ModelMetadata;
 use vigil_runtime::model::VigilModel;
+use vigil_runtime::windower::Windower;
 
 /// The experiment's settings.
 #[derive(Debug, Clone, Copy)]
@@ -159,25 +160,21 @@ struct Backbone {
 }
 
 impl Backbone {
+    /// Embeds every window of an interleaved signal at the model's rate, cut by the
+    /// runtime's windower every `hop` samples.
     fn embed_signal(&mut self, signal: &[f32], hop: usize) -> Result<Vec<Vec<f32>>> {
         let meta = &self.meta;
-        let (window, channels) = (meta.window, meta.channels);
-        let frames = signal.len() / channels;
-        let mut out = Vec::new();
-        let mut buf = vec![0.0f32; window * channels];
-        let mut start = 0;
-        while start + window <= frames {
-            for c in 0..channels {
-                let dest = &mut buf[c * window..(c + 1) * window];
-                for (i, d) in dest.iter_mut().enumerate() {
-                    *d = signal[(start + i) * channels + c];
-                }
-                meta.normalisation.apply(dest);
-            }
-            out.push(self.embedder.run(&buf)?);
-            start += hop;
-        }
-        Ok(out)
+        let mut windower =
+            Windower::new(meta.channels, meta.sample_rate_hz, meta.sample_rate_hz, meta.window, hop)?;
+        let mut windows = Vec::new();
+        windower.push(signal, |w| windows.push(w));
+        windows
+            .into_iter()
+            .map(|mut w| {
+                meta.normalise(&mut w.samples);
+                Ok(self.embedder.run(&w.samples)?)
+            })
+            .collect()
     }
 }
 

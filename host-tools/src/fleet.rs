@@ -45,7 +45,7 @@ pub fn average_heads(heads: &[(Vec<f32>, Vec<f32>)], weights: &[f64]) -> (Vec<f3
 }
 
 fn heap<const N: usize>(v: &[f32]) -> Result<heapless::Vec<f32, N>> {
-    heapless::Vec::from_slice(v)
+    vigil_core::update::fixed(v)
         .map_err(|_| anyhow::anyhow!("{} values exceed what a head update carries ({N})", v.len()))
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use vigil_core::head::{HeadRef, PrototypeRef};
-use vigil_core::update::{quantise_rows, HeadUpdate, HeadWeights};
+use vigil_core::update::{fixed, quantise_rows, HeadUpdate, HeadWeights};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -111,13 +111,10 @@ impl VigilModel {
             key: "vigil.head".into(),
             problem: format!("{what} exceeds what a head update carries (256 inputs, 8 classes)"),
         };
-        fn heap<const N: usize>(v: &[f32]) -> Option<vigil_core::heapless::Vec<f32, N>> {
-            vigil_core::heapless::Vec::from_slice(v).ok()
-        }
         let weights = if int8 {
             quantise_rows(&self.head_weights, self.dim)?
         } else {
-            HeadWeights::F32(heap(&self.head_weights).ok_or_else(|| too_big("the head"))?)
+            HeadWeights::F32(fixed(&self.head_weights).map_err(|_| too_big("the head"))?)
         };
         Ok(HeadUpdate {
             model_hash: self.hash,
@@ -125,9 +122,9 @@ impl VigilModel {
             inputs: u16::try_from(self.dim).map_err(|_| too_big("the embedding"))?,
             classes: self.meta.class_names.len() as u8,
             weights,
-            bias: heap(&self.head_bias).ok_or_else(|| too_big("the bias"))?,
-            prototype_mean: heap(&self.meta.prototype_mean).ok_or_else(|| too_big("the prototype"))?,
-            prototype_var: heap(&self.meta.prototype_var).ok_or_else(|| too_big("the prototype"))?,
+            bias: fixed(&self.head_bias).map_err(|_| too_big("the bias"))?,
+            prototype_mean: fixed(&self.meta.prototype_mean).map_err(|_| too_big("the prototype"))?,
+            prototype_var: fixed(&self.meta.prototype_var).map_err(|_| too_big("the prototype"))?,
             alarm: self.meta.alarm,
         })
     }

@@ -15,13 +15,7 @@ use vigil_core::report::{
     top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot, ENVELOPE_HIGH_PASS_HZ,
     ENVELOPE_MAX_HZ,
 };
-use vigil_core::update::HeadWeights;
-
-/// `v` in a fixed-capacity vector of a head update.
-fn heap<const N: usize>(v: &[f32]) -> Result<vigil_core::heapless::Vec<f32, N>> {
-    Ok(vigil_core::heapless::Vec::from_slice(v)
-        .map_err(|_| vigil_core::CoreError::LengthMismatch { expected: N, actual: v.len() })?)
-}
+use vigil_core::update::{fixed, HeadWeights};
 
 /// What scoring one window produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,10 +131,10 @@ impl WindowScorer {
         if let Some(a) = &self.adaptation {
             let head = a.head();
             let site = a.site().prototype();
-            update.weights = HeadWeights::F32(heap(head.weights())?);
-            update.bias = heap(head.bias())?;
-            update.prototype_mean = heap(site.mean())?;
-            update.prototype_var = heap(site.var())?;
+            update.weights = HeadWeights::F32(fixed(head.weights())?);
+            update.bias = fixed(head.bias())?;
+            update.prototype_mean = fixed(site.mean())?;
+            update.prototype_var = fixed(site.var())?;
             update.alarm = a.site().policy();
             stats = a.stats();
         }

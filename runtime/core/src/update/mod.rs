@@ -178,6 +178,12 @@ impl HeadUpdate {
     }
 }
 
+/// `values` in a fixed-capacity vector of a head update (capacity `N`, such as
+/// [`MAX_HEAD_WEIGHTS`], [`MAX_CLASSES`] or [`MAX_EMBEDDING`]).
+pub fn fixed<const N: usize>(values: &[f32]) -> Result<Vec<f32, N>, CoreError> {
+    Vec::from_slice(values).map_err(|_| CoreError::LengthMismatch { expected: N, actual: values.len() })
+}
+
 /// Quantises row-major `classes x inputs` weights to int8, one symmetric scale per row.
 pub fn quantise_rows(weights: &[f32], inputs: usize) -> Result<HeadWeights, CoreError> {
     let mut values = Vec::new();
