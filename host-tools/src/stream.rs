@@ -23,6 +23,8 @@ pub struct StreamOptions {
     pub realtime: bool,
     /// Sample rate of the stream, overriding what the input says.
     pub rate: Option<f64>,
+    /// Run only each window's newest hop through the backbone (`vigil_runtime::streaming`).
+    pub streamed: bool,
 }
 
 /// Counts at the end of a stream.
@@ -95,8 +97,24 @@ pub fn run_stream(
         Some(dir) => Some(open_store(dir)?),
         None => None,
     };
-    let pipeline = Mutex::new(Pipeline::new(model, store)?);
+    let hop = options.hop.unwrap_or(model.metadata().hop);
+    let mut pipeline = Pipeline::new(model, store)?;
+    if options.streamed {
+        let streamer = pipeline.scorer_mut().stream(hop)?;
+        if let Some(why) = streamer.inexact_reason() {
+            eprintln!("note: streamed scores of this model approximate its full-window scores: {why}");
+        }
+    }
+    let pipeline = Mutex::new(pipeline);
     stream_into(&pipeline, source, (windower, rate), options, on_event, on_window)
+}
+
+/// The most memory this process has held resident (VmHWM), where the system says (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Opens the report store in `dir`, with an error that says what to do.

@@ -189,14 +189,22 @@ pub fn run(
     let train_e = embed(model, train, &mut progress)?;
     let test_e = embed(model, test, &mut progress)?;
 
+    // The model's file name without extension ("bearing-cnn-v1") names its rows.
+    let name = model
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').next())
+        .unwrap_or("model");
+    let row = |what: &str| MethodResult { name: format!("{name}{what}"), accuracy: Vec::new() };
     let mut results = vec![
         MethodResult { name: "envelope spectrum, nearest centroid (textbook)".into(), accuracy: Vec::new() },
-        MethodResult { name: "bearing-cnn-v1 zero-shot".into(), accuracy: Vec::new() },
-        MethodResult { name: "bearing-cnn-v1, head fine-tuned".into(), accuracy: Vec::new() },
-        MethodResult { name: "bearing-cnn-v1, last:2 fine-tuned".into(), accuracy: Vec::new() },
+        row(" zero-shot"),
+        row(", head fine-tuned"),
+        row(", last:2 fine-tuned"),
         MethodResult { name: "same CNN from scratch".into(), accuracy: Vec::new() },
         MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
-        MethodResult { name: "bearing-cnn-v1, head fine-tuned, int8".into(), accuracy: Vec::new() },
+        row(", head fine-tuned, int8"),
     ];
     // Calibration needs no labels: the training windows, as a site would record them.
     let calibration = calibration_tensor(model.metadata(), train, 256)?;

@@ -103,7 +103,7 @@ impl DemoArgs {
         let summary = run_stream(
             model,
             Box::new(source),
-            &StreamOptions { hop: None, realtime: false, rate: None },
+            &StreamOptions { hop: None, realtime: false, rate: None, streamed: false },
             Some(&self.out),
             |_, report| {
                 writeln!(jsonl, "{}", report_json(report, &names))?;

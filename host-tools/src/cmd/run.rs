@@ -1,7 +1,7 @@
 //! `vigil run`: runs a model over a sensor stream.
 
 use crate::report_io::report_json;
-use crate::stream::{describe, run_stream};
+use crate::stream::{describe, peak_rss_bytes, run_stream};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -69,6 +69,7 @@ impl RunArgs {
                     "windows": summary.windows, "alarms": summary.alarms,
                     "sensor_faults": summary.sensor_faults, "stream_seconds": summary.stream_seconds,
                     "wall_seconds": summary.wall_seconds, "realtime_factor": summary.realtime_factor(),
+                    "peak_rss_bytes": peak_rss_bytes(),
                 }
             });
             writeln!(out, "{s}")?;
@@ -76,13 +77,16 @@ impl RunArgs {
             writeln!(
                 out,
                 "summary: {} windows scored over {:.1} s of signal, {} alarm(s), {} sensor fault(s); \
-                 {:.2} s wall time, {:.0}x real time",
+                 {:.2} s wall time, {:.0}x real time{}",
                 summary.windows,
                 summary.stream_seconds,
                 summary.alarms,
                 summary.sensor_faults,
                 summary.wall_seconds,
-                summary.realtime_factor()
+                summary.realtime_factor(),
+                peak_rss_bytes()
+                    .map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0))
+                    .unwrap_or_default()
             )?;
         }
         Ok(())

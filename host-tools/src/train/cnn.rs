@@ -2,9 +2,18 @@
 //!
 //! Shaped for tract and for streams (see DESIGN.md): a strided "patchify" first
 //! convolution (k16, stride 16) instead of a narrow 1-channel kernel, k3 convolutions that
-//! downsample by stride rather than MaxPool, two dilated k3 convolutions to widen the
-//! receptive field to about a hundred milliseconds, then global average pooling (the
-//! embedding) and a dense head, both of which the runtime computes outside the backbone.
+//! downsample by stride rather than MaxPool, two dilated k3 convolutions that widen the
+//! receptive field, then global pooling (the embedding) and a dense head, both of which
+//! the runtime computes outside the backbone.
+//!
+//! The streamable variant's convolutions are unpadded, so every frame of a window sees
+//! only samples of that window and a stream can reuse a frame from one window to the next
+//! (`vigil_runtime::streaming`). A *homogeneous* backbone goes further: its first kernels
+//! sum to zero (blind to a window's mean) and no layer has a bias (batch normalisation
+//! scales but does not shift), so scaling the input scales every frame, and normalising a
+//! window by its mean and RMS is the same as dividing the pooled frames of the raw stream
+//! by the window's RMS: streamed scores are then exact. It costs accuracy, so neither
+//! shipped backbone is homogeneous (`vigil pretrain --homogeneous` trains one).
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::Rng;
@@ -39,6 +48,9 @@ pub struct BackboneSpec {
     pub convs: Vec<ConvSpec>,
     /// How the last convolution's frames are pooled into the embedding.
     pub pooling: Pooling,
+    /// No biases, scale-only batch normalisation and zero-sum first kernels: the frames
+    /// ignore an input's mean and scale with its amplitude.
+    pub homogeneous: bool,
 }
 
 /// Global pooling over time.
@@ -52,15 +64,27 @@ pub enum Pooling {
 }
 
 impl BackboneSpec {
-    /// The reference backbone for `channels` input channels (64-dimensional embedding).
+    /// The reference backbone of bearing-cnn-v1 for `channels` input channels: padded
+    /// convolutions (16 frames from 2,048 samples), receptive field 3,568 samples.
     pub fn reference(channels: usize) -> Self {
+        Self::with_padding(channels, true)
+    }
+
+    /// The streamable backbone of bearing-cnn-v2: the same layers unpadded, so no frame
+    /// reaches past a window's edge and a stream can reuse frames (10 frames from 3,072
+    /// samples, receptive field 1,808 samples).
+    pub fn streamable(channels: usize) -> Self {
+        Self::with_padding(channels, false)
+    }
+
+    fn with_padding(channels: usize, padded: bool) -> Self {
         let c = |in_ch, out_ch, kernel, stride, dilation| ConvSpec {
             in_ch,
             out_ch,
             kernel,
             stride,
             dilation,
-            padding: if kernel == 3 { dilation } else { 0 },
+            padding: if padded && kernel == 3 { dilation } else { 0 },
         };
         BackboneSpec {
             convs: vec![
@@ -73,6 +97,7 @@ impl BackboneSpec {
                 c(96, 96, 3, 1, 4),
             ],
             pooling: Pooling::MeanMax,
+            homogeneous: false,
         }
     }
 
@@ -89,6 +114,7 @@ impl BackboneSpec {
         BackboneSpec {
             convs: vec![c(channels, 16, 16, 16), c(16, 16, 3, 2), c(16, 16, 3, 2)],
             pooling: Pooling::Mean,
+            homogeneous: false,
         }
     }
 
@@ -100,6 +126,12 @@ impl BackboneSpec {
             Pooling::MeanMax => 2 * channels,
         }
     }
+}
+
+/// Each kernel minus its mean, so it sums to zero over time for every input channel:
+/// the convolution is blind to each channel's mean.
+fn zero_sum(w: &Tensor) -> Result<Tensor> {
+    w.broadcast_sub(&w.mean_keepdim(2)?)
 }
 
 /// Batch normalisation after a convolution: trained with batch statistics, folded into
@@ -155,10 +187,17 @@ impl Cnn {
         Ok(Cnn { spec, convs, norms, head_w, head_b })
     }
 
-    /// All trainable variables.
+    /// All trainable variables (a homogeneous backbone trains no biases and no shifts).
     pub fn vars(&self) -> Vec<Var> {
-        let mut v: Vec<Var> = self.convs.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect();
-        v.extend(self.norms.iter().flat_map(|n| [n.gamma.clone(), n.beta.clone()]));
+        let shifts = !self.spec.homogeneous;
+        let mut v: Vec<Var> = Vec::new();
+        for ((w, b), n) in self.convs.iter().zip(&self.norms) {
+            v.push(w.clone());
+            v.push(n.gamma.clone());
+            if shifts {
+                v.extend([b.clone(), n.beta.clone()]);
+            }
+        }
         v.push(self.head_w.clone());
         v.push(self.head_b.clone());
         v
@@ -190,12 +229,21 @@ impl Cnn {
 
     fn forward_with(&self, x: &Tensor, momentum: Option<f64>) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
-        for ((spec, (w, b)), bn) in self.spec.convs.iter().zip(&self.convs).zip(&self.norms) {
+        let homogeneous = self.spec.homogeneous;
+        for (i, ((spec, (w, b)), bn)) in self.spec.convs.iter().zip(&self.convs).zip(&self.norms).enumerate()
+        {
             let col = |t: &Tensor| t.reshape((1, spec.out_ch, 1));
-            h = h.conv1d(w.as_tensor(), spec.padding, spec.stride, spec.dilation, 1)?;
+            let weight = if homogeneous && i == 0 { zero_sum(w.as_tensor())? } else { w.as_tensor().clone() };
+            h = h.conv1d(&weight, spec.padding, spec.stride, spec.dilation, 1)?;
             h = h.broadcast_add(&col(b.as_tensor())?)?;
             let (mean, var) = if let Some(m) = momentum {
-                let mean = h.mean_keepdim(2)?.mean_keepdim(0)?;
+                // Scale-only normalisation keeps the layer homogeneous: the "variance" is
+                // the mean square about zero and nothing is subtracted.
+                let mean = if homogeneous {
+                    h.mean_keepdim(2)?.mean_keepdim(0)?.zeros_like()?
+                } else {
+                    h.mean_keepdim(2)?.mean_keepdim(0)?
+                };
                 let centred = h.broadcast_sub(&mean)?;
                 let var = centred.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
                 let rm = (bn.running_mean.borrow().affine(1.0 - m, 0.0)?
@@ -232,7 +280,11 @@ impl Cnn {
         };
         for (i, ((w, b), bn)) in self.convs.iter().zip(&self.norms).enumerate() {
             // Fold batch normalisation: y = gamma (conv(x) + b - mean) / sqrt(var + eps) + beta.
-            let (dw, mut vw) = flat(w)?;
+            let (dw, mut vw) = if self.spec.homogeneous && i == 0 {
+                (w.dims().to_vec(), zero_sum(w.as_tensor())?.flatten_all()?.to_vec1::<f32>()?)
+            } else {
+                flat(w)?
+            };
             let (db, mut vb) = flat(b)?;
             let gamma = bn.gamma.as_tensor().to_vec1::<f32>()?;
             let beta = bn.beta.as_tensor().to_vec1::<f32>()?;

@@ -120,3 +120,136 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
     write_metadata(&mut model, meta);
     model
 }
+
+#[cfg(test)]
+mod tests {
+    //! Streaming an exported backbone: unpadded homogeneous convolutions stream exactly;
+    //! padded ones have edge frames, which the streamer counts and reports.
+
+    use super::*;
+    use crate::train::cnn::{Cnn, ConvSpec};
+    use candle_core::Device;
+    use rand::SeedableRng;
+    use std::path::Path;
+    use vigil_core::alarm::AlarmPolicy;
+    use vigil_core::normalise::{Centre, Normalisation, Scaling};
+    use vigil_runtime::model::VigilModel;
+    use vigil_runtime::streaming::StreamingEmbedder;
+
+    fn model(spec: BackboneSpec, window: usize) -> VigilModel {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let cnn = Cnn::new(spec.clone(), 2, &mut rng, &Device::Cpu).expect("cnn");
+        let d = spec.embedding_dim();
+        let meta = ModelMetadata {
+            sample_rate_hz: 16_000.0,
+            window,
+            hop: window / 2,
+            channels: 1,
+            class_names: vec!["normal".into(), "fault".into()],
+            normal_class: 0,
+            input_name: "signal".into(),
+            embedding_node: "embedding".into(),
+            logits_node: "logits".into(),
+            head_weight: "head.weight".into(),
+            head_bias: "head.bias".into(),
+            normalisation: Normalisation {
+                centre: Centre::WindowMean,
+                scaling: Scaling::WindowRms { floor: 1e-4 },
+            },
+            prototype_mean: vec![0.0; d],
+            prototype_var: vec![1.0; d],
+            alarm: AlarmPolicy { threshold: 1.0, raise_k: 3, window_n: 5, clear_ratio: 0.7 },
+            baseline_bands: Vec::new(),
+            head_version: 1,
+        };
+        let weights = cnn.named_weights().expect("weights");
+        let bytes = vigil_runtime::onnx::encode_model(&build_model(&spec, &weights, &meta));
+        VigilModel::from_bytes(&bytes, Path::new("<test model>")).expect("loads")
+    }
+
+    fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
+        ConvSpec { in_ch, out_ch, kernel, stride, dilation: 1, padding }
+    }
+
+    /// A signal whose offset and amplitude drift, so per-window normalisation matters.
+    fn signal(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                let gain = 1.0 + 0.8 * (t * 1.7).sin();
+                0.3 + 0.2 * t + gain * ((t * 2_900.0).sin() + 0.4 * (t * 7_300.0 + (t * 31.0).sin()).sin())
+            })
+            .collect()
+    }
+
+    /// A streamed embedding and the embedding of the same window on its own.
+    type Pair = (Vec<f32>, Vec<f32>);
+
+    /// The embeddings a stream at `hop` gives and those of each window on its own.
+    fn streamed_and_full(m: &VigilModel, hop: usize) -> (StreamingEmbedder, Vec<Pair>) {
+        let meta = m.metadata().clone();
+        let mut streamer = StreamingEmbedder::new(m, hop).expect("streams");
+        let mut embedder = m.embedder().expect("embedder");
+        let x = signal(meta.window * 6);
+        let mut pairs = Vec::new();
+        for (k, chunk) in x.chunks_exact(hop).enumerate() {
+            let Some(streamed) = streamer.push(chunk).expect("push") else { continue };
+            let end = (k + 1) * hop - streamer.delay_samples();
+            let mut w = x[end - meta.window..end].to_vec();
+            meta.normalise(&mut w);
+            pairs.push((streamed, embedder.run(&w).expect("runs")));
+        }
+        (streamer, pairs)
+    }
+
+    fn worst_relative(pairs: &[Pair]) -> f32 {
+        pairs
+            .iter()
+            .map(|(a, b)| {
+                let size = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max).max(1e-9);
+                a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / size
+            })
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn an_unpadded_homogeneous_backbone_streams_exactly() {
+        let spec = BackboneSpec {
+            convs: vec![conv(1, 8, 16, 16, 0), conv(8, 8, 3, 1, 0), conv(8, 8, 3, 2, 0)],
+            pooling: Pooling::MeanMax,
+            homogeneous: true,
+        };
+        let m = model(spec, 1024);
+        for hop in [32, 128, 512] {
+            let (streamer, pairs) = streamed_and_full(&m, hop);
+            assert!(streamer.exact(), "hop {hop}: {:?}", streamer.inexact_reason());
+            assert_eq!((streamer.edge_frames(), streamer.delay_samples()), (0, 0));
+            assert!(pairs.len() > 10);
+            let worst = worst_relative(&pairs);
+            assert!(worst < 1e-4, "hop {hop}: streamed embeddings differ by {worst} of their size");
+        }
+    }
+
+    #[test]
+    fn padded_convolutions_have_edge_frames_that_the_streamer_reports() {
+        // k3 stride-2 convolutions padded by one: the first frame of a window reaches
+        // into the padding, where a stream has real samples.
+        let spec = BackboneSpec {
+            convs: vec![conv(1, 8, 16, 16, 0), conv(8, 8, 3, 2, 1), conv(8, 8, 3, 2, 1)],
+            pooling: Pooling::MeanMax,
+            homogeneous: true,
+        };
+        let m = model(spec, 1024);
+        let (streamer, pairs) = streamed_and_full(&m, 128);
+        assert_eq!(streamer.edge_frames(), 1);
+        assert!(!streamer.exact());
+        assert!(streamer.inexact_reason().is_some_and(|r| r.contains("1 of 16 frames")));
+        assert!(worst_relative(&pairs) > 1e-3, "an edge frame should change the embedding");
+        let refused = streamer_refuses(&m, 100);
+        assert!(refused.contains("multiple of the backbone's stride of 64"), "{refused}");
+    }
+
+    fn streamer_refuses(m: &VigilModel, hop: usize) -> String {
+        StreamingEmbedder::new(m, hop).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+}

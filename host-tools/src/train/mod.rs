@@ -94,6 +94,21 @@ impl PretrainConfig {
     }
 }
 
+impl PretrainConfig {
+    /// The recipe of `models/bearing-cnn-v2.onnx`: the streamable (unpadded) backbone over
+    /// 3,072-sample windows, 45 epochs.
+    pub fn streamable(seed: u64) -> Self {
+        PretrainConfig {
+            window: 3072,
+            hop: 1536,
+            spec: BackboneSpec::streamable(1),
+            epochs: 45,
+            patience: 45,
+            ..Self::reference(seed)
+        }
+    }
+}
+
 /// Per-epoch training figures.
 #[derive(Debug, Clone, Copy)]
 pub struct EpochStats {

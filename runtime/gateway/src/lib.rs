@@ -42,6 +42,7 @@ pub mod scorer;
 pub mod serial;
 pub mod slots;
 pub mod store;
+pub mod streaming;
 pub mod windower;
 
 pub use error::{Result, RuntimeError};

@@ -71,6 +71,11 @@ impl VigilModel {
         })
     }
 
+    /// The decoded ONNX graph.
+    pub(crate) fn proto(&self) -> &ModelProto {
+        &self.proto
+    }
+
     /// The model's metadata.
     pub fn metadata(&self) -> &ModelMetadata {
         &self.meta

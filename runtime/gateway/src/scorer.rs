@@ -2,8 +2,9 @@
 //! Rust, apply the alarm policy and turn what happened into reports.
 
 use crate::adaptation::{Adaptation, AdaptationSettings};
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::model::{Embedder, VigilModel};
+use crate::streaming::StreamingEmbedder;
 use crate::windower::Window;
 use vigil_core::adapt::label::LabelOutcome;
 use vigil_core::adapt::site::SiteEvent;
@@ -58,6 +59,7 @@ pub struct WindowScorer {
     bands: Vec<f32>,
     envelope: Vec<f32>,
     adaptation: Option<Adaptation>,
+    streamer: Option<StreamingEmbedder>,
 }
 
 impl WindowScorer {
@@ -78,8 +80,39 @@ impl WindowScorer {
             bands,
             envelope: Vec::new(),
             adaptation: None,
+            streamer: None,
             model,
         })
+    }
+
+    /// From now on, windows that follow one another at `hop` samples share their
+    /// backbone work: only each window's newest hop runs through the backbone (see
+    /// [`crate::streaming`]). Windows must then come at that hop. Returns the streamer,
+    /// for saying whether its embeddings are exact.
+    pub fn stream(&mut self, hop: usize) -> Result<&StreamingEmbedder> {
+        let streamer = StreamingEmbedder::new(&self.model, hop)?;
+        let window = self.model.metadata().window;
+        if !window.is_multiple_of(hop) {
+            let stride = streamer.layout().stride;
+            let fits: Vec<String> = (1..=window / stride)
+                .map(|k| k * stride)
+                .filter(|h| window.is_multiple_of(*h))
+                .map(|h| h.to_string())
+                .collect();
+            return Err(RuntimeError::StreamMismatch(format!(
+                "hop {hop} does not divide the model's window of {window} samples, so streamed windows \
+                 would not end on a hop; use one of {}",
+                fits.join(", ")
+            )));
+        }
+        if streamer.delay_samples() != 0 {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "the model cannot be streamed: its padded convolutions look {} samples ahead, so a \
+                 streamed score would describe an earlier window; score full windows instead",
+                streamer.delay_samples()
+            )));
+        }
+        Ok(self.streamer.insert(streamer))
     }
 
     /// Adapts to the site from now on (see [`crate::adaptation`]), resuming the state
@@ -175,8 +208,14 @@ impl WindowScorer {
     /// Runs the backbone and the head on one window and returns the embedding and the
     /// class logits, without touching the alarm state.
     pub fn embed_and_classify(&mut self, window: &Window) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.normalise(window);
-        let embedding = self.embedder.run(&self.normalised)?;
+        let embedding = match self.streamer.as_mut() {
+            // The streamer scales the raw stream itself; a report normalises its window.
+            Some(streamer) => streamer.embed_window(&window.samples, window.index)?,
+            None => {
+                self.normalise(window);
+                self.embedder.run(&self.normalised)?
+            }
+        };
         let mut logits = vec![0.0; self.model.metadata().class_names.len()];
         match &self.adaptation {
             Some(a) => a.head().logits(&embedding, &mut logits)?,
@@ -270,6 +309,10 @@ impl WindowScorer {
         window: &Window,
         score: Option<&WindowScore>,
     ) -> Result<AnomalyReport> {
+        if self.streamer.is_some() && score.is_some() {
+            // Scoring left the window raw; its spectra are of the normalised window.
+            self.normalise(window);
+        }
         let meta = self.model.metadata();
         let mut report = AnomalyReport {
             sequence: self.next_sequence,

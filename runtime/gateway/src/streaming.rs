@@ -1,0 +1,626 @@
+//! Streamed embeddings: with a hop shorter than the window, only the new samples go
+//! through the backbone.
+//!
+//! The backbone's convolutions are pulsed by tract-pulse: each hop of samples yields the
+//! feature frames those samples complete, and tract keeps the context the convolutions
+//! need between hops. The global pooling that turns frames into the embedding runs in
+//! Rust over a ring of the last window's frames, so a scored window costs one hop of
+//! convolution instead of a whole window of it.
+//!
+//! A streamed embedding equals the full-window one when two things hold, and the
+//! streamer says which case it is in ([`StreamingEmbedder::exact`]):
+//!
+//! * **No edge frames.** A frame whose receptive field crosses a window boundary sees
+//!   real neighbouring samples in the stream but zero padding in a lone window. Frames
+//!   whose receptive field lies inside the window are equal to the full-window ones; a
+//!   backbone of unpadded convolutions (the shipped one) has only such frames.
+//! * **Normalisation that commutes with the backbone.** A fixed normalisation is the same
+//!   for every sample, so it is applied hop by hop exactly. Per-window normalisation
+//!   (centre on the window's mean, divide by its RMS) changes from one window to the next,
+//!   so a frame made for one window is not quite the frame of the next. A *homogeneous*
+//!   backbone (zero-sum first kernels, no biases: frames ignore a channel's mean and scale
+//!   with the input) lets the streamer run the raw stream and divide the pooled frames by
+//!   the window's RMS instead, which is exact; the streamer checks homogeneity numerically
+//!   when it is built. Otherwise it normalises each hop with the statistics of the window
+//!   that hop completes: an approximation whose effect on scores `vigil bench` measures
+//!   (the shipped model is in this case; `docs/performance.md`).
+
+use crate::error::{Result, RuntimeError};
+use crate::metadata::ModelMetadata;
+use crate::model::VigilModel;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use tract_pulse::internal::{PulsedModel, PulsedModelExt};
+use vigil_core::normalise::{Centre, Scaling};
+
+/// How the backbone's last feature frames become the embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over time of each channel.
+    Mean,
+    /// The mean over time of each channel, then the maximum over time of each channel.
+    MeanMax,
+}
+
+/// Where the graph's frames end and its pooling begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameCut {
+    /// The node whose output is the last feature frames, `[1, channels, frames]`.
+    pub frames_node: String,
+    /// The pooling between those frames and the embedding node.
+    pub pooling: Pooling,
+}
+
+impl FrameCut {
+    /// Finds the pooling that feeds the embedding node: `Flatten(GlobalAveragePool(x))`
+    /// or `Flatten(Concat(GlobalAveragePool(x), GlobalMaxPool(x)))`.
+    pub fn find(proto: &ModelProto, meta: &ModelMetadata) -> Result<FrameCut> {
+        let graph = proto.graph.as_ref().ok_or_else(|| not_streamable("the model has no graph"))?;
+        let producer = |output: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == output));
+        let flatten = producer(&meta.embedding_node)
+            .filter(|n| n.op_type == "Flatten")
+            .ok_or_else(|| not_streamable("the embedding node is not a Flatten of a global pooling"))?;
+        let pool = flatten
+            .input
+            .first()
+            .and_then(|i| producer(i))
+            .ok_or_else(|| not_streamable("the Flatten has no input node"))?;
+        let input_of = |name: &str, op: &str| {
+            producer(name).filter(|n| n.op_type == op).and_then(|n| n.input.first().cloned())
+        };
+        let cut = match pool.op_type.as_str() {
+            "GlobalAveragePool" => pool.input.first().map(|x| (x.clone(), Pooling::Mean)),
+            "Concat" if pool.input.len() == 2 => {
+                match (
+                    input_of(&pool.input[0], "GlobalAveragePool"),
+                    input_of(&pool.input[1], "GlobalMaxPool"),
+                ) {
+                    (Some(a), Some(b)) if a == b => Some((a, Pooling::MeanMax)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let (frames, pooling) = cut.ok_or_else(|| {
+            not_streamable("the embedding is neither mean nor mean-and-max pooling of one tensor")
+        })?;
+        let frames_node =
+            producer(&frames).map(|n| n.name.clone()).filter(|n| !n.is_empty()).unwrap_or(frames);
+        Ok(FrameCut { frames_node, pooling })
+    }
+}
+
+fn not_streamable(why: &str) -> RuntimeError {
+    RuntimeError::StreamMismatch(format!(
+        "the model cannot be streamed: {why}; score full windows instead (leave out the streaming option)"
+    ))
+}
+
+/// The last window's feature frames, pooled into an embedding as the graph would.
+#[derive(Debug, Clone)]
+pub struct FramePool {
+    channels: usize,
+    frames_per_window: usize,
+    pooling: Pooling,
+    ring: VecDeque<Vec<f32>>,
+}
+
+impl FramePool {
+    /// An empty pool of `frames_per_window` frames of `channels` values.
+    pub fn new(channels: usize, frames_per_window: usize, pooling: Pooling) -> Self {
+        FramePool {
+            channels,
+            frames_per_window,
+            pooling,
+            ring: VecDeque::with_capacity(frames_per_window + 1),
+        }
+    }
+
+    /// Appends frame `t` of `n` frames laid out channel-major (`[channels, n]`), dropping
+    /// the oldest frame beyond a window.
+    pub fn push(&mut self, frames: &[f32], n: usize, t: usize) {
+        let frame = (0..self.channels).map(|c| frames[c * n + t]).collect();
+        self.ring.push_back(frame);
+        if self.ring.len() > self.frames_per_window {
+            self.ring.pop_front();
+        }
+    }
+
+    /// Forgets every frame.
+    pub fn clear(&mut self) {
+        self.ring.clear();
+    }
+
+    /// The pooled frames divided by `scale`, once a whole window of frames is in.
+    pub fn embedding(&self, scale: f32) -> Option<Vec<f32>> {
+        if self.ring.len() < self.frames_per_window {
+            return None;
+        }
+        let mut out = pool(&self.ring, self.channels, self.pooling);
+        out.iter_mut().for_each(|e| *e /= scale);
+        Some(out)
+    }
+}
+
+/// The shape of a backbone's frames, for engines that stream it by other means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// Where the frames end and the pooling begins.
+    pub cut: FrameCut,
+    /// Values per frame.
+    pub channels: usize,
+    /// Frames per window.
+    pub frames_per_window: usize,
+    /// Input samples between consecutive frames.
+    pub stride: usize,
+    /// Input samples one frame depends on.
+    pub receptive_field: usize,
+}
+
+/// Per-channel mean and RMS of the last `window` samples, kept by running sums.
+#[derive(Debug, Clone)]
+struct SlidingStats {
+    window: usize,
+    samples: Vec<VecDeque<f32>>,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+}
+
+impl SlidingStats {
+    fn new(channels: usize, window: usize) -> Self {
+        SlidingStats {
+            window,
+            samples: vec![VecDeque::with_capacity(window + 1); channels],
+            sum: vec![0.0; channels],
+            sum_sq: vec![0.0; channels],
+        }
+    }
+
+    fn push(&mut self, channel: usize, x: f32) {
+        let q = &mut self.samples[channel];
+        q.push_back(x);
+        self.sum[channel] += f64::from(x);
+        self.sum_sq[channel] += f64::from(x) * f64::from(x);
+        if q.len() > self.window {
+            if let Some(old) = q.pop_front() {
+                self.sum[channel] -= f64::from(old);
+                self.sum_sq[channel] -= f64::from(old) * f64::from(old);
+            }
+        }
+    }
+
+    /// Mean and RMS about the mean of one channel's last samples.
+    fn mean_rms(&self, channel: usize) -> (f32, f32) {
+        let n = self.samples[channel].len().max(1) as f64;
+        let mean = self.sum[channel] / n;
+        let var = (self.sum_sq[channel] / n - mean * mean).max(0.0);
+        (mean as f32, var.sqrt() as f32)
+    }
+}
+
+/// Turns one model's input stream into embeddings, one per hop, running only the new
+/// samples through the backbone.
+#[derive(Debug)]
+pub struct StreamingEmbedder {
+    plan: Arc<TypedRunnableModel>,
+    state: TypedSimpleState,
+    /// Index of the last window embedded by [`StreamingEmbedder::embed_window`].
+    last_window: Option<u64>,
+    delay_frames: usize,
+    meta: ModelMetadata,
+    hop: usize,
+    frames_per_hop: usize,
+    frames_per_window: usize,
+    stats: SlidingStats,
+    /// Frames still to discard: the pulsed graph's delay.
+    to_skip: usize,
+    frames: FramePool,
+    input: Vec<f32>,
+    /// Raw samples per channel: the window of the next embedding plus the delay.
+    history: Vec<VecDeque<f32>>,
+    lag: usize,
+    exact: bool,
+    /// The backbone runs on the raw stream and the pooled frames are scaled.
+    raw: bool,
+    inexact: Option<String>,
+    edge_frames: usize,
+    layout: FrameLayout,
+}
+
+impl StreamingEmbedder {
+    /// Pulses `model`'s backbone at `hop` samples.
+    ///
+    /// The hop must be a multiple of the backbone's total stride; the window must be a
+    /// whole number of frames.
+    pub fn new(model: &VigilModel, hop: usize) -> Result<Self> {
+        let meta = model.metadata().clone();
+        let cut = FrameCut::find(model.proto(), &meta)?;
+        if hop == 0 || hop > meta.window {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "hop {hop} must be between 1 and the model's window of {} samples",
+                meta.window
+            )));
+        }
+        let (feature_channels, frames_per_window) = frames_shape(model, &cut, &meta, meta.window)?;
+        // One window more of input gives `window / stride` more frames.
+        let (_, more) = frames_shape(model, &cut, &meta, 2 * meta.window)?;
+        let stride = match more.checked_sub(frames_per_window) {
+            Some(extra) if extra > 0 && meta.window.is_multiple_of(extra) => meta.window / extra,
+            _ => return Err(not_streamable("its frames do not advance by a whole stride")),
+        };
+        if !hop.is_multiple_of(stride) {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "hop {hop} is not a multiple of the backbone's stride of {stride} samples; use a hop of {}",
+                (hop / stride).max(1) * stride
+            )));
+        }
+
+        let mut graph = tract_onnx::onnx().model_for_proto_model(model.proto())?;
+        graph.select_outputs_by_name([cut.frames_node.as_str()])?;
+        let stream = graph.symbols.sym("S");
+        let graph = graph
+            .with_input_fact(0, f32::fact([1.to_dim(), meta.channels.to_dim(), stream.to_dim()]).into())?;
+        let typed = graph.into_typed()?.into_decluttered()?;
+        let pulsed = PulsedModel::new(&typed, stream, &hop.to_dim())?;
+        let out = pulsed.output_fact(0)?.clone();
+        let delay_frames = out.stream.as_ref().map(|s| s.delay).unwrap_or(0);
+        let frames_per_hop = out.shape.as_concrete().and_then(|s| s.get(2).copied()).unwrap_or(0);
+        if frames_per_hop != hop / stride {
+            return Err(not_streamable("the pulsed backbone does not yield one frame per stride"));
+        }
+        let plan = pulsed.into_typed()?.into_optimized()?.into_runnable()?;
+        let state = plan.spawn()?;
+        let per_channel_scale = meta.channels == 1 || matches!(meta.normalisation.scaling, Scaling::Fixed(_));
+        let edge_frames = edge_frames(model, &cut, &meta)?;
+        // The shortest input that yields one frame.
+        let (mut lo, mut hi) = (1, meta.window);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match frames_shape(model, &cut, &meta, mid) {
+                Ok(_) => hi = mid,
+                Err(_) => lo = mid + 1,
+            }
+        }
+        let layout = FrameLayout {
+            cut: cut.clone(),
+            channels: feature_channels,
+            frames_per_window,
+            stride,
+            receptive_field: lo,
+        };
+        let homogeneous = is_homogeneous(typed_window(model, &cut, &meta, meta.window)?, &meta)?;
+        // A fixed normalisation is the same for every sample, so normalising each hop is
+        // exact; a per-window one is exact only on the raw stream of a homogeneous backbone.
+        let per_sample = meta.normalisation.centre == Centre::None
+            && matches!(meta.normalisation.scaling, Scaling::Fixed(_));
+        let raw = !per_sample && homogeneous && per_channel_scale;
+        let inexact = if edge_frames > 0 {
+            Some(format!("{edge_frames} of {frames_per_window} frames reach past the window's edge"))
+        } else if per_sample || raw {
+            None
+        } else if !homogeneous {
+            Some("the backbone does not commute with per-window normalisation, so each hop is normalised by the window it completes".into())
+        } else {
+            Some(
+                "channels are scaled separately, so each hop is normalised by the window it completes".into(),
+            )
+        };
+        let exact = inexact.is_none();
+        // The last frame out lags the newest sample by the pulsed delay; the window those
+        // frames cover ends `lag` samples before the newest sample.
+        let lag = (delay_frames + frames_per_window) * stride;
+        let lag = lag
+            .checked_sub(meta.window)
+            .ok_or_else(|| not_streamable("its frames span more than a window"))?;
+        Ok(StreamingEmbedder {
+            plan,
+            last_window: None,
+            delay_frames,
+            history: vec![VecDeque::with_capacity(meta.window + lag + hop); meta.channels],
+            lag,
+            exact,
+            raw,
+            inexact,
+            edge_frames,
+            layout,
+            state,
+            stats: SlidingStats::new(meta.channels, meta.window),
+            meta,
+            hop,
+            frames_per_hop,
+            frames_per_window,
+            to_skip: delay_frames,
+            frames: FramePool::new(feature_channels, frames_per_window, cut.pooling),
+            input: Vec::new(),
+        })
+    }
+
+    /// Samples per hop.
+    pub fn hop(&self) -> usize {
+        self.hop
+    }
+
+    /// Whether embeddings equal the full-window ones (up to rounding); see the module
+    /// documentation and [`StreamingEmbedder::inexact_reason`].
+    pub fn exact(&self) -> bool {
+        self.exact
+    }
+
+    /// Whether the backbone runs on the raw stream, the pooled frames being divided by
+    /// each window's scale (a homogeneous backbone under per-window normalisation).
+    pub fn scales_pooled_frames(&self) -> bool {
+        self.raw
+    }
+
+    /// Why embeddings are not exact, when they are not.
+    pub fn inexact_reason(&self) -> Option<&str> {
+        self.inexact.as_deref()
+    }
+
+    /// Frames of a lone window that differ from the same frames computed inside a longer
+    /// stream (their receptive field reaches into zero padding). None for unpadded
+    /// convolutions.
+    pub fn edge_frames(&self) -> usize {
+        self.edge_frames
+    }
+
+    /// The shape of the backbone's frames.
+    pub fn layout(&self) -> &FrameLayout {
+        &self.layout
+    }
+
+    /// The backbone's frames per hop and per window.
+    pub fn frames(&self) -> (usize, usize) {
+        (self.frames_per_hop, self.frames_per_window)
+    }
+
+    /// How many samples the window of an embedding ends before the newest sample pushed:
+    /// the look-ahead of padded convolutions (none for unpadded ones).
+    pub fn delay_samples(&self) -> usize {
+        self.lag
+    }
+
+    /// Forgets the stream: the next embedding needs a whole window of samples again.
+    pub fn reset(&mut self) -> Result<()> {
+        self.state = self.plan.spawn()?;
+        self.to_skip = self.delay_frames;
+        self.frames.clear();
+        self.history.iter_mut().for_each(VecDeque::clear);
+        self.stats = SlidingStats::new(self.meta.channels, self.meta.window);
+        self.last_window = None;
+        Ok(())
+    }
+
+    /// The embedding of window `index` of a stream windowed at this streamer's hop
+    /// (`channels * window` raw samples, channel-major). When the window follows the
+    /// last one embedded, only its newest hop goes through the backbone; otherwise the
+    /// stream restarts from this window.
+    pub fn embed_window(&mut self, samples: &[f32], index: u64) -> Result<Vec<f32>> {
+        let (channels, window, hop) = (self.meta.channels, self.meta.window, self.hop);
+        if samples.len() != channels * window {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "window has {} values, the model takes {channels} channels x {window} samples",
+                samples.len()
+            )));
+        }
+        if self.lag != 0 || !window.is_multiple_of(hop) {
+            return Err(not_streamable("its windows do not end on the newest hop (padded convolutions, or a hop that does not divide the window)"));
+        }
+        let follows = self.last_window.is_some_and(|last| last.checked_add(1) == Some(index));
+        let first_hop = if follows {
+            window / hop - 1
+        } else {
+            self.reset()?;
+            // A (re)started stream normalises its first window whole, as a lone window is.
+            for c in 0..channels {
+                for &x in &samples[c * window..(c + 1) * window] {
+                    self.stats.push(c, x);
+                }
+            }
+            0
+        };
+        let mut hop_samples = Vec::with_capacity(channels * hop);
+        for h in first_hop..window / hop {
+            hop_samples.clear();
+            for c in 0..channels {
+                hop_samples.extend_from_slice(&samples[c * window + h * hop..c * window + (h + 1) * hop]);
+            }
+            self.advance(&hop_samples, false, follows)?;
+        }
+        self.last_window = Some(index);
+        let scale = if self.raw { window_scale(&self.meta, &samples[..window]) } else { 1.0 };
+        self.frames
+            .embedding(scale)
+            .ok_or_else(|| not_streamable("a whole window did not fill the backbone's frames"))
+    }
+
+    /// Pushes one hop of raw samples (`channels * hop` values, channel-major). Returns the
+    /// embedding of the window that ends `delay_samples()` before the newest sample, once
+    /// a whole window of frames has come out.
+    pub fn push(&mut self, hop_samples: &[f32]) -> Result<Option<Vec<f32>>> {
+        self.advance(hop_samples, true, true)?;
+        // Exact mode ran the raw stream: divide by the scale the model's normalisation
+        // gives the window the frames cover (one scale: one channel, or a fixed one).
+        let scale = if self.raw {
+            let history = self.history[0].make_contiguous();
+            window_scale(&self.meta, &history[..self.meta.window.min(history.len())])
+        } else {
+            1.0
+        };
+        Ok(self.frames.embedding(scale))
+    }
+
+    /// Runs one hop through the backbone and keeps its frames; `keep_history` keeps the
+    /// raw samples [`StreamingEmbedder::push`] scales by, `update_stats` adds the hop to
+    /// the statistics it is normalised by (already there when a window was added whole).
+    fn advance(&mut self, hop_samples: &[f32], keep_history: bool, update_stats: bool) -> Result<()> {
+        let (channels, hop) = (self.meta.channels, self.hop);
+        if hop_samples.len() != channels * hop {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "a hop has {} values; the streamer takes {channels} channels x {hop} samples",
+                hop_samples.len()
+            )));
+        }
+        self.input.clear();
+        self.input.extend_from_slice(hop_samples);
+        let keep = self.meta.window + self.delay_samples();
+        for (c, channel) in self.input.chunks_exact_mut(hop).enumerate() {
+            if !self.raw {
+                if update_stats {
+                    for &x in channel.iter() {
+                        self.stats.push(c, x);
+                    }
+                }
+                normalise(&self.meta, &self.stats, c, channel);
+            } else if keep_history {
+                let history = &mut self.history[c];
+                history.extend(channel.iter().copied());
+                let excess = history.len().saturating_sub(keep);
+                history.drain(..excess);
+            }
+        }
+        let input = Tensor::from_shape(&[1, channels, hop], &self.input)?;
+        let out = self.state.run(tvec!(input.into()))?;
+        let frames = out[0].to_plain_array_view::<f32>()?;
+        let frames =
+            frames.as_slice().ok_or_else(|| not_streamable("tract returned non-contiguous frames"))?;
+        for t in 0..self.frames_per_hop {
+            if self.to_skip > 0 {
+                self.to_skip -= 1;
+            } else {
+                self.frames.push(frames, self.frames_per_hop, t);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The divisor the model's normalisation gives one channel of a window.
+pub fn window_scale(meta: &ModelMetadata, channel: &[f32]) -> f32 {
+    let scale = match meta.normalisation.scaling {
+        Scaling::Fixed(s) => s,
+        Scaling::WindowRms { floor } => {
+            let mean = vigil_core::dsp::mean(channel);
+            let ms =
+                channel.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / channel.len().max(1) as f32;
+            ms.sqrt().max(floor)
+        }
+    };
+    if scale != 0.0 && scale.is_finite() {
+        scale
+    } else {
+        1.0
+    }
+}
+
+/// The graph cut at its frames, for an input of `len` samples.
+fn typed_window(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata, len: usize) -> Result<TypedModel> {
+    let mut graph = tract_onnx::onnx().model_for_proto_model(model.proto())?;
+    graph.select_outputs_by_name([cut.frames_node.as_str()])?;
+    Ok(graph.with_input_fact(0, f32::fact([1, meta.channels, len]).into())?.into_typed()?)
+}
+
+/// Feature channels and frames the backbone gives for `len` input samples.
+fn frames_shape(
+    model: &VigilModel,
+    cut: &FrameCut,
+    meta: &ModelMetadata,
+    len: usize,
+) -> Result<(usize, usize)> {
+    let typed = typed_window(model, cut, meta, len)?;
+    match typed.output_fact(0)?.shape.as_concrete() {
+        Some(&[1, channels, frames]) if frames > 0 => Ok((channels, frames)),
+        _ => Err(not_streamable("its frames are not a [1, channels, frames] tensor")),
+    }
+}
+
+/// A deterministic test signal of `n` samples: noise plus a slow tone.
+fn probe_signal(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|i| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5 + 0.3 * (i as f32 * 0.05).sin()
+        })
+        .collect()
+}
+
+fn run_frames(plan: &Arc<TypedRunnableModel>, channels: usize, input: &[f32]) -> Result<Vec<f32>> {
+    let t = Tensor::from_shape(&[1, channels, input.len() / channels], input)?;
+    let out = plan.run(tvec!(t.into()))?;
+    Ok(out[0].to_plain_array_view::<f32>()?.iter().copied().collect())
+}
+
+/// Counts the frames of a lone window that differ from the same frames computed with a
+/// window of real samples on either side.
+fn edge_frames(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata) -> Result<usize> {
+    let (c, w) = (meta.channels, meta.window);
+    let alone = typed_window(model, cut, meta, w)?.into_optimized()?.into_runnable()?;
+    let within = typed_window(model, cut, meta, 3 * w)?.into_optimized()?.into_runnable()?;
+    let long = probe_signal(3 * w * c, 7);
+    // The middle window of each channel.
+    let middle: Vec<f32> = long.chunks_exact(3 * w).flat_map(|ch| ch[w..2 * w].iter().copied()).collect();
+    let (a, b) = (run_frames(&alone, c, &middle)?, run_frames(&within, c, &long)?);
+    let (channels, frames) = frames_shape(model, cut, meta, w)?;
+    let (_, long_frames) = frames_shape(model, cut, meta, 3 * w)?;
+    let offset = (long_frames - frames) / 2;
+    let size = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max).max(1e-12);
+    let differs = |t: usize| {
+        (0..channels).any(|ch| (a[ch * frames + t] - b[ch * long_frames + offset + t]).abs() > 1e-4 * size)
+    };
+    Ok((0..frames).filter(|&t| differs(t)).count())
+}
+
+/// Whether the frames of `3 x + 0.7` are 3 times those of `x`, for a test window `x`:
+/// the backbone ignores each channel's mean and scales with the input.
+fn is_homogeneous(typed: TypedModel, meta: &ModelMetadata) -> Result<bool> {
+    let plan = typed.into_optimized()?.into_runnable()?;
+    let x = probe_signal(meta.channels * meta.window, 0x2545_f491);
+    let moved: Vec<f32> = x.iter().map(|v| 3.0 * v + 0.7).collect();
+    let (a, b) = (run_frames(&plan, meta.channels, &x)?, run_frames(&plan, meta.channels, &moved)?);
+    let size = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    let worst = a.iter().zip(&b).map(|(a, b)| (3.0 * a - b).abs()).fold(0.0f32, f32::max);
+    Ok(size > 0.0 && worst <= 1e-4 * 3.0 * size)
+}
+
+/// Normalises one hop of one channel with the statistics of the window it completes.
+fn normalise(meta: &ModelMetadata, stats: &SlidingStats, channel: usize, samples: &mut [f32]) {
+    let (mean, rms) = stats.mean_rms(channel);
+    let norm = meta.normalisation;
+    let centre = match norm.centre {
+        Centre::None => 0.0,
+        Centre::WindowMean => mean,
+    };
+    let scale = match norm.scaling {
+        Scaling::Fixed(s) => s,
+        Scaling::WindowRms { floor } => rms.max(floor),
+    };
+    let inv = if scale != 0.0 && scale.is_finite() { 1.0 / scale } else { 1.0 };
+    for x in samples {
+        *x = (*x - centre) * inv;
+    }
+}
+
+/// Pools frames (each `channels` long) into the embedding the graph would compute.
+fn pool(frames: &VecDeque<Vec<f32>>, channels: usize, pooling: Pooling) -> Vec<f32> {
+    let n = frames.len().max(1) as f32;
+    let mut out = vec![0.0f32; channels];
+    for f in frames {
+        for (o, x) in out.iter_mut().zip(f) {
+            *o += x;
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= n);
+    if pooling == Pooling::MeanMax {
+        let mut max = vec![f32::NEG_INFINITY; channels];
+        for f in frames {
+            for (m, x) in max.iter_mut().zip(f) {
+                *m = m.max(*x);
+            }
+        }
+        out.extend(max);
+    }
+    out
+}
