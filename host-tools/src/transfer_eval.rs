@@ -207,7 +207,7 @@ pub fn run(
         row(", head fine-tuned, int8"),
     ];
     // Calibration needs no labels: the training windows, as a site would record them.
-    let calibration = calibration_tensor(model.metadata(), train, 256)?;
+    let calibration = calibration_tensor(model.metadata(), &train.windows, 256)?;
     let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
     // Zero-shot: the shipped classes mapped by name; a class the dataset lacks is wrong.
     let shipped = &model.metadata().class_names;

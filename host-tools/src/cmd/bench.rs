@@ -372,13 +372,9 @@ fn quantise_here(
     hop: usize,
     out: &Path,
 ) -> Result<()> {
-    use crate::train::quantize::{quantize, RangeMethod};
+    use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
     let meta = model.metadata();
-    let windows = windows_of(signal, meta, hop)?;
-    let step = windows.len().div_ceil(256).max(1);
-    let picked = crate::train::fine_tune::normalised(meta, windows.iter().step_by(step));
-    let labels = vec![0; picked.len()];
-    let (x, _) = crate::train::graph::batch_tensors(&picked, &labels, meta.channels)?;
+    let x = calibration_tensor(meta, &windows_of(signal, meta, hop)?, 256)?;
     let bytes = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let proto = vigil_runtime::onnx::decode_model(&bytes, model_path)?;
     let q = quantize(&proto, meta, &x, RangeMethod::Percentile, 1)?;

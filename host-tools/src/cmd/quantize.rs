@@ -54,7 +54,7 @@ impl QuantizeArgs {
         let classes = &meta.class_names;
         let calib_split = has("train").then_some("train");
         let calib = windows_for(&model, &manifest, calib_split, classes)?;
-        let x = calibration_tensor(&meta, &calib, self.windows)?;
+        let x = calibration_tensor(&meta, &calib.windows, self.windows)?;
         let q = quantize(&proto, &meta, &x, self.method, self.float_convs)?;
         let encoded = vigil_runtime::onnx::encode_model(&q.proto);
         std::fs::write(&self.output, &encoded)

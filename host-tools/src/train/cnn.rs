@@ -53,15 +53,8 @@ pub struct BackboneSpec {
     pub homogeneous: bool,
 }
 
-/// Global pooling over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The mean of each channel.
-    Mean,
-    /// The mean of each channel, then the maximum of each channel (twice the dimension):
-    /// the maximum keeps an intermittent impact that the mean dilutes.
-    MeanMax,
-}
+/// Global pooling over time: the runtime's, which pools streamed frames the same way.
+pub use vigil_runtime::streaming::Pooling;
 
 impl BackboneSpec {
     /// The reference backbone of bearing-cnn-v1 for `channels` input channels: padded

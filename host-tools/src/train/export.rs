@@ -33,7 +33,8 @@ fn node(op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> No
     }
 }
 
-fn value_info(name: &str, dims: &[DimValue]) -> ValueInfoProto {
+/// A float tensor's value info with the given dimensions.
+pub(crate) fn value_info(name: &str, dims: &[DimValue]) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {

@@ -60,15 +60,15 @@ fn range_of(mut values: Vec<f32>, method: RangeMethod) -> f32 {
     top.max(1e-6)
 }
 
-/// At most `max` windows of `set`, spread evenly, normalised as the runtime does, as a
+/// At most `max` of `windows`, spread evenly, normalised as the runtime does, as a
 /// `[n, channels, window]` tensor for [`quantize`].
 pub fn calibration_tensor(
     meta: &ModelMetadata,
-    set: &crate::dataset::LabelledWindows,
+    windows: &[vigil_runtime::windower::Window],
     max: usize,
 ) -> Result<Tensor> {
-    let step = set.len().div_ceil(max.max(1)).max(1);
-    let picked = super::fine_tune::normalised(meta, set.windows.iter().step_by(step));
+    let step = windows.len().div_ceil(max.max(1)).max(1);
+    let picked = super::fine_tune::normalised(meta, windows.iter().step_by(step));
     let labels = vec![0; picked.len()];
     Ok(super::graph::batch_tensors(&picked, &labels, meta.channels)?.0)
 }

@@ -40,7 +40,9 @@ use vigil_core::normalise::{Centre, Scaling};
 pub enum Pooling {
     /// The mean over time of each channel.
     Mean,
-    /// The mean over time of each channel, then the maximum over time of each channel.
+    /// The mean over time of each channel, then the maximum over time of each channel
+    /// (twice the dimension): the maximum keeps an intermittent impact that the mean
+    /// dilutes.
     MeanMax,
 }
 
@@ -212,7 +214,6 @@ pub struct StreamingEmbedder {
     meta: ModelMetadata,
     hop: usize,
     frames_per_hop: usize,
-    frames_per_window: usize,
     stats: SlidingStats,
     /// Frames still to discard: the pulsed graph's delay.
     to_skip: usize,
@@ -221,7 +222,6 @@ pub struct StreamingEmbedder {
     /// Raw samples per channel: the window of the next embedding plus the delay.
     history: Vec<VecDeque<f32>>,
     lag: usize,
-    exact: bool,
     /// The backbone runs on the raw stream and the pooled frames are scaled.
     raw: bool,
     inexact: Option<String>,
@@ -307,7 +307,6 @@ impl StreamingEmbedder {
                 "channels are scaled separately, so each hop is normalised by the window it completes".into(),
             )
         };
-        let exact = inexact.is_none();
         // The last frame out lags the newest sample by the pulsed delay; the window those
         // frames cover ends `lag` samples before the newest sample.
         let lag = (delay_frames + frames_per_window) * stride;
@@ -320,7 +319,6 @@ impl StreamingEmbedder {
             delay_frames,
             history: vec![VecDeque::with_capacity(meta.window + lag + hop); meta.channels],
             lag,
-            exact,
             raw,
             inexact,
             edge_frames,
@@ -330,7 +328,6 @@ impl StreamingEmbedder {
             meta,
             hop,
             frames_per_hop,
-            frames_per_window,
             to_skip: delay_frames,
             frames: FramePool::new(feature_channels, frames_per_window, cut.pooling),
             input: Vec::new(),
@@ -345,7 +342,7 @@ impl StreamingEmbedder {
     /// Whether embeddings equal the full-window ones (up to rounding); see the module
     /// documentation and [`StreamingEmbedder::inexact_reason`].
     pub fn exact(&self) -> bool {
-        self.exact
+        self.inexact.is_none()
     }
 
     /// Whether the backbone runs on the raw stream, the pooled frames being divided by
@@ -373,7 +370,7 @@ impl StreamingEmbedder {
 
     /// The backbone's frames per hop and per window.
     pub fn frames(&self) -> (usize, usize) {
-        (self.frames_per_hop, self.frames_per_window)
+        (self.frames_per_hop, self.layout.frames_per_window)
     }
 
     /// How many samples the window of an embedding ends before the newest sample pushed:

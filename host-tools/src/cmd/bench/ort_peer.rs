@@ -8,6 +8,7 @@
 //!   the tract streamer takes (exact for a backbone whose streamer is exact).
 
 use super::{median_seconds, RowResult};
+use crate::train::export::value_info;
 use anyhow::{bail, Context, Result};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -15,33 +16,11 @@ use ort::value::TensorRef;
 use std::collections::HashSet;
 use std::path::Path;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
-use tract_onnx::pb::{type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto};
+use tract_onnx::pb::ModelProto;
 use vigil_core::head::{argmax, softmax_in_place};
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::streaming::{window_scale, FramePool, StreamingEmbedder};
 use vigil_runtime::windower::Window;
-
-/// A float tensor's value info with the given dimensions (`None`: unknown).
-fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| tract_onnx::pb::tensor_shape_proto::Dimension {
-            value: d.map(|d| DimValue::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// `proto` cut to compute `output` (a tensor name) from an input of `len` samples: the
 /// nodes it does not need are dropped.
@@ -60,7 +39,8 @@ fn cut(proto: &ModelProto, output: &str, channels: usize, len: usize) -> Result<
     graph.node.retain(|_| *k.next().unwrap_or(&false));
     graph.initializer.retain(|t| needed.contains(&t.name));
     let input = graph.input.first().map(|i| i.name.clone()).context("the model has no input")?;
-    graph.input = vec![value_info(&input, &[Some(1), Some(channels), Some(len)])];
+    let dims = [1, channels, len].map(|d| DimValue::DimValue(d as i64));
+    graph.input = vec![value_info(&input, &dims)];
     graph.output = vec![value_info(output, &[])];
     graph.value_info.clear();
     Ok(proto)
