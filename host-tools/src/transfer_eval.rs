@@ -24,7 +24,7 @@ use crate::train::fine_tune::{
 };
 use crate::train::graph::{GraphTraining, Trainable};
 use crate::train::linear::{self, TrainOptions};
-use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
+use crate::train::quantize::{calibration_tensor, quantize, QuantizeOptions};
 use anyhow::{bail, Result};
 use tract_onnx::pb::ModelProto;
 use vigil_core::bearing::BearingGeometry;
@@ -237,7 +237,7 @@ pub fn run(
             per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
             let tuned_proto = vigil_runtime::onnx::decode_model(&tuned.onnx, model.path())?;
             let tuned_meta = vigil_runtime::onnx::read_metadata(&tuned_proto)?;
-            let q = quantize(&tuned_proto, &tuned_meta, &calibration, RangeMethod::Percentile, 1)?;
+            let q = quantize(&tuned_proto, &tuned_meta, &calibration, QuantizeOptions::default())?;
             per[6].push(graph_accuracy(&vigil_runtime::onnx::encode_model(&q.proto), model.path(), test)?);
             let shots = take_shots(train, classes, Some(n), seed)?;
             for (slot, what, scratch) in [(3, Trainable::Last(2), None), (4, Trainable::All, Some(seed))] {

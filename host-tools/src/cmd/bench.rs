@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// Leave out the ONNX Runtime rows.
     #[arg(long)]
     no_peer: bool,
+    /// Instead of the table, print tract's time per node of the model's plans (the full
+    /// window, and the pulsed backbone at the hop when the model streams), to find where
+    /// a backbone spends its time.
+    #[arg(long)]
+    profile: bool,
     /// Print every row and the ratios as JSON lines.
     #[arg(long)]
     json: bool,
@@ -136,6 +141,9 @@ impl BenchArgs {
         let meta = model.metadata().clone();
         let hop = self.hop.unwrap_or(meta.window / 8);
         let signal = simulate(&meta, self.seconds);
+        if self.profile {
+            return print_profile(&model, &signal, hop);
+        }
         let signal_path = dir.path().join("signal.f32le");
         let bytes: Vec<u8> = signal.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&signal_path, bytes).with_context(|| format!("writing {}", signal_path.display()))?;
@@ -273,6 +281,43 @@ fn windows_of(
     Ok(windows)
 }
 
+/// Prints tract's time per node of the full-window plan and of the pulsed backbone, on
+/// windows and hops from the middle of `signal`.
+fn print_profile(model: &VigilModel, signal: &[f32], hop: usize) -> Result<()> {
+    const RUNS: usize = 2000;
+    let meta = model.metadata();
+    let windows = windows_of(signal, meta, hop)?;
+    let middle = &windows[windows.len() / 2].samples;
+    let mut window = middle.clone();
+    meta.normalise(&mut window);
+    let print = |title: &str, nodes: &[vigil_runtime::profile::NodeTime]| {
+        let total: f64 = nodes.iter().map(|n| n.us).sum();
+        println!("{title}: {total:.1} µs per run in tract, mean of {RUNS} runs\n");
+        println!("| node | tract operator | µs | share |");
+        println!("|---|---|---|---|");
+        for n in nodes.iter().filter(|n| n.us >= 0.05) {
+            println!(
+                "| {} | {} | {:.2} | {:.1}% |",
+                n.name,
+                n.op,
+                n.us,
+                100.0 * n.us / total.max(f64::MIN_POSITIVE)
+            );
+        }
+        println!();
+    };
+    let full = model.embedder()?.profile(&window, RUNS)?;
+    print(&format!("full window ({} samples), f32", meta.window), &full);
+    match vigil_runtime::streaming::StreamingEmbedder::new(model, hop) {
+        Ok(mut streamer) => {
+            let nodes = streamer.profile(middle, RUNS)?;
+            print(&format!("pulsed backbone, one hop of {hop} samples, f32"), &nodes);
+        }
+        Err(e) => println!("pulsed backbone: not profiled: {e}"),
+    }
+    Ok(())
+}
+
 /// The median of `passes` timings of `pass`, in seconds.
 fn median_seconds(passes: usize, mut pass: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut times = Vec::with_capacity(passes);
@@ -372,12 +417,12 @@ fn quantise_here(
     hop: usize,
     out: &Path,
 ) -> Result<()> {
-    use crate::train::quantize::{calibration_tensor, quantize, RangeMethod};
+    use crate::train::quantize::{calibration_tensor, quantize, QuantizeOptions};
     let meta = model.metadata();
     let x = calibration_tensor(meta, &windows_of(signal, meta, hop)?, 256)?;
     let bytes = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let proto = vigil_runtime::onnx::decode_model(&bytes, model_path)?;
-    let q = quantize(&proto, meta, &x, RangeMethod::Percentile, 1)?;
+    let q = quantize(&proto, meta, &x, QuantizeOptions::default())?;
     std::fs::write(out, vigil_runtime::onnx::encode_model(&q.proto))
         .with_context(|| format!("writing {}", out.display()))
 }

@@ -138,6 +138,15 @@ mod tests {
     use vigil_runtime::streaming::StreamingEmbedder;
 
     fn model(spec: BackboneSpec, window: usize) -> VigilModel {
+        model_of(spec, window, 1)
+    }
+
+    fn model_of(spec: BackboneSpec, window: usize, channels: usize) -> VigilModel {
+        let bytes = model_bytes(spec, window, channels);
+        VigilModel::from_bytes(&bytes, Path::new("<test model>")).expect("loads")
+    }
+
+    fn model_bytes(spec: BackboneSpec, window: usize, channels: usize) -> Vec<u8> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let cnn = Cnn::new(spec.clone(), 2, &mut rng, &Device::Cpu).expect("cnn");
         let d = spec.embedding_dim();
@@ -145,7 +154,7 @@ mod tests {
             sample_rate_hz: 16_000.0,
             window,
             hop: window / 2,
-            channels: 1,
+            channels,
             class_names: vec!["normal".into(), "fault".into()],
             normal_class: 0,
             input_name: "signal".into(),
@@ -164,8 +173,7 @@ mod tests {
             head_version: 1,
         };
         let weights = cnn.named_weights().expect("weights");
-        let bytes = vigil_runtime::onnx::encode_model(&build_model(&spec, &weights, &meta));
-        VigilModel::from_bytes(&bytes, Path::new("<test model>")).expect("loads")
+        vigil_runtime::onnx::encode_model(&build_model(&spec, &weights, &meta))
     }
 
     fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
@@ -248,6 +256,40 @@ mod tests {
         assert!(worst_relative(&pairs) > 1e-3, "an edge frame should change the embedding");
         let refused = streamer_refuses(&m, 100);
         assert!(refused.contains("multiple of the backbone's stride of 64"), "{refused}");
+    }
+
+    #[test]
+    fn a_lowered_multichannel_patchify_convolution_computes_the_same_embedding() {
+        use tract_onnx::prelude::*;
+        let spec = BackboneSpec {
+            convs: vec![conv(3, 8, 16, 16, 0), conv(8, 8, 3, 2, 1)],
+            pooling: Pooling::MeanMax,
+            homogeneous: false,
+        };
+        let written = model_bytes(spec, 512, 3);
+        let m = VigilModel::from_bytes(&written, Path::new("<test model>")).expect("loads");
+        let proto = vigil_runtime::onnx::decode_model(&written, Path::new("<test model>")).expect("decodes");
+        let lowered = vigil_runtime::onnx::patchify_as_pointwise(&proto, "signal", 3, 512);
+        let nodes = |p: &tract_onnx::pb::ModelProto| p.graph.as_ref().map_or(0, |g| g.node.len());
+        assert_eq!(nodes(&lowered), nodes(&proto) + 3, "the first convolution was not lowered");
+        let mut graph = tract_onnx::onnx()
+            .model_for_read(&mut written.as_slice())
+            .expect("reads")
+            .with_input_fact(0, f32::fact([1, 3, 512]).into())
+            .expect("input");
+        graph.select_outputs_by_name(["embedding"]).expect("cut");
+        let as_written = graph.into_optimized().expect("optimises").into_runnable().expect("plan");
+        let x: Vec<f32> = signal(3 * 512);
+        let out = as_written
+            .run(tvec!(Tensor::from_shape(&[1, 3, 512], &x).expect("tensor").into()))
+            .expect("runs");
+        let reference: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+        let ours = m.embedder().expect("embedder").run(&x).expect("runs");
+        let top = reference.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        assert!(top > 0.0);
+        for (a, b) in ours.iter().zip(&reference) {
+            assert!((a - b).abs() <= 1e-5 * top, "{a} against {b}");
+        }
     }
 
     fn streamer_refuses(m: &VigilModel, hop: usize) -> String {

@@ -68,7 +68,7 @@ impl Param {
     }
 }
 
-fn ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
     node.attribute
         .iter()
         .find(|a| a.name == name && a.r#type == AttributeType::Ints as i32)

@@ -11,6 +11,14 @@
 //!
 //! Activation ranges come from running the f32 graph (candle) on calibration windows:
 //! the maximum (`minmax`) or the 99.99th percentile (`percentile`) of each activation.
+//!
+//! One u8 scale serves all channels of an activation, so a channel whose values stay
+//! small gets few of its 256 steps. Before quantising, [`equalise`] rescales each
+//! quantised activation channel by channel, and the next convolution's weights inversely
+//! (ReLU commutes with a positive scale, so the f32 model computes the same function):
+//! per channel, the activation range and the largest weight that reads it become equal
+//! (cross-layer equalisation, as in Nagel et al., "Data-Free Quantization", 2019, here
+//! with ranges measured on the calibration windows).
 
 use super::graph::{GraphModel, Trainable};
 use anyhow::{anyhow, bail, Result};
@@ -18,7 +26,7 @@ use candle_core::Tensor;
 use std::collections::HashMap;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use vigil_runtime::metadata::ModelMetadata;
-use vigil_runtime::onnx::{float_initializer, read_initializer};
+use vigil_runtime::onnx::{float_initializer, read_initializer, replace_initializer};
 
 /// How activation ranges are taken from the calibration windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,6 +35,9 @@ pub enum RangeMethod {
     Minmax,
     /// The 99.99th percentile of the values seen (ignores rare outliers).
     Percentile,
+    /// The range whose 8-bit grid reproduces the values seen with the least squared
+    /// error: clips rare peaks when that buys finer steps for the bulk of the values.
+    Mse,
 }
 
 fn raw_tensor(name: &str, dims: &[usize], data_type: DataType, raw: Vec<u8>) -> TensorProto {
@@ -50,14 +61,30 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, attrs: &NodeProto) 
     }
 }
 
-/// The largest absolute value of `values`, or its `q` quantile.
+/// The largest absolute value of `values`, its `q` quantile, or the range of least
+/// squared 8-bit error.
 fn range_of(mut values: Vec<f32>, method: RangeMethod) -> f32 {
     values.iter_mut().for_each(|v| *v = v.abs());
     let top = match method {
         RangeMethod::Minmax => values.iter().copied().fold(0.0f32, f32::max),
         RangeMethod::Percentile => super::quantile(values, 0.9999),
+        RangeMethod::Mse => least_error_range(&values),
     };
     top.max(1e-6)
+}
+
+/// Of 100 ranges from 1% to 100% of the largest magnitude in `values`, the one whose
+/// 255-step grid (with clipping above it) gives the least squared error.
+fn least_error_range(values: &[f32]) -> f32 {
+    let top = values.iter().copied().fold(0.0f32, f32::max);
+    // A spread subset keeps the search fast on millions of activations.
+    let step = values.len().div_ceil(200_000).max(1);
+    let sample: Vec<f32> = values.iter().step_by(step).copied().collect();
+    let error = |range: f32| {
+        let scale = range / 255.0;
+        sample.iter().map(|&v| (v - ((v / scale).round().min(255.0) * scale)).powi(2) as f64).sum::<f64>()
+    };
+    (1..=100).map(|k| top * k as f32 / 100.0).min_by(|a, b| error(*a).total_cmp(&error(*b))).unwrap_or(top)
 }
 
 /// At most `max` of `windows`, spread evenly, normalised as the runtime does, as a
@@ -73,6 +100,333 @@ pub fn calibration_tensor(
     Ok(super::graph::batch_tensors(&picked, &labels, meta.channels)?.0)
 }
 
+/// How [`quantize`] works.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantizeOptions {
+    /// How activation ranges are taken.
+    pub method: RangeMethod,
+    /// Leading Conv + Relu pairs kept in f32.
+    pub float_convs: usize,
+    /// Equalise channel ranges across consecutive convolutions first ([`equalise`]).
+    pub equalise: bool,
+    /// Round weights with error compensation ([`round_compensated`]) rather than each to
+    /// its nearest step.
+    pub compensate: bool,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        Self { method: RangeMethod::Mse, float_convs: 1, equalise: true, compensate: true }
+    }
+}
+
+/// The leading Conv + Relu pairs of `proto`'s graph, as (conv, relu) node indices, each
+/// reading the previous pair's output.
+fn conv_relu_chain(nodes: &[NodeProto]) -> Vec<(usize, usize)> {
+    let mut chain: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i + 1 < nodes.len() && nodes[i].op_type == "Conv" && nodes[i + 1].op_type == "Relu" {
+        let follows = chain.last().is_none_or(|&(_, r)| nodes[i].input.first() == nodes[r].output.first());
+        if !follows || nodes[i + 1].input.first() != nodes[i].output.first() || nodes[i].input.len() != 3 {
+            break;
+        }
+        chain.push((i, i + 1));
+        i += 2;
+    }
+    chain
+}
+
+/// The f32 graph of `proto` up to the embedding, nothing trainable: what calibration runs.
+fn frozen_graph(proto: &ModelProto, meta: &ModelMetadata) -> Result<GraphModel> {
+    GraphModel::new(
+        proto,
+        &meta.input_name,
+        &meta.embedding_node,
+        (&meta.head_weight, &meta.head_bias),
+        Trainable::Last(0),
+        None,
+    )
+}
+
+/// Per-channel range (by `method`) of every Relu output of the leading chain, on
+/// `calibration`.
+fn channel_ranges(
+    graph_model: &GraphModel,
+    calibration: &Tensor,
+    method: RangeMethod,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let relu_outputs: Vec<String> = graph_model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_type == "Relu")
+        .filter_map(|n| n.output.first().cloned())
+        .collect();
+    let mut values: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
+    let n = calibration.dims()[0];
+    for start in (0..n).step_by(32) {
+        let batch = calibration.narrow(0, start, 32.min(n - start))?;
+        for (name, t) in graph_model.activations(&batch)? {
+            if !relu_outputs.contains(&name) {
+                continue;
+            }
+            let per_channel = t.transpose(0, 1)?.flatten_from(1)?.to_vec2::<f32>()?;
+            let slot = values.entry(name).or_insert_with(|| vec![Vec::new(); per_channel.len()]);
+            for (all, new) in slot.iter_mut().zip(per_channel) {
+                all.extend(new);
+            }
+        }
+    }
+    Ok(values
+        .into_iter()
+        .map(|(name, channels)| (name, channels.into_iter().map(|v| range_of(v, method)).collect()))
+        .collect())
+}
+
+/// Cross-layer equalisation of the activations [`quantize`] will quantise: the output of
+/// pair `float_convs - 1` (or 0) up to the second-last pair of the leading Conv + Relu
+/// chain. For channel c of an activation with range a_c, read by weights whose largest
+/// magnitude is w_c, the producing convolution's row c and bias are divided by
+/// s_c = sqrt(a_c / w_c) and the reading weights multiplied by it. Returns the rescaled
+/// model (the same function in f32) and how many activations were equalised.
+pub fn equalise(
+    proto: &ModelProto,
+    meta: &ModelMetadata,
+    calibration: &Tensor,
+    method: RangeMethod,
+    float_convs: usize,
+) -> Result<(ModelProto, usize)> {
+    let graph_model = frozen_graph(proto, meta)?;
+    let ranges = channel_ranges(&graph_model, calibration, method)?;
+    let nodes = &proto.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?.node;
+    let chain = conv_relu_chain(nodes);
+    let mut out = proto.clone();
+    let mut equalised = 0;
+    for pair in chain.windows(2).skip(float_convs.saturating_sub(1)) {
+        let ((conv, relu), (next, _)) = (pair[0], pair[1]);
+        let Some(a) = ranges.get(&nodes[relu].output[0]) else { continue };
+        let (w_name, b_name, next_name) =
+            (&nodes[conv].input[1], &nodes[conv].input[2], &nodes[next].input[1]);
+        let (mut w, mut b, mut w_next) = (
+            read_initializer(&out, w_name)?,
+            read_initializer(&out, b_name)?,
+            read_initializer(&out, next_name)?,
+        );
+        let channels = w.dims[0];
+        if a.len() != channels || w_next.dims.get(1) != Some(&channels) {
+            bail!("{} and {} do not agree on {channels} channels", nodes[conv].name, nodes[next].name);
+        }
+        let kernel = w_next.dims[2..].iter().product::<usize>();
+        let reads = |w_next: &[f32], c: usize| {
+            w_next
+                .chunks_exact(channels * kernel)
+                .flat_map(|row| &row[c * kernel..(c + 1) * kernel])
+                .fold(0.0f32, |m, v| m.max(v.abs()))
+        };
+        for c in 0..channels {
+            let w_c = reads(&w_next.values, c);
+            // A channel that never fires, or is never read, keeps its scale.
+            if a[c] <= 1e-6 || w_c <= 1e-12 {
+                continue;
+            }
+            let s = (a[c] / w_c).sqrt();
+            let per = w.values.len() / channels;
+            w.values[c * per..(c + 1) * per].iter_mut().for_each(|v| *v /= s);
+            b.values[c] /= s;
+            for row in w_next.values.chunks_exact_mut(channels * kernel) {
+                row[c * kernel..(c + 1) * kernel].iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        replace_initializer(&mut out, w_name, &w.values)?;
+        replace_initializer(&mut out, b_name, &b.values)?;
+        replace_initializer(&mut out, next_name, &w_next.values)?;
+        equalised += 1;
+    }
+    Ok((out, equalised))
+}
+
+/// One convolution's input geometry, for gathering its patches.
+struct Patches {
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+}
+
+impl Patches {
+    fn of(conv: &NodeProto, w_dims: &[usize]) -> Self {
+        let one = |name: &str| {
+            super::graph::ints(conv, name).and_then(|v| v.first().copied()).unwrap_or(1).max(0) as usize
+        };
+        let pad =
+            super::graph::ints(conv, "pads").and_then(|v| v.first().copied()).unwrap_or(0).max(0) as usize;
+        Self {
+            channels: w_dims.get(1).copied().unwrap_or(1),
+            kernel: w_dims.get(2).copied().unwrap_or(1),
+            stride: one("strides"),
+            dilation: one("dilations"),
+            pad,
+        }
+    }
+
+    /// Adds x xᵀ of every patch of `input` (`[channels][time]`) to `moment` (upper
+    /// triangle, row-major, channels × kernel squared).
+    fn accumulate(&self, input: &[Vec<f32>], moment: &mut [f64]) {
+        let d = self.channels * self.kernel;
+        let time = input.first().map_or(0, Vec::len);
+        let span = (self.kernel - 1) * self.dilation + 1;
+        let outputs = (time + 2 * self.pad).saturating_sub(span) / self.stride + 1;
+        let mut x = vec![0.0f64; d];
+        for t in 0..outputs {
+            for (c, channel) in input.iter().enumerate() {
+                for k in 0..self.kernel {
+                    let at = (t * self.stride + k * self.dilation).checked_sub(self.pad);
+                    x[c * self.kernel + k] = at.and_then(|i| channel.get(i)).map_or(0.0, |&v| f64::from(v));
+                }
+            }
+            for i in 0..d {
+                if x[i] == 0.0 {
+                    continue;
+                }
+                let (xi, row) = (x[i], &mut moment[i * d..(i + 1) * d]);
+                for j in i..d {
+                    row[j] += xi * x[j];
+                }
+            }
+        }
+    }
+}
+
+/// For each convolution named in `convs`, the second moment of its input patches over
+/// `calibration` (the Hessian of the layer's squared output error in its weights).
+fn input_moments(
+    graph_model: &GraphModel,
+    calibration: &Tensor,
+    input_name: &str,
+    convs: &[(&NodeProto, Patches)],
+) -> Result<Vec<Vec<f64>>> {
+    let mut moments: Vec<Vec<f64>> =
+        convs.iter().map(|(_, p)| vec![0.0; (p.channels * p.kernel).pow(2)]).collect();
+    let n = calibration.dims()[0];
+    for start in (0..n).step_by(32) {
+        let batch = calibration.narrow(0, start, 32.min(n - start))?;
+        let activations = graph_model.activations(&batch)?;
+        for ((conv, patches), moment) in convs.iter().zip(&mut moments) {
+            let name = &conv.input[0];
+            let x = if name == input_name {
+                &batch
+            } else {
+                activations.get(name).ok_or_else(|| anyhow!("{name} was not computed"))?
+            };
+            for window in x.to_vec3::<f32>()? {
+                patches.accumulate(&window, moment);
+            }
+        }
+    }
+    Ok(moments)
+}
+
+/// Cholesky factor L (lower, row-major) of the symmetric positive definite `a` (d × d,
+/// upper triangle read).
+fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let sum: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let v = a[i * d + i] - sum;
+                if v <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = v.sqrt();
+            } else {
+                l[i * d + j] = (a[j * d + i] - sum) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// The upper factor U of H⁻¹ = Uᵀ U, with H the damped `moment` (upper triangle): what
+/// GPTQ needs to spread each weight's rounding error over the weights not yet rounded.
+fn inverse_upper_factor(moment: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut h = moment.to_vec();
+    let mean_diagonal = (0..d).map(|i| h[i * d + i]).sum::<f64>() / d as f64;
+    let damp = 0.01 * mean_diagonal.max(1e-12);
+    for i in 0..d {
+        h[i * d + i] += damp;
+    }
+    let l = cholesky(&h, d)?;
+    // L⁻¹ by forward substitution, then H⁻¹ = L⁻ᵀ L⁻¹.
+    let mut l_inv = vec![0.0; d * d];
+    for col in 0..d {
+        for i in col..d {
+            let rhs = if i == col { 1.0 } else { 0.0 };
+            let sum: f64 = (col..i).map(|k| l[i * d + k] * l_inv[k * d + col]).sum();
+            l_inv[i * d + col] = (rhs - sum) / l[i * d + i];
+        }
+    }
+    let mut h_inv = vec![0.0; d * d];
+    for i in 0..d {
+        for j in i..d {
+            let v: f64 = (j..d).map(|k| l_inv[k * d + i] * l_inv[k * d + j]).sum();
+            h_inv[i * d + j] = v;
+            h_inv[j * d + i] = v;
+        }
+    }
+    // H⁻¹ = L₂ L₂ᵀ; U = L₂ᵀ.
+    let l2 = cholesky(&h_inv, d)?;
+    let mut u = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            u[j * d + i] = l2[i * d + j];
+        }
+    }
+    Some(u)
+}
+
+/// Rounds `row` to int8 steps of `scale`, one weight at a time, moving each rounding
+/// error onto the weights still to be rounded as the input statistics `u` say (GPTQ,
+/// Frantar et al., 2022), so the layer's output, not each weight, stays close.
+fn round_compensated(row: &[f32], scale: f32, u: &[f64]) -> Vec<i8> {
+    let d = row.len();
+    let mut w: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+    let s = f64::from(scale);
+    let mut q = Vec::with_capacity(d);
+    for j in 0..d {
+        let level = (w[j] / s).round().clamp(-127.0, 127.0);
+        q.push(level as i8);
+        let err = (w[j] - level * s) / u[j * d + j];
+        for k in j + 1..d {
+            w[k] -= err * u[j * d + k];
+        }
+    }
+    q
+}
+
+/// GPTQ's factor for each of `convs`, by name; a layer whose input statistics are
+/// singular even when damped rounds plainly.
+fn compensation_factors(
+    proto: &ModelProto,
+    graph_model: &GraphModel,
+    calibration: &Tensor,
+    input_name: &str,
+    convs: &[&NodeProto],
+) -> Result<HashMap<String, Vec<f64>>> {
+    let convs = convs
+        .iter()
+        .map(|conv| Ok((*conv, Patches::of(conv, &read_initializer(proto, &conv.input[1])?.dims))))
+        .collect::<Result<Vec<_>>>()?;
+    let moments = input_moments(graph_model, calibration, input_name, &convs)?;
+    Ok(convs
+        .iter()
+        .zip(moments)
+        .filter_map(|((conv, p), m)| {
+            inverse_upper_factor(&m, p.channels * p.kernel).map(|u| (conv.name.clone(), u))
+        })
+        .collect())
+}
+
 /// What [`quantize`] made.
 #[derive(Debug)]
 pub struct Quantized {
@@ -82,6 +436,8 @@ pub struct Quantized {
     pub convs: usize,
     /// Scale of the quantised input and of each quantised activation.
     pub scales: Vec<(String, f32)>,
+    /// Activations equalised before quantising.
+    pub equalised: usize,
 }
 
 /// Quantises the Conv + Relu chain at the start of `proto`'s graph, with ranges from
@@ -90,17 +446,15 @@ pub fn quantize(
     proto: &ModelProto,
     meta: &ModelMetadata,
     calibration: &Tensor,
-    method: RangeMethod,
-    float_convs: usize,
+    options: QuantizeOptions,
 ) -> Result<Quantized> {
-    let graph_model = GraphModel::new(
-        proto,
-        &meta.input_name,
-        &meta.embedding_node,
-        (&meta.head_weight, &meta.head_bias),
-        Trainable::Last(0),
-        None,
-    )?;
+    let QuantizeOptions { method, float_convs, .. } = options;
+    let (equalised_proto, equalised) = match options.equalise {
+        true => equalise(proto, meta, calibration, method, float_convs)?,
+        false => (proto.clone(), 0),
+    };
+    let proto = &equalised_proto;
+    let graph_model = frozen_graph(proto, meta)?;
     let mut ranges: HashMap<String, Vec<f32>> = HashMap::new();
     let n = calibration.dims()[0];
     for start in (0..n).step_by(32) {
@@ -154,6 +508,14 @@ pub fn quantize(
     let (mut prev, mut prev_scale, mut prev_zero) =
         (q_input, "entry_q.scale".to_owned(), "entry_q.zero".to_owned());
     let mut prev_scale_value = input_scale;
+    let compensation = match options.compensate {
+        true => {
+            let convs: Vec<&NodeProto> =
+                conv_relu_chain(nodes).into_iter().skip(float_convs).map(|(conv, _)| &nodes[conv]).collect();
+            compensation_factors(proto, &graph_model, calibration, &meta.input_name, &convs)?
+        }
+        false => HashMap::new(),
+    };
     let mut convs = 0;
     while i + 1 < nodes.len() && nodes[i].op_type == "Conv" && nodes[i + 1].op_type == "Relu" {
         let (conv, relu) = (&nodes[i], &nodes[i + 1]);
@@ -169,10 +531,14 @@ pub fn quantize(
         let per = w.values.len() / out_ch.max(1);
         let mut w_q = Vec::with_capacity(w.values.len());
         let mut w_scales = Vec::with_capacity(out_ch);
+        let u = compensation.get(&conv.name);
         for row in w.values.chunks_exact(per) {
             let s = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12) / 127.0;
             w_scales.push(s);
-            w_q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8));
+            match u {
+                Some(u) => w_q.extend(round_compensated(row, s, u).into_iter().map(|v| v as u8)),
+                None => w_q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8)),
+            }
         }
         let bias: Vec<u8> = b
             .values
@@ -228,5 +594,121 @@ pub fn quantize(
     g.initializer.retain(|t| !dropped.contains(&t.name));
     g.initializer.extend(initializers);
     // Opset 13 has QLinearConv and per-axis DequantizeLinear.
-    Ok(Quantized { proto: out, convs, scales })
+    Ok(Quantized { proto: out, convs, scales, equalised })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::path::Path;
+
+    /// Rows of `d` inputs driven by 3 shared sources plus a little noise, as the outputs
+    /// of similar filters are: strongly correlated columns.
+    fn correlated_inputs(rows: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mixing: Vec<[f64; 3]> =
+            (0..d).map(|_| std::array::from_fn(|_| rng.gen_range(-1.0..1.0))).collect();
+        (0..rows)
+            .map(|_| {
+                let z: [f64; 3] = std::array::from_fn(|_| rng.gen_range(-1.0..1.0));
+                mixing
+                    .iter()
+                    .map(|m| {
+                        m.iter().zip(&z).map(|(a, b)| a * b).sum::<f64>() + 0.02 * rng.gen_range(-1.0..1.0)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn moment_of(xs: &[Vec<f64>], d: usize) -> Vec<f64> {
+        let mut m = vec![0.0; d * d];
+        for x in xs {
+            for i in 0..d {
+                for j in i..d {
+                    m[i * d + j] += x[i] * x[j];
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn the_inverse_factor_reconstructs_the_damped_inverse() {
+        let d = 6;
+        let m = moment_of(&correlated_inputs(200, d, 1), d);
+        let u = inverse_upper_factor(&m, d).expect("positive definite");
+        let damp = 0.01 * (0..d).map(|i| m[i * d + i]).sum::<f64>() / d as f64;
+        // (Uᵀ U) H = I, with H the damped, symmetrised moment.
+        let h = |i: usize, j: usize| m[i.min(j) * d + i.max(j)] + if i == j { damp } else { 0.0 };
+        for i in 0..d {
+            for j in 0..d {
+                let inv_ik = |k: usize| (0..d).map(|r| u[r * d + i] * u[r * d + k]).sum::<f64>();
+                let v: f64 = (0..d).map(|k| inv_ik(k) * h(k, j)).sum();
+                assert!((v - f64::from(u8::from(i == j))).abs() < 1e-9, "({i},{j}) = {v}");
+            }
+        }
+        assert!(cholesky(&[-1.0], 1).is_none());
+    }
+
+    #[test]
+    fn compensated_rounding_reproduces_the_layer_output_better_than_nearest_rounding() {
+        let d = 12;
+        let xs = correlated_inputs(500, d, 2);
+        let u = inverse_upper_factor(&moment_of(&xs, d), d).expect("positive definite");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let output_error = |row: &[f32], scale: f32, q: &[i8]| {
+            xs.iter()
+                .map(|x| {
+                    let exact: f64 = x.iter().zip(row).map(|(a, w)| a * f64::from(*w)).sum();
+                    let approx: f64 =
+                        x.iter().zip(q).map(|(a, q)| a * f64::from(*q) * f64::from(scale)).sum();
+                    (exact - approx).powi(2)
+                })
+                .sum::<f64>()
+        };
+        let (mut e_near, mut e_comp) = (0.0, 0.0);
+        for _ in 0..40 {
+            let row: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let scale = row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            let nearest: Vec<i8> = row.iter().map(|v| (v / scale).round() as i8).collect();
+            e_near += output_error(&row, scale, &nearest);
+            e_comp += output_error(&row, scale, &round_compensated(&row, scale, &u));
+        }
+        assert!(e_comp < 0.5 * e_near, "compensated {e_comp}, nearest {e_near}");
+    }
+
+    #[test]
+    fn equalising_keeps_the_function_and_evens_the_channel_ranges() {
+        let bytes = crate::cmd::REFERENCE_MODEL;
+        let proto = vigil_runtime::onnx::decode_model(bytes, Path::new("bearing-cnn-v1")).expect("decodes");
+        let meta = vigil_runtime::onnx::read_metadata(&proto).expect("metadata");
+        let x = Tensor::randn(0f32, 1.0, (8, 1, meta.window), &candle_core::Device::Cpu).expect("tensor");
+        let (equalised, count) = equalise(&proto, &meta, &x, RangeMethod::Minmax, 1).expect("equalises");
+        assert_eq!(count, 6);
+        let run = |p: &ModelProto| {
+            let g = frozen_graph(p, &meta).expect("graph");
+            let acts = g.activations(&x).expect("runs");
+            let ranges = channel_ranges(&g, &x, RangeMethod::Minmax).expect("ranges");
+            (acts[&meta.embedding_node].flatten_all().unwrap().to_vec1::<f32>().unwrap(), ranges)
+        };
+        let ((before, ranges_before), (after, ranges_after)) = (run(&proto), run(&equalised));
+        let top = before.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() <= 1e-4 * top, "embedding {a} became {b}");
+        }
+        // The spread of channel ranges (largest over median) of conv3's input narrows.
+        let spread = |r: &HashMap<String, Vec<f32>>| {
+            let mut v = r["relu2"].clone();
+            v.sort_by(f32::total_cmp);
+            v[v.len() - 1] / v[v.len() / 2]
+        };
+        assert!(
+            spread(&ranges_after) < spread(&ranges_before),
+            "{} -> {}",
+            spread(&ranges_before),
+            spread(&ranges_after)
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Vigil's gateway runtime: runs a model over live sensor streams on a Linux gateway.
 //!
 //! * [`model::VigilModel`] loads an ONNX model with its Vigil metadata and runs the
-//!   backbone in tract, cut at the embedding node; the head runs in Rust
-//!   (`vigil_core::head`), exactly as on a microcontroller.
+//!   backbone in tract, cut where its global pooling begins (the pooling runs in Rust)
+//!   or at the embedding node; the head runs in Rust (`vigil_core::head`), exactly as on
+//!   a microcontroller. [`profile`] times tract's plans node by node.
 //! * [`windower::Windower`] cuts an interleaved multi-channel stream into windows at the
 //!   model's rate, resampling when the stream's rate differs.
 //! * [`scorer::WindowScorer`] normalises, embeds, classifies, scores against the
@@ -38,6 +39,7 @@ pub mod metadata;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod profile;
 pub mod scorer;
 pub mod serial;
 pub mod slots;

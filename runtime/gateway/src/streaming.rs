@@ -106,7 +106,13 @@ pub struct FramePool {
     channels: usize,
     frames_per_window: usize,
     pooling: Pooling,
-    ring: VecDeque<Vec<f32>>,
+    /// `[channels, frames_per_window]`, each channel's frames in a circle (the pooling
+    /// does not depend on their order).
+    values: Vec<f32>,
+    /// Frames held, at most `frames_per_window`.
+    filled: usize,
+    /// Column the next frame overwrites.
+    next: usize,
 }
 
 impl FramePool {
@@ -116,31 +122,38 @@ impl FramePool {
             channels,
             frames_per_window,
             pooling,
-            ring: VecDeque::with_capacity(frames_per_window + 1),
+            values: vec![0.0; channels * frames_per_window],
+            filled: 0,
+            next: 0,
         }
     }
 
     /// Appends frame `t` of `n` frames laid out channel-major (`[channels, n]`), dropping
     /// the oldest frame beyond a window.
     pub fn push(&mut self, frames: &[f32], n: usize, t: usize) {
-        let frame = (0..self.channels).map(|c| frames[c * n + t]).collect();
-        self.ring.push_back(frame);
-        if self.ring.len() > self.frames_per_window {
-            self.ring.pop_front();
+        let f = self.frames_per_window;
+        if f == 0 {
+            return;
         }
+        for c in 0..self.channels {
+            self.values[c * f + self.next] = frames[c * n + t];
+        }
+        self.next = (self.next + 1) % f;
+        self.filled = (self.filled + 1).min(f);
     }
 
     /// Forgets every frame.
     pub fn clear(&mut self) {
-        self.ring.clear();
+        self.filled = 0;
+        self.next = 0;
     }
 
     /// The pooled frames divided by `scale`, once a whole window of frames is in.
     pub fn embedding(&self, scale: f32) -> Option<Vec<f32>> {
-        if self.ring.len() < self.frames_per_window {
+        if self.filled < self.frames_per_window {
             return None;
         }
-        let mut out = pool(&self.ring, self.channels, self.pooling);
+        let mut out = pool(&self.values, self.channels, self.pooling);
         out.iter_mut().for_each(|e| *e /= scale);
         Some(out)
     }
@@ -379,6 +392,33 @@ impl StreamingEmbedder {
         self.lag
     }
 
+    /// The time of each node of the pulsed backbone, one hop at a time over `samples`
+    /// (raw, `channels * hop` values per hop, channel-major, each hop normalised by its own
+    /// statistics), averaged over `runs` hops. The stream is reset afterwards.
+    pub fn profile(&mut self, samples: &[f32], runs: usize) -> Result<Vec<crate::profile::NodeTime>> {
+        let (channels, hop) = (self.meta.channels, self.hop);
+        let hops: Vec<Vec<f32>> = samples
+            .chunks_exact(channels * hop)
+            .map(|h| {
+                let mut h = h.to_vec();
+                h.chunks_exact_mut(hop).for_each(|c| self.meta.normalisation.apply(c));
+                h
+            })
+            .collect();
+        if hops.is_empty() {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "profiling needs at least one hop of {channels} x {hop} samples"
+            )));
+        }
+        let mut next = 0;
+        let times = crate::profile::profile_state(&mut self.state, runs, || {
+            next = (next + 1) % hops.len();
+            Ok(Tensor::from_shape(&[1, channels, hop], &hops[next])?)
+        });
+        self.reset()?;
+        times
+    }
+
     /// Forgets the stream: the next embedding needs a whole window of samples again.
     pub fn reset(&mut self) -> Result<()> {
         self.state = self.plan.spawn()?;
@@ -600,24 +640,14 @@ fn normalise(meta: &ModelMetadata, stats: &SlidingStats, channel: usize, samples
     }
 }
 
-/// Pools frames (each `channels` long) into the embedding the graph would compute.
-fn pool(frames: &VecDeque<Vec<f32>>, channels: usize, pooling: Pooling) -> Vec<f32> {
-    let n = frames.len().max(1) as f32;
-    let mut out = vec![0.0f32; channels];
-    for f in frames {
-        for (o, x) in out.iter_mut().zip(f) {
-            *o += x;
-        }
-    }
-    out.iter_mut().for_each(|o| *o /= n);
+/// Pools frames laid out channel-major (`[channels, frames]`): the mean over time of
+/// each channel, then (mean and max) the maximum over time of each.
+pub(crate) fn pool(values: &[f32], channels: usize, pooling: Pooling) -> Vec<f32> {
+    let frames = values.len() / channels.max(1);
+    let rows = || values.chunks_exact(frames.max(1)).take(channels);
+    let mut out: Vec<f32> = rows().map(vigil_core::dsp::mean).collect();
     if pooling == Pooling::MeanMax {
-        let mut max = vec![f32::NEG_INFINITY; channels];
-        for f in frames {
-            for (m, x) in max.iter_mut().zip(f) {
-                *m = m.max(*x);
-            }
-        }
-        out.extend(max);
+        out.extend(rows().map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max)));
     }
     out
 }

@@ -1,11 +1,13 @@
-//! The tract backbone cut at the embedding node, followed by the Rust head, must give the
-//! same logits as tract running the whole graph.
+//! The runtime's backbone (the first convolution lowered to a pointwise one, the pooling
+//! in Rust) must give the embedding tract computes from the graph as written, and with
+//! the Rust head the logits tract computes from the whole graph.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{shipped_model, signal};
+use common::{shipped_model, signal, streamable_model};
+use tract_onnx::prelude::*;
 
 #[test]
 fn embedding_plus_rust_head_matches_full_model_logits() {
@@ -40,4 +42,42 @@ fn metadata_survives_the_shipped_file() {
     let proto = vigil_runtime::onnx::decode_model(&bytes, model.path()).unwrap();
     let again = vigil_runtime::onnx::read_metadata(&proto).unwrap();
     assert_eq!(&again, meta);
+}
+
+#[test]
+fn the_lowered_backbone_gives_the_embedding_of_the_graph_as_written() {
+    for model in [shipped_model(), streamable_model()] {
+        let meta = model.metadata().clone();
+        let bytes = std::fs::read(model.path()).unwrap();
+        let proto = vigil_runtime::onnx::decode_model(&bytes, model.path()).unwrap();
+        let lowered =
+            vigil_runtime::onnx::patchify_as_pointwise(&proto, &meta.input_name, meta.channels, meta.window);
+        let nodes = |p: &tract_onnx::pb::ModelProto| p.graph.as_ref().unwrap().node.len();
+        assert_eq!(
+            nodes(&lowered),
+            nodes(&proto) + 3,
+            "{}: the first convolution was not lowered",
+            model.path().display()
+        );
+        let mut graph = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, meta.channels, meta.window]).into())
+            .unwrap();
+        graph.select_outputs_by_name([meta.embedding_node.as_str()]).unwrap();
+        let as_written = graph.into_optimized().unwrap().into_runnable().unwrap();
+        let mut embedder = model.embedder().unwrap();
+        for seed in 0..6 {
+            let mut w = signal(meta.window, seed);
+            meta.normalisation.apply(&mut w);
+            let ours = embedder.run(&w).unwrap();
+            let input = Tensor::from_shape(&[1, meta.channels, meta.window], &w).unwrap();
+            let out = as_written.run(tvec!(input.into())).unwrap();
+            let reference: Vec<f32> = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+            let top = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (a, b) in ours.iter().zip(&reference) {
+                assert!((a - b).abs() <= 1e-5 * top, "{}: {a} against {b}", model.path().display());
+            }
+        }
+    }
 }
