@@ -174,41 +174,87 @@ pub struct FrameLayout {
     pub receptive_field: usize,
 }
 
-/// Per-channel mean and RMS of the last `window` samples, kept by running sums.
+/// Per-channel mean and RMS of the last `window` samples, kept by running sums in f64
+/// (each block's sums are taken in f64 too, so adding and removing blocks for as long as a
+/// stream runs does not drift).
 #[derive(Debug, Clone)]
 struct SlidingStats {
     window: usize,
-    samples: Vec<VecDeque<f32>>,
+    /// Each channel's last `window` samples in a circle.
+    samples: Vec<Vec<f32>>,
+    /// Samples held per channel, at most `window`.
+    len: Vec<usize>,
+    /// Where each channel's next sample goes.
+    next: Vec<usize>,
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
+}
+
+/// Sum and sum of squares of `x`, in f64, in four interleaved partial sums (which
+/// vectorise; one running sum does not).
+fn block_sums(x: &[f32]) -> (f64, f64) {
+    let (mut s, mut q) = ([0.0f64; 4], [0.0f64; 4]);
+    let chunks = x.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..4 {
+            let v = f64::from(c[i]);
+            s[i] += v;
+            q[i] += v * v;
+        }
+    }
+    let (ts, tq) =
+        tail.iter().fold((0.0, 0.0), |(s, q), &v| (s + f64::from(v), q + f64::from(v) * f64::from(v)));
+    (s.iter().sum::<f64>() + ts, q.iter().sum::<f64>() + tq)
 }
 
 impl SlidingStats {
     fn new(channels: usize, window: usize) -> Self {
         SlidingStats {
             window,
-            samples: vec![VecDeque::with_capacity(window + 1); channels],
+            samples: vec![vec![0.0; window]; channels],
+            len: vec![0; channels],
+            next: vec![0; channels],
             sum: vec![0.0; channels],
             sum_sq: vec![0.0; channels],
         }
     }
 
-    fn push(&mut self, channel: usize, x: f32) {
-        let q = &mut self.samples[channel];
-        q.push_back(x);
-        self.sum[channel] += f64::from(x);
-        self.sum_sq[channel] += f64::from(x) * f64::from(x);
-        if q.len() > self.window {
-            if let Some(old) = q.pop_front() {
-                self.sum[channel] -= f64::from(old);
-                self.sum_sq[channel] -= f64::from(old) * f64::from(old);
-            }
+    /// Adds `block` to one channel's window, dropping its oldest samples beyond
+    /// `window`.
+    fn push(&mut self, channel: usize, block: &[f32]) {
+        let w = self.window;
+        // Of a block longer than the window only its last `window` samples stay.
+        let block = &block[block.len().saturating_sub(w)..];
+        if w == 0 || block.is_empty() {
+            return;
         }
+        let ring = &mut self.samples[channel];
+        let start = self.next[channel];
+        let k = block.len();
+        // The block overwrites slots `start..start + k` (around the circle). Until the ring
+        // is full, `start` is its length: the slots from `start` to the end are empty and
+        // only those the block wraps onto hold samples.
+        let full = self.len[channel] == w;
+        let first = if full { &ring[start..(start + k).min(w)] } else { &[][..] };
+        let second = &ring[..(start + k).saturating_sub(w)];
+        let (out_s, out_q) = {
+            let (a, b) = (block_sums(first), block_sums(second));
+            (a.0 + b.0, a.1 + b.1)
+        };
+        let (in_s, in_q) = block_sums(block);
+        self.sum[channel] += in_s - out_s;
+        self.sum_sq[channel] += in_q - out_q;
+        let head = k.min(w - start);
+        ring[start..start + head].copy_from_slice(&block[..head]);
+        ring[..k - head].copy_from_slice(&block[head..]);
+        self.next[channel] = (start + k) % w;
+        self.len[channel] = (self.len[channel] + k).min(w);
     }
 
     /// Mean and RMS about the mean of one channel's last samples.
     fn mean_rms(&self, channel: usize) -> (f32, f32) {
-        let n = self.samples[channel].len().max(1) as f64;
+        let n = self.len[channel].max(1) as f64;
         let mean = self.sum[channel] / n;
         let var = (self.sum_sq[channel] / n - mean * mean).max(0.0);
         (mean as f32, var.sqrt() as f32)
@@ -452,9 +498,7 @@ impl StreamingEmbedder {
             self.reset()?;
             // A (re)started stream normalises its first window whole, as a lone window is.
             for c in 0..channels {
-                for &x in &samples[c * window..(c + 1) * window] {
-                    self.stats.push(c, x);
-                }
+                self.stats.push(c, &samples[c * window..(c + 1) * window]);
             }
             0
         };
@@ -506,9 +550,7 @@ impl StreamingEmbedder {
         for (c, channel) in self.input.chunks_exact_mut(hop).enumerate() {
             if !self.raw {
                 if update_stats {
-                    for &x in channel.iter() {
-                        self.stats.push(c, x);
-                    }
+                    self.stats.push(c, channel);
                 }
                 normalise(&self.meta, &self.stats, c, channel);
             } else if keep_history {
@@ -650,4 +692,44 @@ pub(crate) fn pool(values: &[f32], channels: usize, pooling: Pooling) -> Vec<f32
         out.extend(rows().map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running statistics equal those of the last `window` samples computed afresh,
+    /// for blocks that fill, wrap and overrun the ring.
+    #[test]
+    fn sliding_statistics_follow_the_last_window() {
+        let window = 10;
+        let mut stats = SlidingStats::new(1, window);
+        let mut all: Vec<f32> = Vec::new();
+        let mut x = 0.3f32;
+        for block in [3usize, 4, 2, 7, 1, 10, 13, 5, 9, 6, 4] {
+            let b: Vec<f32> = (0..block)
+                .map(|_| {
+                    x = (x * 3.7 + 0.11).fract();
+                    10.0 + 2.0 * x
+                })
+                .collect();
+            stats.push(0, &b);
+            all.extend(&b);
+            let last = &all[all.len().saturating_sub(window)..];
+            let mean = last.iter().map(|&v| f64::from(v)).sum::<f64>() / last.len() as f64;
+            let var = last.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / last.len() as f64;
+            let (m, r) = stats.mean_rms(0);
+            assert!(
+                (f64::from(m) - mean).abs() < 1e-5,
+                "after {} samples: mean {m} against {mean}",
+                all.len()
+            );
+            assert!(
+                (f64::from(r) - var.sqrt()).abs() < 1e-4,
+                "after {} samples: rms {r} against {}",
+                all.len(),
+                var.sqrt()
+            );
+        }
+    }
 }
