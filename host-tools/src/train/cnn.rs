@@ -113,11 +113,7 @@ impl BackboneSpec {
 
     /// Embedding dimension (output channels of the last convolution).
     pub fn embedding_dim(&self) -> usize {
-        let channels = self.convs.last().map_or(0, |c| c.out_ch);
-        match self.pooling {
-            Pooling::Mean => channels,
-            Pooling::MeanMax => 2 * channels,
-        }
+        self.pooling.width(self.convs.last().map_or(0, |c| c.out_ch))
     }
 }
 

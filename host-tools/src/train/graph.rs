@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use tract_onnx::pb::{attribute_proto::AttributeType, ModelProto, NodeProto};
-use vigil_runtime::onnx::{read_initializer, replace_initializer};
+use vigil_runtime::onnx::{ints, read_initializer, replace_initializer};
 
 /// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +66,6 @@ impl Param {
             Param::Fixed(t) => t,
         }
     }
-}
-
-pub(crate) fn ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name && a.r#type == AttributeType::Ints as i32)
-        .map(|a| a.ints.clone())
 }
 
 fn int(node: &NodeProto, name: &str) -> Option<i64> {

@@ -109,7 +109,7 @@ pub struct QuantizeOptions {
     pub float_convs: usize,
     /// Equalise channel ranges across consecutive convolutions first ([`equalise`]).
     pub equalise: bool,
-    /// Round weights with error compensation ([`round_compensated`]) rather than each to
+    /// Round weights with error compensation ([`round_row`]) rather than each to
     /// its nearest step.
     pub compensate: bool,
 }
@@ -256,10 +256,11 @@ struct Patches {
 impl Patches {
     fn of(conv: &NodeProto, w_dims: &[usize]) -> Self {
         let one = |name: &str| {
-            super::graph::ints(conv, name).and_then(|v| v.first().copied()).unwrap_or(1).max(0) as usize
+            vigil_runtime::onnx::ints(conv, name).and_then(|v| v.first().copied()).unwrap_or(1).max(0)
+                as usize
         };
-        let pad =
-            super::graph::ints(conv, "pads").and_then(|v| v.first().copied()).unwrap_or(0).max(0) as usize;
+        let pad = vigil_runtime::onnx::ints(conv, "pads").and_then(|v| v.first().copied()).unwrap_or(0).max(0)
+            as usize;
         Self {
             channels: w_dims.get(1).copied().unwrap_or(1),
             kernel: w_dims.get(2).copied().unwrap_or(1),
@@ -297,33 +298,51 @@ impl Patches {
     }
 }
 
-/// For each convolution named in `convs`, the second moment of its input patches over
-/// `calibration` (the Hessian of the layer's squared output error in its weights).
-fn input_moments(
-    graph_model: &GraphModel,
-    calibration: &Tensor,
-    input_name: &str,
-    convs: &[(&NodeProto, Patches)],
-) -> Result<Vec<Vec<f64>>> {
-    let mut moments: Vec<Vec<f64>> =
-        convs.iter().map(|(_, p)| vec![0.0; (p.channels * p.kernel).pow(2)]).collect();
-    let n = calibration.dims()[0];
-    for start in (0..n).step_by(32) {
-        let batch = calibration.narrow(0, start, 32.min(n - start))?;
-        let activations = graph_model.activations(&batch)?;
-        for ((conv, patches), moment) in convs.iter().zip(&mut moments) {
+/// The second moment of each quantised convolution's input patches (the Hessian of the
+/// layer's squared output error in its weights), gathered batch by batch in the same
+/// pass over the calibration windows that takes the activation ranges.
+struct Moments<'a> {
+    convs: Vec<(&'a NodeProto, Patches)>,
+    sums: Vec<Vec<f64>>,
+}
+
+impl<'a> Moments<'a> {
+    fn new(proto: &ModelProto, convs: &[&'a NodeProto]) -> Result<Self> {
+        let convs = convs
+            .iter()
+            .map(|conv| Ok((*conv, Patches::of(conv, &read_initializer(proto, &conv.input[1])?.dims))))
+            .collect::<Result<Vec<_>>>()?;
+        let sums = convs.iter().map(|(_, p)| vec![0.0; (p.channels * p.kernel).pow(2)]).collect();
+        Ok(Moments { convs, sums })
+    }
+
+    /// Adds the patches of one calibration batch, given the graph's activations on it.
+    fn add(&mut self, input_name: &str, batch: &Tensor, activations: &HashMap<String, Tensor>) -> Result<()> {
+        for ((conv, patches), sum) in self.convs.iter().zip(&mut self.sums) {
             let name = &conv.input[0];
             let x = if name == input_name {
-                &batch
+                batch
             } else {
                 activations.get(name).ok_or_else(|| anyhow!("{name} was not computed"))?
             };
             for window in x.to_vec3::<f32>()? {
-                patches.accumulate(&window, moment);
+                patches.accumulate(&window, sum);
             }
         }
+        Ok(())
     }
-    Ok(moments)
+
+    /// GPTQ's factor for each convolution, by name; a layer whose input statistics are
+    /// singular even when damped rounds to nearest.
+    fn factors(self) -> HashMap<String, Vec<f64>> {
+        self.convs
+            .iter()
+            .zip(self.sums)
+            .filter_map(|((conv, p), m)| {
+                inverse_upper_factor(&m, p.channels * p.kernel).map(|u| (conv.name.clone(), u))
+            })
+            .collect()
+    }
 }
 
 /// Cholesky factor L (lower, row-major) of the symmetric positive definite `a` (d × d,
@@ -385,10 +404,11 @@ fn inverse_upper_factor(moment: &[f64], d: usize) -> Option<Vec<f64>> {
     Some(u)
 }
 
-/// Rounds `row` to int8 steps of `scale`, one weight at a time, moving each rounding
-/// error onto the weights still to be rounded as the input statistics `u` say (GPTQ,
-/// Frantar et al., 2022), so the layer's output, not each weight, stays close.
-fn round_compensated(row: &[f32], scale: f32, u: &[f64]) -> Vec<i8> {
+/// Rounds `row` to int8 steps of `scale`, one weight at a time. With the input
+/// statistics `u`, each rounding error is moved onto the weights still to be rounded
+/// (GPTQ, Frantar et al., 2022), so the layer's output, not each weight, stays close;
+/// without, each weight goes to its nearest step.
+fn round_row(row: &[f32], scale: f32, u: Option<&[f64]>) -> Vec<i8> {
     let d = row.len();
     let mut w: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
     let s = f64::from(scale);
@@ -396,35 +416,14 @@ fn round_compensated(row: &[f32], scale: f32, u: &[f64]) -> Vec<i8> {
     for j in 0..d {
         let level = (w[j] / s).round().clamp(-127.0, 127.0);
         q.push(level as i8);
-        let err = (w[j] - level * s) / u[j * d + j];
-        for k in j + 1..d {
-            w[k] -= err * u[j * d + k];
+        if let Some(u) = u {
+            let err = (w[j] - level * s) / u[j * d + j];
+            for k in j + 1..d {
+                w[k] -= err * u[j * d + k];
+            }
         }
     }
     q
-}
-
-/// GPTQ's factor for each of `convs`, by name; a layer whose input statistics are
-/// singular even when damped rounds plainly.
-fn compensation_factors(
-    proto: &ModelProto,
-    graph_model: &GraphModel,
-    calibration: &Tensor,
-    input_name: &str,
-    convs: &[&NodeProto],
-) -> Result<HashMap<String, Vec<f64>>> {
-    let convs = convs
-        .iter()
-        .map(|conv| Ok((*conv, Patches::of(conv, &read_initializer(proto, &conv.input[1])?.dims))))
-        .collect::<Result<Vec<_>>>()?;
-    let moments = input_moments(graph_model, calibration, input_name, &convs)?;
-    Ok(convs
-        .iter()
-        .zip(moments)
-        .filter_map(|((conv, p), m)| {
-            inverse_upper_factor(&m, p.channels * p.kernel).map(|u| (conv.name.clone(), u))
-        })
-        .collect())
 }
 
 /// What [`quantize`] made.
@@ -455,26 +454,37 @@ pub fn quantize(
     };
     let proto = &equalised_proto;
     let graph_model = frozen_graph(proto, meta)?;
+    let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let nodes = &graph.node;
+    let quantised: Vec<&NodeProto> =
+        conv_relu_chain(nodes).into_iter().skip(float_convs).map(|(conv, _)| &nodes[conv]).collect();
+    let mut moments = match options.compensate {
+        true => Some(Moments::new(proto, &quantised)?),
+        false => None,
+    };
     let mut ranges: HashMap<String, Vec<f32>> = HashMap::new();
     let n = calibration.dims()[0];
     for start in (0..n).step_by(32) {
         let batch = calibration.narrow(0, start, 32.min(n - start))?;
-        for (name, t) in graph_model.activations(&batch)? {
+        let activations = graph_model.activations(&batch)?;
+        for (name, t) in &activations {
             // Only what feeds a quantised tensor: the outputs of the Relu nodes.
-            if graph_model.nodes().iter().any(|n| n.op_type == "Relu" && n.output.first() == Some(&name)) {
-                ranges.entry(name).or_default().extend(t.flatten_all()?.to_vec1::<f32>()?);
+            if graph_model.nodes().iter().any(|n| n.op_type == "Relu" && n.output.first() == Some(name)) {
+                ranges.entry(name.clone()).or_default().extend(t.flatten_all()?.to_vec1::<f32>()?);
             }
         }
         if float_convs == 0 {
             ranges.entry(meta.input_name.clone()).or_default().extend(batch.flatten_all()?.to_vec1::<f32>()?);
         }
+        if let Some(m) = moments.as_mut() {
+            m.add(&meta.input_name, &batch, &activations)?;
+        }
     }
-    let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let compensation = moments.map(Moments::factors).unwrap_or_default();
     let mut new_nodes = Vec::new();
     let mut initializers: Vec<TensorProto> = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
     let mut scales = Vec::new();
-    let nodes = &graph.node;
     // The first `float_convs` Conv + Relu pairs stay in f32: the raw signal is impulsive
     // (a few large impacts over a small background) and 8 bits of it lose the background.
     let mut i = 2 * float_convs;
@@ -508,14 +518,6 @@ pub fn quantize(
     let (mut prev, mut prev_scale, mut prev_zero) =
         (q_input, "entry_q.scale".to_owned(), "entry_q.zero".to_owned());
     let mut prev_scale_value = input_scale;
-    let compensation = match options.compensate {
-        true => {
-            let convs: Vec<&NodeProto> =
-                conv_relu_chain(nodes).into_iter().skip(float_convs).map(|(conv, _)| &nodes[conv]).collect();
-            compensation_factors(proto, &graph_model, calibration, &meta.input_name, &convs)?
-        }
-        false => HashMap::new(),
-    };
     let mut convs = 0;
     while i + 1 < nodes.len() && nodes[i].op_type == "Conv" && nodes[i + 1].op_type == "Relu" {
         let (conv, relu) = (&nodes[i], &nodes[i + 1]);
@@ -531,14 +533,11 @@ pub fn quantize(
         let per = w.values.len() / out_ch.max(1);
         let mut w_q = Vec::with_capacity(w.values.len());
         let mut w_scales = Vec::with_capacity(out_ch);
-        let u = compensation.get(&conv.name);
+        let u = compensation.get(&conv.name).map(Vec::as_slice);
         for row in w.values.chunks_exact(per) {
             let s = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12) / 127.0;
             w_scales.push(s);
-            match u {
-                Some(u) => w_q.extend(round_compensated(row, s, u).into_iter().map(|v| v as u8)),
-                None => w_q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8)),
-            }
+            w_q.extend(round_row(row, s, u).into_iter().map(|v| v as u8));
         }
         let bias: Vec<u8> = b
             .values
@@ -672,9 +671,9 @@ mod tests {
         for _ in 0..40 {
             let row: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let scale = row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
-            let nearest: Vec<i8> = row.iter().map(|v| (v / scale).round() as i8).collect();
+            let nearest = round_row(&row, scale, None);
             e_near += output_error(&row, scale, &nearest);
-            e_comp += output_error(&row, scale, &round_compensated(&row, scale, &u));
+            e_comp += output_error(&row, scale, &round_row(&row, scale, Some(&u)));
         }
         assert!(e_comp < 0.5 * e_near, "compensated {e_comp}, nearest {e_near}");
     }

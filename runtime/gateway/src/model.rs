@@ -205,11 +205,7 @@ fn backbone_plan(proto: &ModelProto, meta: &ModelMetadata, dim: usize) -> Result
             Some(&[1, channels, frames]) if frames > 0 => channels,
             _ => 0,
         };
-        let pooled = match cut.pooling {
-            Pooling::Mean => channels,
-            Pooling::MeanMax => 2 * channels,
-        };
-        if pooled == dim {
+        if cut.pooling.width(channels) == dim {
             return Ok((plan, Some(cut.pooling)));
         }
     }

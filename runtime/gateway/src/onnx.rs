@@ -137,6 +137,15 @@ pub fn set_output_width(proto: &mut ModelProto, name: &str, width: usize) {
     }
 }
 
+/// The integer-list attribute `name` of `node` (`kernel_shape`, `strides`, `pads`, ...).
+pub fn ints(node: &tract_onnx::pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+    use tract_onnx::pb::attribute_proto::AttributeType;
+    node.attribute
+        .iter()
+        .find(|a| a.name == name && a.r#type == AttributeType::Ints as i32)
+        .map(|a| a.ints.clone())
+}
+
 /// `proto` with each patchify convolution of the input `input` (kernel k equal to its
 /// stride, no padding, no dilation, one group) written as a pointwise convolution over
 /// the input's patches: Reshape to `[1, C, W/k, k]`, Transpose to `[1, C, k, W/k]`,
@@ -149,12 +158,6 @@ pub fn patchify_as_pointwise(proto: &ModelProto, input: &str, channels: usize, w
     use tract_onnx::pb::{attribute_proto::AttributeType, NodeProto};
     let mut out = proto.clone();
     let Some(graph) = out.graph.as_mut() else { return out };
-    let ints = |node: &NodeProto, name: &str| {
-        node.attribute
-            .iter()
-            .find(|a| a.name == name && a.r#type == AttributeType::Ints as i32)
-            .map(|a| a.ints.clone())
-    };
     let mut k = 0;
     while k < graph.node.len() {
         let node = &graph.node[k];

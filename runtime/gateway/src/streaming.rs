@@ -46,6 +46,16 @@ pub enum Pooling {
     MeanMax,
 }
 
+impl Pooling {
+    /// Values of the embedding pooled from frames of `channels` values.
+    pub fn width(self, channels: usize) -> usize {
+        match self {
+            Pooling::Mean => channels,
+            Pooling::MeanMax => 2 * channels,
+        }
+    }
+}
+
 /// Where the graph's frames end and its pooling begins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameCut {
