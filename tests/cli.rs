@@ -538,6 +538,13 @@ fn figure_after(text: &str, label: &str) -> f64 {
     number.parse().unwrap_or_else(|_| panic!("no number after `{label}` in `{line}`"))
 }
 
+/// Asserts that `vigil fine-tune`'s output reports a validation loss that fell.
+fn assert_validation_loss_falls(said: &str) {
+    let before = figure_after(said, "validation loss");
+    let after = figure_after(said, &format!("validation loss {before:.4} ->"));
+    assert!(after < before, "validation loss {before} -> {after}:\n{said}");
+}
+
 #[test]
 fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
@@ -551,23 +558,14 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     ];
     let sim = ["--seconds", "1", "--severity", "0.3", "--shaft-hz", "37"];
     let (m, _) = simulated_manifest(dir.path(), &recordings, 20, &sim, "");
+    let data = m.to_str().unwrap();
+    let head = |extra: &[&str], out: &Path| {
+        let common = ["fine-tune", "--data", data, "--classes", "normal,outer_race", "--shots", "8"];
+        ok(&[&common[..], extra, &["-o", out.to_str().unwrap()]].concat())
+    };
     let out = dir.path().join("tuned.onnx");
-    let said = ok(&[
-        "fine-tune",
-        "--data",
-        m.to_str().unwrap(),
-        "--classes",
-        "normal,outer_race",
-        "--epochs",
-        "100",
-        "--shots",
-        "8",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let before = figure_after(&said, "validation loss");
-    let after = figure_after(&said, &format!("validation loss {before:.4} ->"));
-    assert!(after < before, "validation loss {before} -> {after}:\n{said}");
+    let said = head(&["--epochs", "100"], &out);
+    assert_validation_loss_falls(&said);
     let parity = figure_after(&said, "over 16 windows:");
     assert!(parity <= 1e-4, "tract and trainer differ by {parity}:\n{said}");
     // The tuned two-class model runs in tract through the whole pipeline.
@@ -584,11 +582,18 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
     assert_eq!(e["classes"], serde_json::json!(["normal", "outer_race"]), "{e}");
 
+    // The class-means head: no steps, the validation loss still falls from the untrained
+    // head's, and the written model matches it. Its logits run to the hundreds here (the
+    // classes lie far apart for their spread), so f32 rounding is judged against them.
+    let said = head(&["--head", "class-means"], &dir.path().join("means.onnx"));
+    assert_validation_loss_falls(&said);
+    let relative = figure_after(&said, "over 16 windows:") / figure_after(&said, "of the largest logit,");
+    assert!(relative <= 1e-5, "{said}");
+
     // Through the graph with candle: from random values the validation loss falls; the
     // written model matches the trainer in tract.
     let scratch = dir.path().join("scratch.onnx");
     let args = ["--classes", "normal,outer_race", "--shots", "8", "--epochs", "15", "--lr", "0.003"];
-    let data = m.to_str().unwrap();
     let said =
         ok(&[
             &[
@@ -604,9 +609,7 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
             &args,
         ]
         .concat());
-    let before = figure_after(&said, "validation loss");
-    let after = figure_after(&said, &format!("validation loss {before:.4} ->"));
-    assert!(after < before, "validation loss {before} -> {after}:\n{said}");
+    assert_validation_loss_falls(&said);
     assert!(figure_after(&said, "over 16 windows:") <= 1e-4, "{said}");
     let last2 = dir.path().join("last2.onnx");
     let said =
@@ -656,7 +659,9 @@ fn transfer_eval_compares_the_methods_on_a_small_dataset() {
         "--seeds",
         "2",
     ]);
-    for method in ["envelope spectrum", "zero-shot", "head fine-tuned", "DSP feature backbone"] {
+    for method in
+        ["envelope spectrum", "zero-shot", "head fine-tuned", "head as class means", "DSP feature backbone"]
+    {
         let row =
             said.lines().find(|l| l.contains(method)).unwrap_or_else(|| panic!("no {method} row:\n{said}"));
         assert!(row.contains('%'), "{row}");

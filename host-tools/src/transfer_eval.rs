@@ -8,13 +8,14 @@
 //! - the shipped model zero-shot;
 //! - the shipped model with its head fine-tuned (`vigil fine-tune --train head`'s own
 //!   training function, evaluated on the tract embeddings of the test windows);
+//! - the same with the head made of the class means (`--head class-means`);
 //! - the shipped model with its head fitted, then its last two convolutions and head
 //!   trained through the graph (`--train last:2`);
 //! - the same architecture trained from random values on the same windows
 //!   (`--train all --from-scratch`);
 //! - the DSP feature backbone of the microcontroller nodes with a trained head;
-//! - the head-fine-tuned model quantised to int8 (`vigil quantize`'s defaults, calibrated
-//!   on the training windows).
+//! - both head-fine-tuned models quantised to int8 (`vigil quantize`'s defaults,
+//!   calibrated on the training windows).
 //!
 //! Each N is drawn with several seeds; the table gives the mean and the range.
 
@@ -23,7 +24,7 @@ use crate::train::fine_tune::{
     embed, fine_tune_graph, fine_tune_head, predictions, shot_indices, take_shots, Embedded,
 };
 use crate::train::graph::{GraphTraining, Trainable};
-use crate::train::linear::{self, TrainOptions};
+use crate::train::linear::{self, HeadKind, TrainOptions};
 use crate::train::quantize::{calibration_tensor, quantize, QuantizeOptions};
 use anyhow::{bail, Result};
 use tract_onnx::pb::ModelProto;
@@ -201,10 +202,12 @@ pub fn run(
         MethodResult { name: "envelope spectrum, nearest centroid (textbook)".into(), accuracy: Vec::new() },
         row(" zero-shot"),
         row(", head fine-tuned"),
+        row(", head as class means"),
         row(", last:2 fine-tuned"),
         MethodResult { name: "same CNN from scratch".into(), accuracy: Vec::new() },
         MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
         row(", head fine-tuned, int8"),
+        row(", head as class means, int8"),
     ];
     // Calibration needs no labels: the training windows, as a site would record them.
     let calibration = calibration_tensor(model.metadata(), &train.windows, 256)?;
@@ -221,7 +224,7 @@ pub fn run(
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
     for &n in shots {
-        let mut per: [Vec<f64>; 7] = Default::default();
+        let mut per: [Vec<f64>; 9] = Default::default();
         for seed in 1..=seeds {
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
@@ -235,12 +238,20 @@ pub fn run(
             let tuned =
                 fine_tune_head(model, proto, classes, &shots_e, None, TrainOptions::default(), |_, _, _| {})?;
             per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
+            let means = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
+            let means = linear::fit(&shots_e.rows, &labels, classes.len(), means, |_, _| {})?;
+            per[3].push(means.accuracy(&test_e.rows, &test_e.labels));
+            // Both heads run in f32 on the int8 backbone's embeddings, as the runtime runs
+            // the head of an int8 file.
             let tuned_proto = vigil_runtime::onnx::decode_model(&tuned.onnx, model.path())?;
             let tuned_meta = vigil_runtime::onnx::read_metadata(&tuned_proto)?;
             let q = quantize(&tuned_proto, &tuned_meta, &calibration, QuantizeOptions::default())?;
-            per[6].push(graph_accuracy(&vigil_runtime::onnx::encode_model(&q.proto), model.path(), test)?);
+            let q = VigilModel::from_bytes(&vigil_runtime::onnx::encode_model(&q.proto), model.path())?;
+            let q_test = embed(&q, test, || {})?;
+            per[7].push(tuned.head.accuracy(&q_test.rows, &q_test.labels));
+            per[8].push(means.accuracy(&q_test.rows, &q_test.labels));
             let shots = take_shots(train, classes, Some(n), seed)?;
-            for (slot, what, scratch) in [(3, Trainable::Last(2), None), (4, Trainable::All, Some(seed))] {
+            for (slot, what, scratch) in [(4, Trainable::Last(2), None), (5, Trainable::All, Some(seed))] {
                 let cfg = GraphTraining {
                     epochs: if scratch.is_some() { 60 } else { 40 },
                     lr: 1e-3,
@@ -265,7 +276,7 @@ pub fn run(
             }
             let feature_head =
                 linear::fit(&pick(&feat.train), &labels, classes.len(), TrainOptions::default(), |_, _| {})?;
-            per[5].push(feature_head.accuracy(&feat.test, &test.labels));
+            per[6].push(feature_head.accuracy(&feat.test, &test.labels));
         }
         for (r, accs) in results.iter_mut().zip(per) {
             r.accuracy.push((n, accs));

@@ -58,7 +58,7 @@ pub use vigil_runtime::streaming::Pooling;
 
 impl BackboneSpec {
     /// The reference backbone of bearing-cnn-v1 for `channels` input channels: padded
-    /// convolutions (16 frames from 2,048 samples), receptive field 3,568 samples.
+    /// convolutions (16 frames from 2,048 samples), receptive field 1,808 samples.
     pub fn reference(channels: usize) -> Self {
         Self::with_padding(channels, true)
     }

@@ -181,12 +181,12 @@ pub fn calibrate(
 /// Reloads the written model in tract and returns the largest difference between the
 /// logits of the whole graph (tract) and of `head` on the embeddings (the trainer), over
 /// `windows`.
-pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<f32> {
+pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<Parity> {
     let model = VigilModel::load(path).with_context(|| format!("reloading {}", path.display()))?;
     let mut full = model.full_model()?;
     let mut scorer = WindowScorer::new(model.clone(), 0)?;
     let meta = model.metadata();
-    let mut worst = 0.0f32;
+    let mut out = Parity { worst: 0.0, largest: 0.0 };
     for window in windows {
         let (embedding, _) = scorer.embed_and_classify(window)?;
         let mut normalised = window.samples.clone();
@@ -195,9 +195,27 @@ pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<f32>
         let mut ours = vec![0.0; head.classes];
         vigil_core::head::HeadRef::new(&head.weights, &head.bias, head.dim, head.classes)?
             .logits(&embedding, &mut ours)?;
-        worst = graph.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        out.worst = graph.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(out.worst, f32::max);
+        out.largest = ours.iter().map(|v| v.abs()).fold(out.largest, f32::max);
     }
-    Ok(worst)
+    Ok(out)
+}
+
+/// How closely a written model's logits in tract follow the trainer's head.
+#[derive(Debug, Clone, Copy)]
+pub struct Parity {
+    /// Largest absolute difference of a logit.
+    pub worst: f32,
+    /// Largest absolute logit of the trainer's head: a class-means head scores in the
+    /// hundreds where a softmax one scores in units, and f32 rounding scales with it.
+    pub largest: f32,
+}
+
+impl Parity {
+    /// The largest difference as a share of the largest logit (at least 1).
+    pub fn relative(&self) -> f32 {
+        self.worst / self.largest.max(1.0)
+    }
 }
 
 /// What [`fine_tune_graph`] produced.

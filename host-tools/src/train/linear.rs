@@ -1,14 +1,34 @@
-//! Softmax regression: the dense head trained on fixed embeddings or features, by
-//! full-batch gradient descent with momentum on inputs standardised over the training
-//! rows; the standardisation is folded into the result, so the head runs on raw inputs.
+//! The dense head fitted on fixed embeddings or features, on inputs standardised over the
+//! training rows, in one of two ways:
+//!
+//! - softmax regression, by full-batch gradient descent with momentum;
+//! - class means: each class's mean standardised row, scored as a Gaussian with one
+//!   variance shared by every class and input (the nearest class mean, with
+//!   probabilities). No step fits the training rows more closely than their means, so
+//!   it leans less on directions that only the labelled operating conditions show.
+//!
+//! Either way the standardisation is folded into the result, so the head runs on raw
+//! inputs and is the same dense layer everywhere a head runs.
 
 use super::mean_var;
 use anyhow::{bail, Result};
 use vigil_core::head::{argmax, HeadRef};
 
+/// How [`fit`] makes the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadKind {
+    /// Softmax regression trained by gradient descent.
+    #[default]
+    Softmax,
+    /// The nearest class mean, with probabilities, computed in one pass; no steps.
+    ClassMeans,
+}
+
 /// Options of [`fit`].
 #[derive(Debug, Clone, Copy)]
 pub struct TrainOptions {
+    /// How the head is made.
+    pub kind: HeadKind,
     /// Gradient steps over the whole set.
     pub steps: usize,
     /// Learning rate on standardised inputs.
@@ -19,7 +39,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { steps: 600, learning_rate: 0.5, weight_decay: 1e-3 }
+        TrainOptions { kind: HeadKind::Softmax, steps: 600, learning_rate: 0.5, weight_decay: 1e-3 }
     }
 }
 
@@ -74,7 +94,8 @@ impl LinearHead {
 }
 
 /// Trains a `classes`-way head on `rows` labelled `labels`, calling `on_step` with the
-/// step and the head as it stands (standardisation folded in) after each step.
+/// step and the head as it stands (standardisation folded in) after each step (once, as
+/// step 0, for [`HeadKind::ClassMeans`]).
 pub fn fit<R: AsRef<[f32]>>(
     rows: &[R],
     labels: &[usize],
@@ -95,11 +116,18 @@ pub fn fit<R: AsRef<[f32]>>(
         .iter()
         .map(|r| r.as_ref().iter().zip(&mean).zip(&std).map(|((v, m), s)| (v - m) / s).collect())
         .collect();
+    let mut head = LinearHead { weights: Vec::new(), bias: Vec::new(), dim, classes, losses: Vec::new() };
+    if options.kind == HeadKind::ClassMeans {
+        let (w, b) = class_means(&x, labels, classes);
+        fold(&w, &b, &mean, &std, &mut head);
+        head.losses.push(head.loss(rows, labels) as f32);
+        on_step(0, &head);
+        return Ok(head);
+    }
     let n = x.len() as f32;
     let mut w = vec![0.0f32; classes * dim];
     let mut b = vec![0.0f32; classes];
     let (mut vw, mut vb) = (vec![0.0f32; w.len()], vec![0.0f32; classes]);
-    let mut head = LinearHead { weights: Vec::new(), bias: Vec::new(), dim, classes, losses: Vec::new() };
     let mut p = vec![0.0f32; classes];
     for step in 0..options.steps {
         let (mut gw, mut gb) = (vec![0.0f32; w.len()], vec![0.0f32; classes]);
@@ -133,6 +161,47 @@ pub fn fit<R: AsRef<[f32]>>(
     Ok(head)
 }
 
+/// Weights and biases over standardised rows `x` that score each class as a Gaussian
+/// around its mean row with the pooled within-class variance `v` (averaged over the
+/// inputs): logit_k = (c_k . x - |c_k|^2 / 2) / v, which orders classes as the distance to
+/// their means does. A class without rows gets a bias no row can reach.
+fn class_means(x: &[Vec<f32>], labels: &[usize], classes: usize) -> (Vec<f32>, Vec<f32>) {
+    let dim = x.first().map_or(0, Vec::len);
+    let mut centre = vec![0.0f64; classes * dim];
+    let mut count = vec![0usize; classes];
+    for (row, &label) in x.iter().zip(labels) {
+        count[label] += 1;
+        for (c, v) in centre[label * dim..(label + 1) * dim].iter_mut().zip(row) {
+            *c += f64::from(*v);
+        }
+    }
+    for (class, &n) in count.iter().enumerate() {
+        centre[class * dim..(class + 1) * dim].iter_mut().for_each(|c| *c /= n.max(1) as f64);
+    }
+    let mut spread = 0.0f64;
+    for (row, &label) in x.iter().zip(labels) {
+        let c = &centre[label * dim..(label + 1) * dim];
+        spread += row.iter().zip(c).map(|(v, c)| (f64::from(*v) - c).powi(2)).sum::<f64>();
+    }
+    // Degrees of freedom: one mean per class present is spent.
+    let present = count.iter().filter(|&&n| n > 0).count();
+    let dof = (x.len().saturating_sub(present) * dim) as f64;
+    let variance = if dof > 0.0 && spread > 0.0 { (spread / dof).max(1e-3) } else { 1.0 };
+    let mut w = vec![0.0f32; classes * dim];
+    let mut b = vec![-1e9f32; classes];
+    for (class, &n) in count.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let c = &centre[class * dim..(class + 1) * dim];
+        for (wj, cj) in w[class * dim..(class + 1) * dim].iter_mut().zip(c) {
+            *wj = (cj / variance) as f32;
+        }
+        b[class] = (-c.iter().map(|v| v * v).sum::<f64>() / (2.0 * variance)) as f32;
+    }
+    (w, b)
+}
+
 /// logits = W (x - mean) / std + b = (W / std) x + (b - sum W mean / std).
 fn fold(w: &[f32], b: &[f32], mean: &[f32], std: &[f32], head: &mut LinearHead) {
     let dim = head.dim;
@@ -142,5 +211,78 @@ fn fold(w: &[f32], b: &[f32], mean: &[f32], std: &[f32], head: &mut LinearHead) 
         let row = &w[c * dim..(c + 1) * dim];
         head.weights.extend(row.iter().zip(std).map(|(wj, s)| wj / s));
         head.bias.push(bc - row.iter().zip(mean).zip(std).map(|((wj, m), s)| wj * m / s).sum::<f32>());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Rows around `centres` (one per class, `per` rows each) with unit noise on every input.
+    fn clusters(centres: &[Vec<f32>], per: usize, rng: &mut ChaCha8Rng) -> (Vec<Vec<f32>>, Vec<usize>) {
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for (class, centre) in centres.iter().enumerate() {
+            for _ in 0..per {
+                rows.push(centre.iter().map(|c| c + rng.gen_range(-1.0f32..1.0)).collect());
+                labels.push(class);
+            }
+        }
+        (rows, labels)
+    }
+
+    fn nearest_mean(rows: &[Vec<f32>], labels: &[usize], classes: usize, row: &[f32]) -> usize {
+        // Distances on rows standardised as `fit` standardises them.
+        let (mean, var) = mean_var(rows);
+        let z = |r: &[f32]| -> Vec<f32> {
+            r.iter().zip(&mean).zip(&var).map(|((v, m), s)| (v - m) / s.sqrt().max(1e-6)).collect()
+        };
+        let mut best = (f32::INFINITY, 0);
+        for class in 0..classes {
+            let members: Vec<Vec<f32>> =
+                rows.iter().zip(labels).filter(|(_, &l)| l == class).map(|(r, _)| z(r)).collect();
+            let (centre, _) = mean_var(&members);
+            let d: f32 = z(row).iter().zip(&centre).map(|(a, b)| (a - b).powi(2)).sum();
+            if d < best.0 {
+                best = (d, class);
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn the_class_means_head_picks_the_nearest_standardised_class_mean() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let centres = vec![vec![0.0, 0.0, 5.0], vec![3.0, 0.0, 5.0], vec![0.0, 3.0, 20.0]];
+        let (rows, labels) = clusters(&centres, 10, &mut rng);
+        let options = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
+        let mut steps = 0;
+        let head = fit(&rows, &labels, 4, options, |_, _| steps += 1).unwrap();
+        assert_eq!(steps, 1);
+        assert!(head.accuracy(&rows, &labels) > 0.95, "{}", head.accuracy(&rows, &labels));
+        // Anywhere in the plane, the same answer as the distance to the class means.
+        let mut disagree = 0;
+        for _ in 0..2000 {
+            let row: Vec<f32> =
+                (0..3).map(|j| rng.gen_range(-2.0f32..4.0) + if j == 2 { 10.0 } else { 0.0 }).collect();
+            disagree += usize::from(head.predict(&row) != nearest_mean(&rows, &labels, 3, &row));
+        }
+        assert_eq!(disagree, 0);
+        // Class 3 has no rows: never answered, and its probability stays negligible.
+        assert!(rows.iter().all(|r| head.predict(r) != 3));
+        let loss = head.loss(&rows, &labels);
+        assert!(loss.is_finite() && loss < 0.5, "{loss}");
+    }
+
+    #[test]
+    fn the_class_means_head_stays_finite_on_constant_inputs_and_single_rows() {
+        let rows = vec![vec![1.0, 2.0], vec![1.0, 4.0]];
+        let options = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
+        let head = fit(&rows, &[0, 1], 2, options, |_, _| {}).unwrap();
+        assert!(head.weights.iter().chain(&head.bias).all(|v| v.is_finite()));
+        assert_eq!(head.predict(&rows[0]), 0);
+        assert_eq!(head.predict(&rows[1]), 1);
     }
 }

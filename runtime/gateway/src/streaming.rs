@@ -339,7 +339,7 @@ impl StreamingEmbedder {
         if frames_per_hop != hop / stride {
             return Err(not_streamable("the pulsed backbone does not yield one frame per stride"));
         }
-        let plan = pulsed.into_typed()?.into_optimized()?.into_runnable()?;
+        let plan = crate::model::optimise(pulsed.into_typed()?)?;
         let state = plan.spawn()?;
         let per_channel_scale = meta.channels == 1 || matches!(meta.normalisation.scaling, Scaling::Fixed(_));
         let edge_frames = edge_frames(model, &cut, &meta)?;
@@ -646,8 +646,8 @@ fn run_frames(plan: &Arc<TypedRunnableModel>, channels: usize, input: &[f32]) ->
 /// window of real samples on either side.
 fn edge_frames(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata) -> Result<usize> {
     let (c, w) = (meta.channels, meta.window);
-    let alone = typed_window(model, cut, meta, w)?.into_optimized()?.into_runnable()?;
-    let within = typed_window(model, cut, meta, 3 * w)?.into_optimized()?.into_runnable()?;
+    let alone = crate::model::optimise(typed_window(model, cut, meta, w)?)?;
+    let within = crate::model::optimise(typed_window(model, cut, meta, 3 * w)?)?;
     let long = probe_signal(3 * w * c, 7);
     // The middle window of each channel.
     let middle: Vec<f32> = long.chunks_exact(3 * w).flat_map(|ch| ch[w..2 * w].iter().copied()).collect();
@@ -665,7 +665,7 @@ fn edge_frames(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata) -> Resu
 /// Whether the frames of `3 x + 0.7` are 3 times those of `x`, for a test window `x`:
 /// the backbone ignores each channel's mean and scales with the input.
 fn is_homogeneous(typed: TypedModel, meta: &ModelMetadata) -> Result<bool> {
-    let plan = typed.into_optimized()?.into_runnable()?;
+    let plan = crate::model::optimise(typed)?;
     let x = probe_signal(meta.channels * meta.window, 0x2545_f491);
     let moved: Vec<f32> = x.iter().map(|v| 3.0 * v + 0.7).collect();
     let (a, b) = (run_frames(&plan, meta.channels, &x)?, run_frames(&plan, meta.channels, &moved)?);
