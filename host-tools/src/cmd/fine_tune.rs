@@ -34,10 +34,11 @@ pub struct FineTuneArgs {
     train: String,
     /// How the head is fitted on the embeddings: `softmax` (softmax regression by
     /// gradient descent, weight decay) or `class-means` (each class's mean embedding, the
-    /// nearest mean wins; no steps, so --epochs and --lr do not apply to it). Class means
-    /// transfer better across operating conditions the labelled windows do not cover:
-    /// on MFPT recordings at unseen loads, bearing-cnn-v2 with 10 windows per class gains
-    /// several points with them and bearing-cnn-v1 loses some (docs/results-mfpt.md). With
+    /// nearest mean wins; no steps, so --epochs and --lr do not apply to it). Whether
+    /// class means carry better to operating conditions the labelled windows do not
+    /// cover depends on the backbone: on MFPT recordings at unseen loads, with 10 windows
+    /// per class, bearing-cnn-v2 gains about 2 points with them and bearing-cnn-v1 loses
+    /// 11 (docs/results-mfpt.md). With
     /// `last:K` or `all`, the head the graph training starts from.
     #[arg(long, value_enum, default_value_t = HeadChoice::Softmax)]
     head: HeadChoice,
