@@ -146,6 +146,25 @@ mod tests {
     }
 
     #[test]
+    fn a_window_is_finite_unless_one_sample_is_nan_or_infinite() {
+        let window = |samples: Vec<f32>| Window { samples, index: 0, end_time_s: 0.0 };
+        let extremes = [0.0, -0.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE / 2.0, 1e30, -1e-30];
+        for len in [1, 7, 8, 9, 3072] {
+            let mut samples: Vec<f32> = (0..len).map(|i| extremes[i % extremes.len()]).collect();
+            assert!(window(samples.clone()).is_finite(), "{len} finite samples");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, len / 2, len - 1] {
+                    let keep = samples[at];
+                    samples[at] = bad;
+                    assert!(!window(samples.clone()).is_finite(), "{bad} at {at} of {len}");
+                    samples[at] = keep;
+                }
+            }
+        }
+        assert!(window(Vec::new()).is_finite());
+    }
+
+    #[test]
     fn overlapping_windows_at_the_same_rate() {
         let mut w = Windower::new(2, 100.0, 100.0, 4, 2).unwrap();
         // Channel 0 counts up, channel 1 counts down.
