@@ -206,8 +206,9 @@ pub fn parity(path: &Path, head: &LinearHead, windows: &[Window]) -> Result<Pari
 pub struct Parity {
     /// Largest absolute difference of a logit.
     pub worst: f32,
-    /// Largest absolute logit of the trainer's head: a class-means head scores in the
-    /// hundreds where a softmax one scores in units, and f32 rounding scales with it.
+    /// Largest absolute logit of the trainer's head: a class-means head whose training
+    /// windows separate cleanly scores in the hundreds where a softmax one scores in
+    /// tens, and f32 rounding scales with it.
     pub largest: f32,
 }
 

@@ -4,8 +4,9 @@
 //! - softmax regression, by full-batch gradient descent with momentum;
 //! - class means: each class's mean standardised row, scored as a Gaussian with one
 //!   variance shared by every class and input (the nearest class mean, with
-//!   probabilities). No step fits the training rows more closely than their means, so
-//!   it leans less on directions that only the labelled operating conditions show.
+//!   probabilities), the logits then scaled down to the likeliest factor on the training
+//!   rows. No step fits the training rows more closely than their means, so it leans
+//!   less on directions that only the labelled operating conditions show.
 //!
 //! Either way the standardisation is folded into the result, so the head runs on raw
 //! inputs and is the same dense layer everywhere a head runs.
@@ -118,7 +119,9 @@ pub fn fit<R: AsRef<[f32]>>(
         .collect();
     let mut head = LinearHead { weights: Vec::new(), bias: Vec::new(), dim, classes, losses: Vec::new() };
     if options.kind == HeadKind::ClassMeans {
-        let (w, b) = class_means(&x, labels, classes);
+        let (mut w, mut b) = class_means(&x, labels, classes);
+        let scale = likeliest_scale(&x, labels, &w, &b);
+        w.iter_mut().chain(b.iter_mut()).for_each(|v| *v *= scale);
         fold(&w, &b, &mean, &std, &mut head);
         head.losses.push(head.loss(rows, labels) as f32);
         on_step(0, &head);
@@ -202,6 +205,45 @@ fn class_means(x: &[Vec<f32>], labels: &[usize], classes: usize) -> (Vec<f32>, V
     (w, b)
 }
 
+/// The factor in (0, 1] on the logits of `w` and `b` over rows `x` that gives the
+/// labels the highest likelihood, from a grid of 81 factors evenly spaced in log from
+/// 1e-4 to 1. The shared variance of [`class_means`] puts the logits in the hundreds on
+/// well-separated embeddings, so every window's most probable class would have a
+/// probability of 1; the factor keeps the order of the classes and makes their
+/// probabilities say how often the head is right on its own training rows.
+fn likeliest_scale(x: &[Vec<f32>], labels: &[usize], w: &[f32], b: &[f32]) -> f32 {
+    let dim = x.first().map_or(0, Vec::len);
+    let logits: Vec<Vec<f64>> = x
+        .iter()
+        .map(|row| {
+            b.iter()
+                .enumerate()
+                .map(|(c, &bc)| {
+                    f64::from(bc) + f64::from(vigil_core::head::dot(&w[c * dim..(c + 1) * dim], row))
+                })
+                .collect()
+        })
+        .collect();
+    let loss = |scale: f64| -> f64 {
+        let mut sum = 0.0;
+        for (l, &label) in logits.iter().zip(labels) {
+            let top = l.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v * scale));
+            let norm: f64 = l.iter().map(|v| (v * scale - top).exp()).sum();
+            sum += top + norm.ln() - l[label] * scale;
+        }
+        sum
+    };
+    let (mut best, mut best_loss) = (1.0, f64::INFINITY);
+    for step in 0..=80 {
+        let scale = 10f64.powf(-4.0 + f64::from(step) / 20.0);
+        let l = loss(scale);
+        if l < best_loss {
+            (best, best_loss) = (scale, l);
+        }
+    }
+    best as f32
+}
+
 /// logits = W (x - mean) / std + b = (W / std) x + (b - sum W mean / std).
 fn fold(w: &[f32], b: &[f32], mean: &[f32], std: &[f32], head: &mut LinearHead) {
     let dim = head.dim;
@@ -234,11 +276,7 @@ mod tests {
     }
 
     fn nearest_mean(rows: &[Vec<f32>], labels: &[usize], classes: usize, row: &[f32]) -> usize {
-        // Distances on rows standardised as `fit` standardises them.
-        let (mean, var) = mean_var(rows);
-        let z = |r: &[f32]| -> Vec<f32> {
-            r.iter().zip(&mean).zip(&var).map(|((v, m), s)| (v - m) / s.sqrt().max(1e-6)).collect()
-        };
+        let z = |r: &[f32]| standardised(rows, r);
         let mut best = (f32::INFINITY, 0);
         for class in 0..classes {
             let members: Vec<Vec<f32>> =
@@ -274,6 +312,42 @@ mod tests {
         assert!(rows.iter().all(|r| head.predict(r) != 3));
         let loss = head.loss(&rows, &labels);
         assert!(loss.is_finite() && loss < 0.5, "{loss}");
+    }
+
+    #[test]
+    fn the_class_means_probabilities_are_not_certain_where_classes_overlap() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        // Two classes 1.5 apart on 20 inputs with unit noise: the nearest mean is right
+        // most of the time, not always.
+        let centres = vec![vec![0.0; 20], vec![0.35; 20]];
+        let (rows, labels) = clusters(&centres, 40, &mut rng);
+        let options = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
+        let head = fit(&rows, &labels, 2, options, |_, _| {}).unwrap();
+        let accuracy = head.accuracy(&rows, &labels);
+        assert!(accuracy > 0.8 && accuracy < 1.0, "{accuracy}");
+        let mut top = 0.0;
+        for row in &rows {
+            let mut p = vec![0.0; 2];
+            HeadRef::new(&head.weights, &head.bias, 20, 2).unwrap().logits(row, &mut p).unwrap();
+            vigil_core::head::softmax_in_place(&mut p);
+            top += f64::from(p[0].max(p[1])) / rows.len() as f64;
+        }
+        // The mean top probability follows the accuracy rather than sitting at 1.
+        assert!((top - accuracy).abs() < 0.1, "mean top probability {top}, accuracy {accuracy}");
+        // The fitted factor beats the Gaussian's own scale on the training rows.
+        let x: Vec<Vec<f32>> = rows.iter().map(|r| standardised(&rows, r)).collect();
+        let (w, b) = class_means(&x, &labels, 2);
+        let scale = likeliest_scale(&x, &labels, &w, &b);
+        assert!(scale < 1.0, "{scale}");
+        let gaussian = LinearHead { weights: w, bias: b, dim: 20, classes: 2, losses: Vec::new() };
+        let (fitted, unscaled) = (head.loss(&rows, &labels), gaussian.loss(&x, &labels));
+        assert!(fitted < unscaled, "{fitted} against {unscaled}");
+    }
+
+    /// `row` standardised over `rows`, as [`fit`] standardises its inputs.
+    fn standardised(rows: &[Vec<f32>], row: &[f32]) -> Vec<f32> {
+        let (mean, var) = mean_var(rows);
+        row.iter().zip(&mean).zip(&var).map(|((v, m), s)| (v - m) / s.sqrt().max(1e-6)).collect()
     }
 
     #[test]
