@@ -40,8 +40,8 @@ pub struct FineTuneArgs {
     /// per class, bearing-cnn-v2 gains about 2 points with them and bearing-cnn-v1 loses
     /// 11 (docs/results-mfpt.md). With
     /// `last:K` or `all`, the head the graph training starts from.
-    #[arg(long, value_enum, default_value_t = HeadChoice::Softmax)]
-    head: HeadChoice,
+    #[arg(long, value_enum, default_value_t = HeadKind::Softmax)]
+    head: HeadKind,
     /// Passes over the training windows [default: 600 full-batch steps for head, 40
     /// epochs through the graph].
     #[arg(long)]
@@ -81,24 +81,6 @@ pub struct FineTuneArgs {
     /// Output ONNX file.
     #[arg(long, short)]
     output: PathBuf,
-}
-
-/// `--head`'s values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum HeadChoice {
-    /// Softmax regression by gradient descent.
-    Softmax,
-    /// The nearest class mean.
-    ClassMeans,
-}
-
-impl From<HeadChoice> for HeadKind {
-    fn from(choice: HeadChoice) -> Self {
-        match choice {
-            HeadChoice::Softmax => HeadKind::Softmax,
-            HeadChoice::ClassMeans => HeadKind::ClassMeans,
-        }
-    }
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -184,7 +166,7 @@ impl FineTuneArgs {
             val_e.as_ref().map_or(0, |v| v.rows.len())
         );
 
-        let kind = HeadKind::from(self.head);
+        let kind = self.head;
         let options = match graph_mode {
             None => TrainOptions {
                 kind,

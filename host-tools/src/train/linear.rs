@@ -15,8 +15,8 @@ use super::mean_var;
 use anyhow::{bail, Result};
 use vigil_core::head::{argmax, HeadRef};
 
-/// How [`fit`] makes the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How [`fit`] makes the head (also `vigil fine-tune --head`'s values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum HeadKind {
     /// Softmax regression trained by gradient descent.
     #[default]
@@ -120,7 +120,7 @@ pub fn fit<R: AsRef<[f32]>>(
     let mut head = LinearHead { weights: Vec::new(), bias: Vec::new(), dim, classes, losses: Vec::new() };
     if options.kind == HeadKind::ClassMeans {
         let (mut w, mut b) = class_means(&x, labels, classes);
-        let scale = likeliest_scale(&x, labels, &w, &b);
+        let scale = likeliest_scale(&x, labels, &w, &b)?;
         w.iter_mut().chain(b.iter_mut()).for_each(|v| *v *= scale);
         fold(&w, &b, &mean, &std, &mut head);
         head.losses.push(head.loss(rows, labels) as f32);
@@ -211,19 +211,17 @@ fn class_means(x: &[Vec<f32>], labels: &[usize], classes: usize) -> (Vec<f32>, V
 /// well-separated embeddings, so every window's most probable class would have a
 /// probability of 1; the factor keeps the order of the classes and makes their
 /// probabilities say how often the head is right on its own training rows.
-fn likeliest_scale(x: &[Vec<f32>], labels: &[usize], w: &[f32], b: &[f32]) -> f32 {
+fn likeliest_scale(x: &[Vec<f32>], labels: &[usize], w: &[f32], b: &[f32]) -> Result<f32> {
     let dim = x.first().map_or(0, Vec::len);
-    let logits: Vec<Vec<f64>> = x
+    let head = HeadRef::new(w, b, dim, b.len())?;
+    let mut out = vec![0.0f32; b.len()];
+    let logits = x
         .iter()
         .map(|row| {
-            b.iter()
-                .enumerate()
-                .map(|(c, &bc)| {
-                    f64::from(bc) + f64::from(vigil_core::head::dot(&w[c * dim..(c + 1) * dim], row))
-                })
-                .collect()
+            head.logits(row, &mut out)?;
+            Ok(out.iter().map(|&v| f64::from(v)).collect())
         })
-        .collect();
+        .collect::<Result<Vec<Vec<f64>>>>()?;
     let loss = |scale: f64| -> f64 {
         let mut sum = 0.0;
         for (l, &label) in logits.iter().zip(labels) {
@@ -241,7 +239,7 @@ fn likeliest_scale(x: &[Vec<f32>], labels: &[usize], w: &[f32], b: &[f32]) -> f3
             (best, best_loss) = (scale, l);
         }
     }
-    best as f32
+    Ok(best as f32)
 }
 
 /// logits = W (x - mean) / std + b = (W / std) x + (b - sum W mean / std).
@@ -337,7 +335,7 @@ mod tests {
         // The fitted factor beats the Gaussian's own scale on the training rows.
         let x: Vec<Vec<f32>> = rows.iter().map(|r| standardised(&rows, r)).collect();
         let (w, b) = class_means(&x, &labels, 2);
-        let scale = likeliest_scale(&x, &labels, &w, &b);
+        let scale = likeliest_scale(&x, &labels, &w, &b).unwrap();
         assert!(scale < 1.0, "{scale}");
         let gaussian = LinearHead { weights: w, bias: b, dim: 20, classes: 2, losses: Vec::new() };
         let (fitted, unscaled) = (head.loss(&rows, &labels), gaussian.loss(&x, &labels));

@@ -255,18 +255,17 @@ struct Patches {
 
 impl Patches {
     fn of(conv: &NodeProto, w_dims: &[usize]) -> Self {
-        let one = |name: &str| {
-            vigil_runtime::onnx::ints(conv, name).and_then(|v| v.first().copied()).unwrap_or(1).max(0)
+        // The first value of an integer-list attribute, `default` when it is absent.
+        let first = |name: &str, default: i64| {
+            vigil_runtime::onnx::ints(conv, name).and_then(|v| v.first().copied()).unwrap_or(default).max(0)
                 as usize
         };
-        let pad = vigil_runtime::onnx::ints(conv, "pads").and_then(|v| v.first().copied()).unwrap_or(0).max(0)
-            as usize;
         Self {
             channels: w_dims.get(1).copied().unwrap_or(1),
             kernel: w_dims.get(2).copied().unwrap_or(1),
-            stride: one("strides"),
-            dilation: one("dilations"),
-            pad,
+            stride: first("strides", 1),
+            dilation: first("dilations", 1),
+            pad: first("pads", 0),
         }
     }
 
