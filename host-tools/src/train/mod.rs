@@ -443,7 +443,7 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut normal_scores, mut fault_scores) = (Vec::new(), Vec::new());
     for i in 0..set.len() {
-        let window = Window { samples: set.window(i).to_vec(), index: i as u64, end_time_s: 0.0 };
+        let window = Window::new(set.window(i).to_vec(), i as u64, 0.0);
         let (embedding, logits) = scorer.embed_and_classify(&window)?;
         let score = scorer.model().prototype().score(&embedding)?;
         let truth = set.labels[i] as usize;
