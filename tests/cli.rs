@@ -817,3 +817,28 @@ fn bench_profile_names_the_nodes_a_backbone_spends_its_time_in() {
     let total = figure_after(&said, "full window (3072 samples), f32:");
     assert!(total > 0.0, "{said}");
 }
+
+/// `sim-eval` prints the foundation model's held-out figures and, for the fault windows,
+/// its accuracy by how far the impacts stand above the noise; every fault window lands in
+/// one band.
+#[test]
+fn sim_eval_splits_fault_windows_by_impact_to_noise_ratio() {
+    let model = model_path();
+    let o = vigil(&["sim-eval", "--model", model.to_str().unwrap(), "--recordings", "12", "--windows", "2"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("windows: 24") && stdout.contains("accuracy: "), "{stdout}");
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("accuracy on fault windows by impact-to-noise"))
+        .collect();
+    assert_eq!(table.len(), 7, "{stdout}");
+    assert!(table[1].contains("outer_race") && table[1].contains("inner_race") && table[1].contains("ball"));
+    // 9 fault recordings (3 per fault class) of 2 windows each.
+    let counted: usize = table[2..]
+        .iter()
+        .flat_map(|row| row.split(" of ").skip(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(counted, 18, "{stdout}");
+}

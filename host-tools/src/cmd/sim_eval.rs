@@ -1,6 +1,6 @@
 //! `vigil sim-eval`: held-out accuracy of a model on freshly simulated recordings.
 
-use crate::sim::SourceDomain;
+use crate::sim::{FaultKind, SourceDomain};
 use crate::train::dataset::{simulate_windows, SimulatedSplit};
 use crate::train::evaluate_windows;
 use anyhow::{Context, Result};
@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use vigil_runtime::model::VigilModel;
 
 /// Simulate held-out recordings from the source domain and evaluate a model on them
-/// through the runtime (tract backbone, Rust head).
+/// through the runtime (tract backbone, Rust head). Besides accuracy, the anomaly figures
+/// and the confusion matrix, prints the accuracy on fault windows by how far each
+/// window's fault impacts stand above the sensor noise.
 #[derive(Debug, Args)]
 pub struct SimEvalArgs {
     /// The model to evaluate.
@@ -40,18 +42,59 @@ impl SimEvalArgs {
             seed: self.seed,
         };
         let pb = ProgressBar::new(self.recordings as u64);
-        let set = simulate_windows(
+        let (set, snr_db) = simulate_windows(
             &SourceDomain::default(),
             split,
             meta.sample_rate_hz,
             meta.channels,
             meta.window,
             &pb,
+            true,
         );
         pb.finish_and_clear();
         let metrics = evaluate_windows(model, &set)?;
         println!("{}: held-out simulated recordings, seed {}", self.model.display(), self.seed);
         print!("{metrics}");
+        print_by_snr(&set.labels, &metrics.predicted, &snr_db);
         Ok(())
+    }
+}
+
+/// Upper edges of the impact-to-noise bands, in dB.
+const SNR_BANDS_DB: [f32; 4] = [0.0, 5.0, 10.0, 20.0];
+
+/// Accuracy on the fault windows of each class, by how far the fault's impacts stand above
+/// the sensor noise: tells a model that misses faults the noise hides from one that
+/// confuses faults it could see.
+fn print_by_snr(labels: &[u32], predicted: &[usize], snr_db: &[f32]) {
+    let band = |db: f32| SNR_BANDS_DB.iter().take_while(|&&edge| db >= edge).count();
+    let faults = &FaultKind::ALL[1..];
+    // counts[band][fault] = (windows, correct)
+    let mut counts = vec![vec![(0usize, 0usize); faults.len()]; SNR_BANDS_DB.len() + 1];
+    for ((&label, &class), &db) in labels.iter().zip(predicted).zip(snr_db) {
+        let Some(f) = faults.iter().position(|k| k.index() == label as usize) else { continue };
+        let cell = &mut counts[band(db)][f];
+        cell.0 += 1;
+        cell.1 += usize::from(class == label as usize);
+    }
+    println!("accuracy on fault windows by impact-to-noise ratio (power of the fault's impacts over the sensor noise's, first channel):");
+    print!("  {:<14}", "ratio");
+    for k in faults {
+        print!("{:>20}", k.name());
+    }
+    println!();
+    for (b, row) in counts.iter().enumerate() {
+        let name = match b {
+            0 => format!("below {} dB", SNR_BANDS_DB[0]),
+            b if b == SNR_BANDS_DB.len() => format!("{} dB and up", SNR_BANDS_DB[b - 1]),
+            b => format!("{} to {} dB", SNR_BANDS_DB[b - 1], SNR_BANDS_DB[b]),
+        };
+        print!("  {name:<14}");
+        for &(n, ok) in row {
+            let cell =
+                if n == 0 { "-".to_string() } else { format!("{:.1}% of {n}", 100.0 * ok as f64 / n as f64) };
+            print!("{cell:>20}");
+        }
+        println!();
     }
 }

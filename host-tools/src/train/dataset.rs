@@ -57,7 +57,10 @@ pub struct SimulatedSplit {
     pub seed: u64,
 }
 
-/// Simulates labelled windows; classes are balanced across recordings.
+/// Simulates labelled windows; classes are balanced across recordings. With `snr`, also
+/// gives, for each window, the power of its fault's impacts over the power of the sensor
+/// noise on its first channel, in dB (negative infinity for a healthy window): how
+/// visible the fault is in that window. Otherwise that list is empty.
 pub fn simulate_windows(
     domain: &SourceDomain,
     split: SimulatedSplit,
@@ -65,16 +68,21 @@ pub fn simulate_windows(
     channels: usize,
     window: usize,
     progress: &ProgressBar,
-) -> WindowSet {
+    snr: bool,
+) -> (WindowSet, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(split.seed);
     let mut set = WindowSet { channels, window, ..Default::default() };
+    let mut snr_db = Vec::new();
     let mut frame = vec![0.0f32; window * channels];
+    let mut impacts = vec![0.0f32; window * channels];
     for r in 0..split.recordings {
         let kind = FaultKind::ALL[r % FaultKind::ALL.len()];
         let machine = domain.machine(&mut rng, sample_rate_hz, channels);
         let fault = domain.fault(&mut rng, kind);
-        let mut sim =
-            Simulator::new(machine, fault, split.seed.wrapping_mul(1_000_003).wrapping_add(r as u64));
+        let seed = split.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
+        let noise_power = (machine.sensor_gain * machine.noise_rms).powi(2);
+        let mut twin = snr.then(|| Simulator::impacts_only(machine.clone(), fault, seed));
+        let mut sim = Simulator::new(machine, fault, seed);
         for _ in 0..split.windows_per_recording {
             sim.fill(&mut frame);
             // Interleaved frames to channel-major.
@@ -83,8 +91,14 @@ pub fn simulate_windows(
             }
             set.labels.push(kind.index() as u32);
             set.recordings.push(r as u32);
+            if let Some(twin) = twin.as_mut() {
+                twin.fill(&mut impacts);
+                let power = impacts.iter().step_by(channels).map(|&v| f64::from(v).powi(2)).sum::<f64>()
+                    / window as f64;
+                snr_db.push((10.0 * (power / noise_power).log10()) as f32);
+            }
         }
         progress.inc(1);
     }
-    set
+    (set, snr_db)
 }

@@ -152,6 +152,8 @@ pub struct Metrics {
     pub anomaly_auc: f32,
     /// Anomaly score of normal windows at the 50th, 90th, 97.5th and 99th percentiles.
     pub normal_score_quantiles: [f32; 4],
+    /// The class predicted for each window, in order.
+    pub predicted: Vec<usize>,
 }
 
 impl std::fmt::Display for Metrics {
@@ -332,7 +334,9 @@ pub fn pretrain(cfg: &PretrainConfig, mut on_epoch: impl FnMut(&EpochStats)) -> 
     let dev = Device::Cpu;
     let total = (cfg.train.recordings + cfg.val.recordings + cfg.test.recordings) as u64;
     let pb = bar(total, "simulating");
-    let sim = |split| simulate_windows(&cfg.domain, split, cfg.sample_rate_hz, cfg.channels, cfg.window, &pb);
+    let sim = |split| {
+        simulate_windows(&cfg.domain, split, cfg.sample_rate_hz, cfg.channels, cfg.window, &pb, false).0
+    };
     let mut train = sim(cfg.train);
     let mut val = sim(cfg.val);
     let test_raw = sim(cfg.test);
@@ -442,12 +446,15 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
     let mut scorer = WindowScorer::new(model, 0)?;
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut normal_scores, mut fault_scores) = (Vec::new(), Vec::new());
+    let mut predicted = Vec::with_capacity(set.len());
     for i in 0..set.len() {
         let window = Window::new(set.window(i).to_vec(), i as u64, 0.0);
         let (embedding, logits) = scorer.embed_and_classify(&window)?;
         let score = scorer.model().prototype().score(&embedding)?;
         let truth = set.labels[i] as usize;
-        confusion[truth][argmax(&logits).unwrap_or(0)] += 1;
+        let class = argmax(&logits).unwrap_or(0);
+        confusion[truth][class] += 1;
+        predicted.push(class);
         if truth == normal { &mut normal_scores } else { &mut fault_scores }.push(score);
     }
     normal_scores.sort_by(f32::total_cmp);
@@ -463,6 +470,7 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
         faults_above_threshold: above(&fault_scores),
         anomaly_auc: roc_auc(&normal_scores, &fault_scores),
         normal_score_quantiles: [0.5, 0.9, 0.975, 0.99].map(|q| quantile_of_sorted(&normal_scores, q)),
+        predicted,
     })
 }
 
@@ -502,8 +510,9 @@ mod tests {
         cfg.lr = 5e-3;
         let pb = ProgressBar::hidden();
         let norm = Normalisation { centre: Centre::WindowMean, scaling: Scaling::WindowRms { floor: 1e-4 } };
-        let mut train = simulate_windows(&cfg.domain, cfg.train, cfg.sample_rate_hz, 1, cfg.window, &pb);
-        let mut val = simulate_windows(&cfg.domain, cfg.val, cfg.sample_rate_hz, 1, cfg.window, &pb);
+        let mut train =
+            simulate_windows(&cfg.domain, cfg.train, cfg.sample_rate_hz, 1, cfg.window, &pb, false).0;
+        let mut val = simulate_windows(&cfg.domain, cfg.val, cfg.sample_rate_hz, 1, cfg.window, &pb, false).0;
         train.normalise(&norm);
         val.normalise(&norm);
         let (_, history) = train_cnn(&cfg, &train, &val, &Device::Cpu, |_| {}).unwrap();
@@ -526,7 +535,7 @@ mod tests {
         let pb = ProgressBar::hidden();
         let split = |seed| {
             let s = SimulatedSplit { recordings: 4, windows_per_recording: 1, seed };
-            simulate_windows(&SourceDomain::default(), s, 16_000.0, 1, 256, &pb)
+            simulate_windows(&SourceDomain::default(), s, 16_000.0, 1, 256, &pb, false).0
         };
         let (a, b) = (split(1), split(2));
         assert_eq!(a.labels, b.labels);
