@@ -701,6 +701,40 @@ fn the_int8_model_loads_in_tract_agrees_with_f32_and_is_under_30_percent_of_its_
         ok(&["evaluate", "--model", out.to_str().unwrap(), "--data", m.to_str().unwrap(), "--split", "test"]);
     assert!(e.contains("accuracy:"), "{e}");
 
+    // A backbone whose patchify layer is rectified by Abs quantises with that layer in f32
+    // (an int8 QLinearConv clamps as Relu does) and is refused clearly without it.
+    let abs = dir.path().join("abs.onnx");
+    ok(&[
+        "pretrain",
+        "--tiny",
+        "--recordings",
+        "40",
+        "--epochs",
+        "1",
+        "--patchify-activation",
+        "abs",
+        "-o",
+        abs.to_str().unwrap(),
+    ]);
+    let (abs_s, m_s) = (abs.to_str().unwrap(), m.to_str().unwrap());
+    let q = dir.path().join("abs-int8.onnx");
+    let said = ok(&["quantize", "--model", abs_s, "--calib", m_s, "-o", q.to_str().unwrap()]);
+    assert!(said.contains("the int8 model gives the f32 model's answer on"), "{said}");
+    assert_fails_with(
+        vigil(&[
+            "quantize",
+            "--model",
+            abs_s,
+            "--calib",
+            m_s,
+            "--float-convs",
+            "0",
+            "-o",
+            q.to_str().unwrap(),
+        ]),
+        "conv1 is followed by Abs",
+    );
+
     let corrupt = dir.path().join("corrupt.onnx");
     std::fs::write(&corrupt, b"\x08\x07garbage").unwrap();
     assert_fails_with(

@@ -39,12 +39,42 @@ pub struct ConvSpec {
     pub dilation: usize,
     /// Zero padding on each side.
     pub padding: usize,
+    /// What follows the convolution (after batch normalisation).
+    pub activation: Activation,
+}
+
+/// The nonlinearity after a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Activation {
+    /// max(x, 0).
+    Relu,
+    /// |x|: full-wave rectification. A patchify filter sees a structural resonance ringing
+    /// at whatever phase the impact left it in; the magnitude of its response follows the
+    /// ringing's envelope at any phase, where ReLU passes one half of it.
+    Abs,
+}
+
+impl Activation {
+    /// The ONNX operator.
+    pub fn onnx_op(self) -> &'static str {
+        match self {
+            Activation::Relu => "Relu",
+            Activation::Abs => "Abs",
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Abs => x.abs(),
+        }
+    }
 }
 
 /// The backbone's layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackboneSpec {
-    /// Convolutions, each followed by ReLU.
+    /// Convolutions, each followed by its activation.
     pub convs: Vec<ConvSpec>,
     /// How the last convolution's frames are pooled into the embedding.
     pub pooling: Pooling,
@@ -78,6 +108,7 @@ impl BackboneSpec {
             stride,
             dilation,
             padding: if padded && kernel == 3 { dilation } else { 0 },
+            activation: Activation::Relu,
         };
         BackboneSpec {
             convs: vec![
@@ -103,6 +134,7 @@ impl BackboneSpec {
             stride,
             dilation: 1,
             padding: if kernel == 3 { 1 } else { 0 },
+            activation: Activation::Relu,
         };
         BackboneSpec {
             convs: vec![c(channels, 16, 16, 16), c(16, 16, 3, 2), c(16, 16, 3, 2)],
@@ -124,7 +156,7 @@ fn zero_sum(w: &Tensor) -> Result<Tensor> {
 }
 
 /// Batch normalisation after a convolution: trained with batch statistics, folded into
-/// the convolution's weights at export so the deployed graph is plain Conv + Relu.
+/// the convolution's weights at export so the deployed graph is plain Conv + activation.
 #[derive(Debug)]
 struct BatchNorm {
     gamma: Var,
@@ -247,10 +279,8 @@ impl Cnn {
             };
             let inv_std = (var + BN_EPS)?.sqrt()?.recip()?;
             h = h.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
-            h = h
-                .broadcast_mul(&col(bn.gamma.as_tensor())?)?
-                .broadcast_add(&col(bn.beta.as_tensor())?)?
-                .relu()?;
+            h = h.broadcast_mul(&col(bn.gamma.as_tensor())?)?.broadcast_add(&col(bn.beta.as_tensor())?)?;
+            h = spec.activation.apply(&h)?;
         }
         let embedding = match self.spec.pooling {
             Pooling::Mean => h.mean(D::Minus1)?,

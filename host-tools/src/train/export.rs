@@ -73,7 +73,7 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
             ],
         ));
         let relu = format!("relu{}", i + 1);
-        nodes.push(node("Relu", &relu, &[&conv], vec![]));
+        nodes.push(node(c.activation.onnx_op(), &relu, &[&conv], vec![]));
         prev = relu;
     }
     match spec.pooling {
@@ -128,7 +128,7 @@ mod tests {
     //! padded ones have edge frames, which the streamer counts and reports.
 
     use super::*;
-    use crate::train::cnn::{Cnn, ConvSpec};
+    use crate::train::cnn::{Activation, Cnn, ConvSpec};
     use candle_core::Device;
     use rand::SeedableRng;
     use std::path::Path;
@@ -177,7 +177,7 @@ mod tests {
     }
 
     fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
-        ConvSpec { in_ch, out_ch, kernel, stride, dilation: 1, padding }
+        ConvSpec { in_ch, out_ch, kernel, stride, dilation: 1, padding, activation: Activation::Relu }
     }
 
     /// A signal whose offset and amplitude drift, so per-window normalisation matters.
@@ -219,6 +219,44 @@ mod tests {
                 a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / size
             })
             .fold(0.0, f32::max)
+    }
+
+    /// A patchify layer rectified by Abs exports as an ONNX Abs node; tract computes the
+    /// same logits as candle, and Abs keeps an unpadded homogeneous backbone exact when
+    /// streamed (|a x| = a |x| for a > 0).
+    #[test]
+    fn an_abs_rectified_patchify_layer_exports_and_streams() {
+        let spec = BackboneSpec {
+            convs: vec![
+                ConvSpec { activation: Activation::Abs, ..conv(1, 8, 16, 16, 0) },
+                conv(8, 8, 3, 1, 0),
+                conv(8, 8, 3, 2, 0),
+            ],
+            pooling: Pooling::MeanMax,
+            homogeneous: true,
+        };
+        let bytes = model_bytes(spec.clone(), 1024, 1);
+        let proto = vigil_runtime::onnx::decode_model(&bytes, Path::new("<test model>")).expect("decodes");
+        let ops: Vec<&str> =
+            proto.graph.as_ref().expect("graph").node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops[..6], ["Conv", "Abs", "Conv", "Relu", "Conv", "Relu"]);
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let cnn = Cnn::new(spec, 2, &mut rng, &Device::Cpu).expect("cnn");
+        let m = VigilModel::from_bytes(&bytes, Path::new("<test model>")).expect("loads");
+        let mut full = m.full_model().expect("full model");
+        let mut w = signal(1024);
+        m.metadata().normalise(&mut w);
+        let x = candle_core::Tensor::from_vec(w.clone(), (1, 1, 1024), &Device::Cpu).expect("tensor");
+        let (_, logits) = cnn.forward(&x, false).expect("forward");
+        let want = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("logits");
+        let got = full.run(&w).expect("tract runs");
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "tract against candle: {worst}");
+
+        let (streamer, pairs) = streamed_and_full(&m, 128);
+        assert!(streamer.exact(), "{:?}", streamer.inexact_reason());
+        assert!(worst_relative(&pairs) < 1e-4);
     }
 
     #[test]

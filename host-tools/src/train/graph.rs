@@ -3,7 +3,7 @@
 //! constants. What `vigil fine-tune --train last:K` and `--train all` train, and what the
 //! from-scratch comparison starts from re-initialised.
 //!
-//! The operators of Vigil's backbones are supported: Conv (1-D, one group), Relu,
+//! The operators of Vigil's backbones are supported: Conv (1-D, one group), Relu, Abs,
 //! GlobalAveragePool, GlobalMaxPool, Concat, Flatten and Gemm; any other is refused by
 //! name.
 
@@ -188,6 +188,7 @@ impl GraphModel {
                     }
                 }
                 "Relu" => arg(0)?.relu()?,
+                "Abs" => arg(0)?.abs()?,
                 "GlobalAveragePool" => arg(0)?.mean_keepdim(D::Minus1)?,
                 "GlobalMaxPool" => arg(0)?.max_keepdim(D::Minus1)?,
                 "Concat" => {

@@ -120,12 +120,18 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// The leading Conv + Relu pairs of `proto`'s graph, as (conv, relu) node indices, each
-/// reading the previous pair's output.
+/// Whether `op` rectifies: Relu or Abs, whose outputs are never negative and which commute
+/// with a positive scale (what equalisation and a u8 range from 0 rely on).
+fn rectifies(op: &str) -> bool {
+    op == "Relu" || op == "Abs"
+}
+
+/// The leading Conv + rectifier pairs of `proto`'s graph, as (conv, rectifier) node
+/// indices, each reading the previous pair's output.
 fn conv_relu_chain(nodes: &[NodeProto]) -> Vec<(usize, usize)> {
     let mut chain: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
-    while i + 1 < nodes.len() && nodes[i].op_type == "Conv" && nodes[i + 1].op_type == "Relu" {
+    while i + 1 < nodes.len() && nodes[i].op_type == "Conv" && rectifies(&nodes[i + 1].op_type) {
         let follows = chain.last().is_none_or(|&(_, r)| nodes[i].input.first() == nodes[r].output.first());
         if !follows || nodes[i + 1].input.first() != nodes[i].output.first() || nodes[i].input.len() != 3 {
             break;
@@ -148,7 +154,7 @@ fn frozen_graph(proto: &ModelProto, meta: &ModelMetadata) -> Result<GraphModel> 
     )
 }
 
-/// Per-channel range (by `method`) of every Relu output of the leading chain, on
+/// Per-channel range (by `method`) of every rectifier output of the leading chain, on
 /// `calibration`.
 fn channel_ranges(
     graph_model: &GraphModel,
@@ -158,7 +164,7 @@ fn channel_ranges(
     let relu_outputs: Vec<String> = graph_model
         .nodes()
         .iter()
-        .filter(|n| n.op_type == "Relu")
+        .filter(|n| rectifies(&n.op_type))
         .filter_map(|n| n.output.first().cloned())
         .collect();
     let mut values: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
@@ -467,8 +473,8 @@ pub fn quantize(
         let batch = calibration.narrow(0, start, 32.min(n - start))?;
         let activations = graph_model.activations(&batch)?;
         for (name, t) in &activations {
-            // Only what feeds a quantised tensor: the outputs of the Relu nodes.
-            if graph_model.nodes().iter().any(|n| n.op_type == "Relu" && n.output.first() == Some(name)) {
+            // Only what feeds a quantised tensor: the outputs of the rectifiers.
+            if graph_model.nodes().iter().any(|n| rectifies(&n.op_type) && n.output.first() == Some(name)) {
                 ranges.entry(name.clone()).or_default().extend(t.flatten_all()?.to_vec1::<f32>()?);
             }
         }
@@ -484,11 +490,29 @@ pub fn quantize(
     let mut initializers: Vec<TensorProto> = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
     let mut scales = Vec::new();
-    // The first `float_convs` Conv + Relu pairs stay in f32: the raw signal is impulsive
-    // (a few large impacts over a small background) and 8 bits of it lose the background.
+    // The first `float_convs` Conv + rectifier pairs stay in f32: the raw signal is
+    // impulsive (a few large impacts over a small background) and 8 bits of it lose the
+    // background.
     let mut i = 2 * float_convs;
-    if nodes.len() < i || nodes[..i].iter().enumerate().any(|(k, n)| n.op_type != ["Conv", "Relu"][k % 2]) {
-        bail!("the graph does not start with {float_convs} Conv + Relu pairs");
+    let pair_node = |k: usize, n: &NodeProto| {
+        if k.is_multiple_of(2) {
+            n.op_type == "Conv"
+        } else {
+            rectifies(&n.op_type)
+        }
+    };
+    if nodes.len() < i || nodes[..i].iter().enumerate().any(|(k, n)| !pair_node(k, n)) {
+        bail!("the graph does not start with {float_convs} Conv + Relu (or Abs) pairs");
+    }
+    if let (Some(conv), Some(next)) = (nodes.get(i), nodes.get(i + 1)) {
+        if conv.op_type == "Conv" && next.op_type == "Abs" {
+            bail!(
+                "{} is followed by Abs, which an int8 QLinearConv cannot compute (it clamps, as \
+                 Relu does); keep it in f32 with --float-convs {}",
+                conv.name,
+                float_convs + 1
+            );
+        }
     }
     new_nodes.extend(nodes[..i].iter().cloned());
     let (entry, signed) = match i {
@@ -500,7 +524,7 @@ pub fn quantize(
     } else {
         range_of(ranges.remove(&entry).unwrap_or_default(), method)
     };
-    // Signed input: u8 around 128; a ReLU output: u8 from 0.
+    // Signed input: u8 around 128; a rectifier's output: u8 from 0.
     let (input_scale, input_zero) =
         if signed { (entry_range / 127.0, 128u8) } else { (entry_range / 255.0, 0u8) };
     scales.push((entry.clone(), input_scale));
