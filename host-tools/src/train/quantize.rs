@@ -154,6 +154,16 @@ fn frozen_graph(proto: &ModelProto, meta: &ModelMetadata) -> Result<GraphModel> 
     )
 }
 
+/// The names of the rectifiers' outputs: the activations a quantised graph carries in u8.
+fn rectified_outputs(graph_model: &GraphModel) -> Vec<String> {
+    graph_model
+        .nodes()
+        .iter()
+        .filter(|n| rectifies(&n.op_type))
+        .filter_map(|n| n.output.first().cloned())
+        .collect()
+}
+
 /// Per-channel range (by `method`) of every rectifier output of the leading chain, on
 /// `calibration`.
 fn channel_ranges(
@@ -161,18 +171,13 @@ fn channel_ranges(
     calibration: &Tensor,
     method: RangeMethod,
 ) -> Result<HashMap<String, Vec<f32>>> {
-    let relu_outputs: Vec<String> = graph_model
-        .nodes()
-        .iter()
-        .filter(|n| rectifies(&n.op_type))
-        .filter_map(|n| n.output.first().cloned())
-        .collect();
+    let rectified = rectified_outputs(graph_model);
     let mut values: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
     let n = calibration.dims()[0];
     for start in (0..n).step_by(32) {
         let batch = calibration.narrow(0, start, 32.min(n - start))?;
         for (name, t) in graph_model.activations(&batch)? {
-            if !relu_outputs.contains(&name) {
+            if !rectified.contains(&name) {
                 continue;
             }
             let per_channel = t.transpose(0, 1)?.flatten_from(1)?.to_vec2::<f32>()?;
@@ -468,13 +473,14 @@ pub fn quantize(
         false => None,
     };
     let mut ranges: HashMap<String, Vec<f32>> = HashMap::new();
+    let rectified = rectified_outputs(&graph_model);
     let n = calibration.dims()[0];
     for start in (0..n).step_by(32) {
         let batch = calibration.narrow(0, start, 32.min(n - start))?;
         let activations = graph_model.activations(&batch)?;
         for (name, t) in &activations {
             // Only what feeds a quantised tensor: the outputs of the rectifiers.
-            if graph_model.nodes().iter().any(|n| rectifies(&n.op_type) && n.output.first() == Some(name)) {
+            if rectified.contains(name) {
                 ranges.entry(name.clone()).or_default().extend(t.flatten_all()?.to_vec1::<f32>()?);
             }
         }
