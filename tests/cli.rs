@@ -840,14 +840,17 @@ fn bench_profile_names_the_nodes_a_backbone_spends_its_time_in() {
     let said = ok(&["bench", "--profile", "--seconds", "2"]);
     let full = said.split("pulsed backbone").next().unwrap();
     // Both plans list their convolutions' matrix products; the full-window plan ends at
-    // the last convolution, its pooling runs in Rust; the first convolution runs as a
-    // pointwise one over patches.
+    // the last convolution, its pooling runs in Rust; the first convolution and its ReLU
+    // run in Rust ahead of both plans.
     assert!(full.contains("| relu7.low | OptMatMul |"), "{said}");
     assert!(!full.contains("Reduce<Max>"), "{said}");
-    assert!(full.contains("conv1.patches"), "{said}");
+    let patchify = format!("| conv1 + relu1 | {} |", vigil_runtime::profile::PATCHIFY_OP);
+    assert!(full.contains(&patchify), "{said}");
+    assert!(!full.contains("| conv1."), "{said}");
     let pulsed =
         said.split("pulsed backbone, one hop of 384 samples").nth(1).unwrap_or_else(|| panic!("{said}"));
     assert!(pulsed.contains("| conv2.delay | Delay |"), "{said}");
+    assert!(pulsed.contains(&patchify), "{said}");
     let total = figure_after(&said, "full window (3072 samples), f32:");
     assert!(total > 0.0, "{said}");
 }

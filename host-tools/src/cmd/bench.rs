@@ -39,10 +39,10 @@ pub struct BenchArgs {
     streams: usize,
     /// Seconds of simulated signal each row scores (a quarter healthy, then outer race,
     /// inner race and ball faults).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 60.0)]
     seconds: f64,
     /// Passes over the signal per row; the median pass is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     passes: usize,
     /// int8 model to compare [default: the model quantised here, with ranges from 256 of
     /// the bench's own windows].
@@ -292,8 +292,8 @@ fn print_profile(model: &VigilModel, signal: &[f32], hop: usize) -> Result<()> {
     meta.normalise(&mut window);
     let print = |title: &str, nodes: &[vigil_runtime::profile::NodeTime]| {
         let total: f64 = nodes.iter().map(|n| n.us).sum();
-        println!("{title}: {total:.1} µs per run in tract, mean of {RUNS} runs\n");
-        println!("| node | tract operator | µs | share |");
+        println!("{title}: {total:.1} µs per run (tract's plan, and the layer the runtime runs ahead of it in Rust), mean of {RUNS} runs\n");
+        println!("| node | operator | µs | share |");
         println!("|---|---|---|---|");
         for n in nodes.iter().filter(|n| n.us >= 0.05) {
             println!(

@@ -3,34 +3,14 @@
 use super::cnn::{BackboneSpec, NamedWeight, Pooling};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as DimValue,
-    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use vigil_runtime::metadata::ModelMetadata;
-use vigil_runtime::onnx::{float_initializer, write_metadata};
-
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    }
-}
+use vigil_runtime::onnx::{float_initializer, ints_attribute as ints, node, write_metadata};
 
 fn int(name: &str, value: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: value, ..Default::default() }
-}
-
-fn node(op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![name.into()],
-        attribute: attrs,
-        ..Default::default()
-    }
 }
 
 /// A float tensor's value info with the given dimensions.
@@ -297,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lowered_multichannel_patchify_convolution_computes_the_same_embedding() {
+    fn a_multichannel_patchify_layer_run_in_rust_computes_the_same_embedding() {
         use tract_onnx::prelude::*;
         let spec = BackboneSpec {
             convs: vec![conv(3, 8, 16, 16, 0), conv(8, 8, 3, 2, 1)],
@@ -307,9 +287,10 @@ mod tests {
         let written = model_bytes(spec, 512, 3);
         let m = VigilModel::from_bytes(&written, Path::new("<test model>")).expect("loads");
         let proto = vigil_runtime::onnx::decode_model(&written, Path::new("<test model>")).expect("decodes");
-        let lowered = vigil_runtime::onnx::patchify_as_pointwise(&proto, "signal", 3, 512);
+        let (_, rest) = vigil_runtime::patchify::Patchify::split(&proto, "signal", 3, "embedding")
+            .expect("a patchify layer");
         let nodes = |p: &tract_onnx::pb::ModelProto| p.graph.as_ref().map_or(0, |g| g.node.len());
-        assert_eq!(nodes(&lowered), nodes(&proto) + 3, "the first convolution was not lowered");
+        assert_eq!(nodes(&rest), nodes(&proto) - 2, "the first convolution and its ReLU were not split off");
         let mut graph = tract_onnx::onnx()
             .model_for_read(&mut written.as_slice())
             .expect("reads")

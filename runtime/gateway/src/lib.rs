@@ -3,7 +3,8 @@
 //! * [`model::VigilModel`] loads an ONNX model with its Vigil metadata and runs the
 //!   backbone in tract, cut where its global pooling begins (the pooling runs in Rust)
 //!   or at the embedding node; the head runs in Rust (`vigil_core::head`), exactly as on
-//!   a microcontroller. [`profile`] times tract's plans node by node.
+//!   a microcontroller. A first patchify convolution runs in Rust ahead of tract
+//!   ([`patchify`]). [`profile`] times tract's plans node by node.
 //! * [`windower::Windower`] cuts an interleaved multi-channel stream into windows at the
 //!   model's rate, resampling when the stream's rate differs.
 //! * [`scorer::WindowScorer`] normalises, embeds, classifies, scores against the
@@ -38,6 +39,7 @@ mod error;
 pub mod metadata;
 pub mod model;
 pub mod onnx;
+pub mod patchify;
 pub mod pipeline;
 pub mod profile;
 pub mod scorer;

@@ -146,91 +146,29 @@ pub fn ints(node: &tract_onnx::pb::NodeProto, name: &str) -> Option<Vec<i64>> {
         .map(|a| a.ints.clone())
 }
 
-/// `proto` with each patchify convolution of the input `input` (kernel k equal to its
-/// stride, no padding, no dilation, one group) written as a pointwise convolution over
-/// the input's patches: Reshape to `[1, C, W/k, k]`, Transpose to `[1, C, k, W/k]`,
-/// Reshape to `[1, C*k, W/k]`, then the same weights as a kernel-1 convolution. The
-/// function is the same for inputs of `window` samples. tract 0.23.9 runs the strided
-/// one-channel convolution as a matrix product that gathers its input as it goes (25 µs
-/// for bearing-cnn-v2's first layer on this machine) and the pointwise one as a plain
-/// matrix product (11 µs). Graphs with no such convolution come back unchanged.
-pub fn patchify_as_pointwise(proto: &ModelProto, input: &str, channels: usize, window: usize) -> ModelProto {
-    use tract_onnx::pb::{attribute_proto::AttributeType, NodeProto};
-    let mut out = proto.clone();
-    let Some(graph) = out.graph.as_mut() else { return out };
-    let mut k = 0;
-    while k < graph.node.len() {
-        let node = &graph.node[k];
-        let kernel = ints(node, "kernel_shape").and_then(|v| (v.len() == 1).then(|| v[0]));
-        let plain = node.op_type == "Conv"
-            && node.input.first().map(String::as_str) == Some(input)
-            && ints(node, "strides") == kernel.map(|k| vec![k])
-            && ints(node, "pads").is_none_or(|p| p.iter().all(|&v| v == 0))
-            && ints(node, "dilations").is_none_or(|d| d.iter().all(|&v| v == 1))
-            && node.attribute.iter().all(|a| match a.name.as_str() {
-                "group" => a.i == 1,
-                "auto_pad" => a.s.is_empty() || a.s == b"NOTSET",
-                _ => true,
-            });
-        let weight = node.input.get(1).and_then(|w| read_initializer(proto, w).ok());
-        let (Some(k_size), true, Some(weight)) = (kernel.map(|v| v.max(0) as usize), plain, weight) else {
-            k += 1;
-            continue;
-        };
-        if k_size < 2 || !window.is_multiple_of(k_size) || weight.dims != [weight.dims[0], channels, k_size] {
-            k += 1;
-            continue;
-        }
-        let id = format!("{}.patches", node.name);
-        let (frames, wide) = ((window / k_size) as i64, (channels * k_size) as i64);
-        let shape = |name: &str, dims: &[i64]| TensorProto {
-            name: name.into(),
-            dims: vec![dims.len() as i64],
-            data_type: DataType::Int64 as i32,
-            int64_data: dims.to_vec(),
-            ..Default::default()
-        };
-        let step = |op: &str, name: String, inputs: Vec<String>, attribute| NodeProto {
-            op_type: op.into(),
-            name: name.clone(),
-            input: inputs,
-            output: vec![name],
-            attribute,
-            ..Default::default()
-        };
-        let perm = tract_onnx::pb::AttributeProto {
-            name: "perm".into(),
-            r#type: AttributeType::Ints as i32,
-            ints: vec![0, 1, 3, 2],
-            ..Default::default()
-        };
-        let weight_name = node.input[1].clone();
-        let steps = [
-            step("Reshape", format!("{id}.split"), vec![input.into(), format!("{id}.split.shape")], vec![]),
-            step("Transpose", format!("{id}.transpose"), vec![format!("{id}.split")], vec![perm]),
-            step(
-                "Reshape",
-                format!("{id}.merge"),
-                vec![format!("{id}.transpose"), format!("{id}.merge.shape")],
-                vec![],
-            ),
-        ];
-        let mut conv = graph.node[k].clone();
-        conv.input[0] = format!("{id}.merge");
-        for a in conv.attribute.iter_mut() {
-            if a.name == "kernel_shape" || a.name == "strides" {
-                a.ints = vec![1];
-            }
-        }
-        graph.node.splice(k..=k, steps.into_iter().chain([conv]));
-        graph
-            .initializer
-            .push(shape(&format!("{id}.split.shape"), &[1, channels as i64, frames, k_size as i64]));
-        graph.initializer.push(shape(&format!("{id}.merge.shape"), &[1, wide, frames]));
-        for t in graph.initializer.iter_mut().filter(|t| t.name == weight_name) {
-            *t = float_initializer(&weight_name, &[weight.dims[0], channels * k_size, 1], &weight.values);
-        }
-        k += 4;
+/// The integer-list attribute `name` with `values` (`kernel_shape`, `strides`, `pads`, ...).
+pub fn ints_attribute(name: &str, values: &[i64]) -> tract_onnx::pb::AttributeProto {
+    tract_onnx::pb::AttributeProto {
+        name: name.into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
     }
-    out
+}
+
+/// A node of operator `op` whose one output is named as the node.
+pub fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    attribute: Vec<tract_onnx::pb::AttributeProto>,
+) -> tract_onnx::pb::NodeProto {
+    tract_onnx::pb::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![name.into()],
+        attribute,
+        ..Default::default()
+    }
 }

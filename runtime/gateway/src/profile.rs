@@ -1,7 +1,9 @@
 //! Time per node of a tract plan: what `vigil bench --profile` prints, to find the nodes
-//! a backbone spends its time in (tract's own per-node evaluation hook, timed in Rust).
+//! a backbone spends its time in (tract's own per-node evaluation hook, timed in Rust),
+//! and of the patchify layer the runtime runs ahead of the plan.
 
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
+use crate::patchify::Patchify;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
@@ -10,7 +12,8 @@ use tract_onnx::prelude::*;
 pub struct NodeTime {
     /// The node's name in tract's optimised plan (ONNX names, with tract's suffixes).
     pub name: String,
-    /// tract's operator (`OptMatMul`, `Im2col`, `Reduce<Max>`, ...).
+    /// tract's operator (`OptMatMul`, `Im2col`, `Reduce<Max>`, ...), or
+    /// [`PATCHIFY_OP`] for the layer the runtime runs in Rust.
     pub op: String,
     /// Microseconds per run.
     pub us: f64,
@@ -48,4 +51,33 @@ pub(crate) fn profile_state(
             us: total[n.id] / runs as f64,
         })
         .collect())
+}
+
+/// The operator name the patchify layer run in Rust has in a profile.
+pub const PATCHIFY_OP: &str = "Patchify (Rust, ahead of tract)";
+
+/// The mean time of `front` on `input` over `runs` runs (after as many unmeasured).
+pub(crate) fn time_patchify(front: &Patchify, input: &[f32], runs: usize) -> Result<NodeTime> {
+    let runs = runs.max(1);
+    let mut out = Vec::new();
+    let mut once = || {
+        front.run(input, &mut out).ok_or_else(|| {
+            RuntimeError::StreamMismatch(format!(
+                "{} values are not whole patches of each channel",
+                input.len()
+            ))
+        })
+    };
+    for _ in 0..runs {
+        once()?;
+    }
+    let started = Instant::now();
+    for _ in 0..runs {
+        once()?;
+    }
+    Ok(NodeTime {
+        name: front.names().to_string(),
+        op: PATCHIFY_OP.to_string(),
+        us: started.elapsed().as_secs_f64() * 1e6 / runs as f64,
+    })
 }

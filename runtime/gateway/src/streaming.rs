@@ -27,7 +27,9 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::metadata::ModelMetadata;
+use crate::model::Layout;
 use crate::model::VigilModel;
+use crate::patchify::Patchify;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
@@ -288,6 +290,12 @@ pub struct StreamingEmbedder {
     to_skip: usize,
     frames: FramePool,
     input: Vec<f32>,
+    /// The patchify layer run ahead of the pulsed plan, and its output.
+    front: Option<Patchify>,
+    front_frames: Vec<f32>,
+    /// The layout of the pulsed plan's tensors, and its frames made channel-major.
+    plan_layout: Layout,
+    scratch: Vec<f32>,
     /// Raw samples per channel: the window of the next embedding plus the delay.
     history: Vec<VecDeque<f32>>,
     lag: usize,
@@ -326,16 +334,18 @@ impl StreamingEmbedder {
             )));
         }
 
-        let mut graph = tract_onnx::onnx().model_for_proto_model(model.proto())?;
-        graph.select_outputs_by_name([cut.frames_node.as_str()])?;
-        let stream = graph.symbols.sym("S");
-        let graph = graph
-            .with_input_fact(0, f32::fact([1.to_dim(), meta.channels.to_dim(), stream.to_dim()]).into())?;
-        let typed = graph.into_typed()?.into_decluttered()?;
-        let pulsed = PulsedModel::new(&typed, stream, &hop.to_dim())?;
+        // The patchify layer, when the backbone starts with one, runs in Rust ahead of
+        // the pulsed plan; it needs no context, so the plan streams its frames.
+        let backbone = crate::model::backbone_graph(model.proto(), &meta, &cut.frames_node, true)?;
+        let stream = backbone.stream.clone().ok_or_else(|| not_streamable("its graph has no stream axis"))?;
+        let per_step = backbone.samples_per_step();
+        let (front, plan_layout) = (backbone.front, backbone.layout);
+        let typed = backbone.model.into_decluttered()?;
+        let pulsed = PulsedModel::new(&typed, stream, &(hop / per_step).to_dim())?;
         let out = pulsed.output_fact(0)?.clone();
         let delay_frames = out.stream.as_ref().map(|s| s.delay).unwrap_or(0);
-        let frames_per_hop = out.shape.as_concrete().and_then(|s| s.get(2).copied()).unwrap_or(0);
+        let frames_per_hop =
+            out.shape.as_concrete().and_then(|s| s.get(plan_layout.time_axis()).copied()).unwrap_or(0);
         if frames_per_hop != hop / stride {
             return Err(not_streamable("the pulsed backbone does not yield one frame per stride"));
         }
@@ -384,6 +394,10 @@ impl StreamingEmbedder {
             .ok_or_else(|| not_streamable("its frames span more than a window"))?;
         Ok(StreamingEmbedder {
             plan,
+            front,
+            front_frames: Vec::new(),
+            plan_layout,
+            scratch: Vec::new(),
             last_window: None,
             delay_frames,
             history: vec![VecDeque::with_capacity(meta.window + lag + hop); meta.channels],
@@ -466,13 +480,28 @@ impl StreamingEmbedder {
                 "profiling needs at least one hop of {channels} x {hop} samples"
             )));
         }
+        let mut times = Vec::new();
+        let inputs = match &self.front {
+            Some(front) => {
+                times.push(crate::profile::time_patchify(front, &hops[0], runs)?);
+                let mut frames = Vec::new();
+                hops.iter()
+                    .map(|h| crate::model::front_tensor(front, h, &mut frames))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None => hops
+                .iter()
+                .map(|h| Tensor::from_shape(&[1, channels, hop], h))
+                .collect::<TractResult<Vec<_>>>()?,
+        };
         let mut next = 0;
-        let times = crate::profile::profile_state(&mut self.state, runs, || {
-            next = (next + 1) % hops.len();
-            Ok(Tensor::from_shape(&[1, channels, hop], &hops[next])?)
+        let plan_times = crate::profile::profile_state(&mut self.state, runs, || {
+            next = (next + 1) % inputs.len();
+            Ok(inputs[next].clone())
         });
         self.reset()?;
-        times
+        times.extend(plan_times?);
+        Ok(times)
     }
 
     /// Forgets the stream: the next embedding needs a whole window of samples again.
@@ -570,11 +599,15 @@ impl StreamingEmbedder {
                 history.drain(..excess);
             }
         }
-        let input = Tensor::from_shape(&[1, channels, hop], &self.input)?;
+        let input = match &self.front {
+            Some(front) => crate::model::front_tensor(front, &self.input, &mut self.front_frames)?,
+            None => Tensor::from_shape(&[1, channels, hop], &self.input)?,
+        };
         let out = self.state.run(tvec!(input.into()))?;
         let frames = out[0].to_plain_array_view::<f32>()?;
         let frames =
             frames.as_slice().ok_or_else(|| not_streamable("tract returned non-contiguous frames"))?;
+        let frames = self.plan_layout.channel_major(frames, self.frames.channels, &mut self.scratch);
         for t in 0..self.frames_per_hop {
             if self.to_skip > 0 {
                 self.to_skip -= 1;

@@ -45,19 +45,25 @@ fn metadata_survives_the_shipped_file() {
 }
 
 #[test]
-fn the_lowered_backbone_gives_the_embedding_of_the_graph_as_written() {
+fn the_backbone_with_its_patchify_layer_in_rust_gives_the_embedding_of_the_graph_as_written() {
     for model in [shipped_model(), streamable_model()] {
         let meta = model.metadata().clone();
         let bytes = std::fs::read(model.path()).unwrap();
         let proto = vigil_runtime::onnx::decode_model(&bytes, model.path()).unwrap();
-        let lowered =
-            vigil_runtime::onnx::patchify_as_pointwise(&proto, &meta.input_name, meta.channels, meta.window);
+        let (front, rest) = vigil_runtime::patchify::Patchify::split(
+            &proto,
+            &meta.input_name,
+            meta.channels,
+            &meta.embedding_node,
+        )
+        .expect("the first convolution is a patchify layer");
         let nodes = |p: &tract_onnx::pb::ModelProto| p.graph.as_ref().unwrap().node.len();
         assert_eq!(
-            nodes(&lowered),
-            nodes(&proto) + 3,
-            "{}: the first convolution was not lowered",
-            model.path().display()
+            nodes(&rest),
+            nodes(&proto) - 2,
+            "{}: the first convolution and its ReLU were not split off ({})",
+            model.path().display(),
+            front.names()
         );
         let mut graph = tract_onnx::onnx()
             .model_for_proto_model(&proto)
