@@ -856,26 +856,38 @@ fn bench_profile_names_the_nodes_a_backbone_spends_its_time_in() {
 }
 
 /// `sim-eval` prints the foundation model's held-out figures and, for the fault windows,
-/// its accuracy by how far the impacts stand above the noise; every fault window lands in
-/// one band.
+/// its accuracy by how far the impacts stand above the noise and by shaft speed; every
+/// fault window lands in one band of each.
 #[test]
-fn sim_eval_splits_fault_windows_by_impact_to_noise_ratio() {
+fn sim_eval_splits_fault_windows_by_impact_to_noise_ratio_and_shaft_speed() {
     let model = model_path();
     let o = vigil(&["sim-eval", "--model", model.to_str().unwrap(), "--recordings", "12", "--windows", "2"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("windows: 24") && stdout.contains("accuracy: "), "{stdout}");
-    let table: Vec<&str> = stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("accuracy on fault windows by impact-to-noise"))
-        .collect();
-    assert_eq!(table.len(), 7, "{stdout}");
-    assert!(table[1].contains("outer_race") && table[1].contains("inner_race") && table[1].contains("ball"));
-    // 9 fault recordings (3 per fault class) of 2 windows each.
-    let counted: usize = table[2..]
-        .iter()
-        .flat_map(|row| row.split(" of ").skip(1))
-        .map(|rest| rest.split_whitespace().next().unwrap().parse::<usize>().unwrap())
-        .sum();
-    assert_eq!(counted, 18, "{stdout}");
+    let table = |heading: &str, rows: usize| -> Vec<String> {
+        let lines: Vec<String> =
+            stdout.lines().skip_while(|l| !l.starts_with(heading)).take(2 + rows).map(String::from).collect();
+        assert_eq!(lines.len(), 2 + rows, "{heading}: {stdout}");
+        assert!(
+            lines[1].contains("outer_race") && lines[1].contains("inner_race") && lines[1].contains("ball")
+        );
+        lines
+    };
+    // 9 fault recordings (3 per fault class) of 2 windows each, in each table.
+    let counted = |lines: &[String]| -> usize {
+        lines[2..]
+            .iter()
+            .flat_map(|row| row.split(" of ").skip(1))
+            .map(|rest| rest.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+            .sum()
+    };
+    let snr = table("accuracy on fault windows by impact-to-noise", 5);
+    assert_eq!(counted(&snr), 18, "{stdout}");
+    let speed = table("accuracy on fault windows by shaft speed", 3);
+    assert!(
+        speed[2].trim_start().starts_with("below 25 Hz") && speed[4].contains("40 Hz and up"),
+        "{stdout}"
+    );
+    assert_eq!(counted(&speed), 18, "{stdout}");
 }

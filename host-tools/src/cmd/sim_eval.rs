@@ -12,7 +12,7 @@ use vigil_runtime::model::VigilModel;
 /// Simulate held-out recordings from the source domain and evaluate a model on them
 /// through the runtime (tract backbone, Rust head). Besides accuracy, the anomaly figures
 /// and the confusion matrix, prints the accuracy on fault windows by how far each
-/// window's fault impacts stand above the sensor noise.
+/// window's fault impacts stand above the sensor noise, and by shaft speed.
 #[derive(Debug, Args)]
 pub struct SimEvalArgs {
     /// The model to evaluate.
@@ -42,7 +42,7 @@ impl SimEvalArgs {
             seed: self.seed,
         };
         let pb = ProgressBar::new(self.recordings as u64);
-        let (set, snr_db) = simulate_windows(
+        let (set, conditions) = simulate_windows(
             &SourceDomain::default(),
             split,
             meta.sample_rate_hz,
@@ -55,7 +55,13 @@ impl SimEvalArgs {
         let metrics = evaluate_windows(model, &set)?;
         println!("{}: held-out simulated recordings, seed {}", self.model.display(), self.seed);
         print!("{metrics}");
-        print_by_snr(&set.labels, &metrics.predicted, &snr_db);
+        let by = |edges, unit, header, values: &[f32]| {
+            print_by_band(Bands { edges, unit, header }, &set.labels, &metrics.predicted, values)
+        };
+        println!("accuracy on fault windows by impact-to-noise ratio (power of the fault's impacts over the sensor noise's, first channel):");
+        by(&SNR_BANDS_DB, "dB", "ratio", &conditions.snr_db);
+        println!("accuracy on fault windows by shaft speed:");
+        by(&SHAFT_BANDS_HZ, "Hz", "shaft speed", &conditions.shaft_hz);
         Ok(())
     }
 }
@@ -63,31 +69,42 @@ impl SimEvalArgs {
 /// Upper edges of the impact-to-noise bands, in dB.
 const SNR_BANDS_DB: [f32; 4] = [0.0, 5.0, 10.0, 20.0];
 
-/// Accuracy on the fault windows of each class, by how far the fault's impacts stand above
-/// the sensor noise: tells a model that misses faults the noise hides from one that
-/// confuses faults it could see.
-fn print_by_snr(labels: &[u32], predicted: &[usize], snr_db: &[f32]) {
-    let band = |db: f32| SNR_BANDS_DB.iter().take_while(|&&edge| db >= edge).count();
+/// Upper edges of the shaft-speed bands, in Hz (the source domain spans 15-50 Hz).
+const SHAFT_BANDS_HZ: [f32; 2] = [25.0, 40.0];
+
+/// Bands of a per-window quantity: upper edges, unit, and the table's first header.
+struct Bands<'a> {
+    edges: &'a [f32],
+    unit: &'a str,
+    header: &'a str,
+}
+
+/// Accuracy on the fault windows of each class, by band of a per-window quantity. By
+/// impact-to-noise ratio it tells a model that misses faults the noise hides from one that
+/// confuses faults it could see; by shaft speed, a model that needs more shaft turns per
+/// window than it gets.
+fn print_by_band(bands: Bands, labels: &[u32], predicted: &[usize], values: &[f32]) {
+    let band = |v: f32| bands.edges.iter().take_while(|&&edge| v >= edge).count();
     let faults = &FaultKind::ALL[1..];
     // counts[band][fault] = (windows, correct)
-    let mut counts = vec![vec![(0usize, 0usize); faults.len()]; SNR_BANDS_DB.len() + 1];
-    for ((&label, &class), &db) in labels.iter().zip(predicted).zip(snr_db) {
+    let mut counts = vec![vec![(0usize, 0usize); faults.len()]; bands.edges.len() + 1];
+    for ((&label, &class), &v) in labels.iter().zip(predicted).zip(values) {
         let Some(f) = faults.iter().position(|k| k.index() == label as usize) else { continue };
-        let cell = &mut counts[band(db)][f];
+        let cell = &mut counts[band(v)][f];
         cell.0 += 1;
         cell.1 += usize::from(class == label as usize);
     }
-    println!("accuracy on fault windows by impact-to-noise ratio (power of the fault's impacts over the sensor noise's, first channel):");
-    print!("  {:<14}", "ratio");
+    print!("  {:<14}", bands.header);
     for k in faults {
         print!("{:>20}", k.name());
     }
     println!();
     for (b, row) in counts.iter().enumerate() {
+        let (edges, unit) = (bands.edges, bands.unit);
         let name = match b {
-            0 => format!("below {} dB", SNR_BANDS_DB[0]),
-            b if b == SNR_BANDS_DB.len() => format!("{} dB and up", SNR_BANDS_DB[b - 1]),
-            b => format!("{} to {} dB", SNR_BANDS_DB[b - 1], SNR_BANDS_DB[b]),
+            0 => format!("below {} {unit}", edges[0]),
+            b if b == edges.len() => format!("{} {unit} and up", edges[b - 1]),
+            b => format!("{} to {} {unit}", edges[b - 1], edges[b]),
         };
         print!("  {name:<14}");
         for &(n, ok) in row {

@@ -57,10 +57,19 @@ pub struct SimulatedSplit {
     pub seed: u64,
 }
 
-/// Simulates labelled windows; classes are balanced across recordings. With `snr`, also
-/// gives, for each window, the power of its fault's impacts over the power of the sensor
-/// noise on its first channel, in dB (negative infinity for a healthy window): how
-/// visible the fault is in that window. Otherwise that list is empty.
+/// What the machine of each simulated window was doing.
+#[derive(Debug, Clone, Default)]
+pub struct WindowConditions {
+    /// Shaft speed in Hz.
+    pub shaft_hz: Vec<f32>,
+    /// The power of the fault's impacts over the power of the sensor noise on the first
+    /// channel, in dB (negative infinity for a healthy window): how visible the fault is.
+    /// Empty unless asked for.
+    pub snr_db: Vec<f32>,
+}
+
+/// Simulates labelled windows; classes are balanced across recordings. Also gives each
+/// window's shaft speed and, with `snr`, its impact-to-noise ratio.
 pub fn simulate_windows(
     domain: &SourceDomain,
     split: SimulatedSplit,
@@ -69,10 +78,10 @@ pub fn simulate_windows(
     window: usize,
     progress: &ProgressBar,
     snr: bool,
-) -> (WindowSet, Vec<f32>) {
+) -> (WindowSet, WindowConditions) {
     let mut rng = ChaCha8Rng::seed_from_u64(split.seed);
     let mut set = WindowSet { channels, window, ..Default::default() };
-    let mut snr_db = Vec::new();
+    let mut conditions = WindowConditions::default();
     let mut frame = vec![0.0f32; window * channels];
     let mut impacts = vec![0.0f32; window * channels];
     for r in 0..split.recordings {
@@ -81,6 +90,7 @@ pub fn simulate_windows(
         let fault = domain.fault(&mut rng, kind);
         let seed = split.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
         let noise_power = (machine.sensor_gain * machine.noise_rms).powi(2);
+        let shaft_hz = machine.shaft_hz as f32;
         let mut twin = snr.then(|| Simulator::impacts_only(machine.clone(), fault, seed));
         let mut sim = Simulator::new(machine, fault, seed);
         for _ in 0..split.windows_per_recording {
@@ -91,14 +101,15 @@ pub fn simulate_windows(
             }
             set.labels.push(kind.index() as u32);
             set.recordings.push(r as u32);
+            conditions.shaft_hz.push(shaft_hz);
             if let Some(twin) = twin.as_mut() {
                 twin.fill(&mut impacts);
                 let power = impacts.iter().step_by(channels).map(|&v| f64::from(v).powi(2)).sum::<f64>()
                     / window as f64;
-                snr_db.push((10.0 * (power / noise_power).log10()) as f32);
+                conditions.snr_db.push((10.0 * (power / noise_power).log10()) as f32);
             }
         }
         progress.inc(1);
     }
-    (set, snr_db)
+    (set, conditions)
 }
