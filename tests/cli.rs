@@ -291,10 +291,21 @@ fn a_missing_rate_is_asked_for() {
 fn a_freshly_pretrained_tiny_model_exports_reloads_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.onnx");
-    let o =
-        vigil(&["pretrain", "--tiny", "--recordings", "40", "--epochs", "2", "-o", model.to_str().unwrap()]);
+    let o = vigil(&[
+        "pretrain",
+        "--tiny",
+        "--recordings",
+        "40",
+        "--windows-per-recording",
+        "2",
+        "--epochs",
+        "2",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("40 simulated recordings x 2 windows"), "{stderr}");
     // The trainer's logits and tract's agree on the exported graph.
     let parity: f64 = stdout
         .lines()
@@ -306,6 +317,15 @@ fn a_freshly_pretrained_tiny_model_exports_reloads_and_runs() {
     let signal = simulate(dir.path(), "s.wav", &["--seconds", "2"]);
     let o = vigil(&["run", "--model", model.to_str().unwrap(), "--input", signal.to_str().unwrap()]);
     assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[test]
+fn pretraining_refuses_zero_windows_per_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("never.onnx");
+    let o = vigil(&["pretrain", "--tiny", "--windows-per-recording", "0", "-o", model.to_str().unwrap()]);
+    assert_fails_with(o, "--windows-per-recording must be at least 1");
+    assert!(!model.exists());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use crate::train::cnn::{Activation, BackboneSpec};
 use crate::train::{pretrain, PretrainConfig};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +24,10 @@ pub struct PretrainArgs {
     /// Training recordings (each a fresh machine and fault).
     #[arg(long, default_value_t = 1600)]
     recordings: usize,
+    /// Windows cut from each training recording [default: 6]. More recordings with
+    /// fewer windows each keep the compute and show the network more machines.
+    #[arg(long)]
+    windows_per_recording: Option<usize>,
     /// Epochs (the learning rate follows a cosine over them; the best validation epoch
     /// is kept) [default: 60, or 45 with --streamable].
     #[arg(long)]
@@ -66,6 +70,12 @@ impl PretrainArgs {
             PretrainConfig::reference(self.seed)
         };
         cfg.train.recordings = self.recordings;
+        if let Some(windows) = self.windows_per_recording {
+            if windows == 0 {
+                bail!("--windows-per-recording must be at least 1");
+            }
+            cfg.train.windows_per_recording = windows;
+        }
         if let Some(epochs) = self.epochs {
             cfg.epochs = epochs;
             cfg.patience = epochs;
