@@ -407,14 +407,10 @@ impl Embedder {
     pub fn profile(&mut self, window: &[f32], runs: usize) -> Result<Vec<crate::profile::NodeTime>> {
         self.run(window)?;
         let mut times = Vec::new();
-        let input = match &self.front {
-            Some(front) => {
-                times.push(crate::profile::time_patchify(front, window, runs)?);
-                let shape = [1, self.frames.len() / front.out_channels(), front.out_channels()];
-                Tensor::from_shape(&shape, &self.frames)?
-            }
-            None => Tensor::from_shape(&[1, self.channels, self.window], window)?,
-        };
+        if let Some(front) = &self.front {
+            times.push(crate::profile::time_patchify(front, window, runs)?);
+        }
+        let input = plan_input(self.front.as_ref(), self.channels, window, &mut self.frames)?;
         times.extend(crate::profile::profile_state(&mut self.state, runs, || Ok(input.clone()))?);
         Ok(times)
     }
@@ -430,10 +426,7 @@ impl Embedder {
                 self.window
             )));
         }
-        let input = match &self.front {
-            Some(front) => front_tensor(front, window, &mut self.frames)?,
-            None => Tensor::from_shape(&[1, self.channels, self.window], window)?,
-        };
+        let input = plan_input(self.front.as_ref(), self.channels, window, &mut self.frames)?;
         let out = self.state.run(tvec!(input.into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
         let frames = self.layout.channels_frames(view.shape()).zip(view.as_slice());
@@ -454,15 +447,20 @@ impl Embedder {
     }
 }
 
-/// Runs `front` on `input` into `frames` and wraps them as the time-major
-/// `[1, frames, out]` tensor the plan after it takes.
-pub(crate) fn front_tensor(front: &Patchify, input: &[f32], frames: &mut Vec<f32>) -> Result<Tensor> {
-    let n = front.run(input, frames).ok_or_else(|| {
-        RuntimeError::StreamMismatch(format!(
-            "{} input values are not whole {}-sample patches of each channel",
-            input.len(),
-            front.kernel()
-        ))
-    })?;
-    Ok(Tensor::from_shape(&[1, n, front.out_channels()], frames)?)
+/// The tensor a plan takes for `input` (`channels` channels of samples, channel-major):
+/// the patchify layer's time-major frames `[1, frames, out]` (computed into `frames`)
+/// when the plan has one ahead of it, otherwise the samples as `[1, channels, samples]`.
+pub(crate) fn plan_input(
+    front: Option<&Patchify>,
+    channels: usize,
+    input: &[f32],
+    frames: &mut Vec<f32>,
+) -> Result<Tensor> {
+    Ok(match front {
+        Some(front) => {
+            let n = front.run(input, frames)?;
+            Tensor::from_shape(&[1, n, front.out_channels()], frames)?
+        }
+        None => Tensor::from_shape(&[1, channels, input.len() / channels.max(1)], input)?,
+    })
 }

@@ -5,12 +5,13 @@
 //! matrix product with only `C * k` terms per output. tract 0.23.9 runs it at 11-17 µs
 //! for bearing-cnn-v2's window (0.2 M multiply-adds, about 11 G/s) in every form it was
 //! given; the same product as one `ndarray` matrix product (matrixmultiply's kernels,
-//! which pick FMA at run time) takes about 5 µs, and one streamed hop's share 1 µs
+//! which pick FMA at run time) takes about 7 µs, and one streamed hop's share 1.2 µs
 //! instead of 3.5 (`vigil bench --profile`, docs/performance.md). So the runtime splits
 //! such a convolution (with the ReLU or |x| that follows it) off the graph, runs it here
 //! and gives tract the rest, whose input is then the layer's frames. Such a layer needs
 //! no context from earlier samples, so a pulsed rest streams as the whole graph does.
 
+use crate::error::{Result, RuntimeError};
 use crate::onnx::{ints, read_initializer};
 use tract_onnx::pb::{type_proto, ModelProto, NodeProto, TypeProto, ValueInfoProto};
 use tract_onnx::prelude::tract_ndarray::{linalg::general_mat_mul, s, Array2, ArrayView2, ArrayViewMut2};
@@ -130,23 +131,31 @@ impl Patchify {
     }
 
     /// Runs the layer on `input` (`channels` channels of the same whole number of
-    /// kernels, channel-major) into `out` (`[out, frames]`, channel-major). Returns the
-    /// number of frames, or None when the input is not such a block.
-    pub fn run(&self, input: &[f32], out: &mut Vec<f32>) -> Option<usize> {
+    /// kernels, channel-major) into `out` (`[frames, out]`, time-major). Returns the
+    /// number of frames; an input that is not such a block is refused.
+    pub fn run(&self, input: &[f32], out: &mut Vec<f32>) -> Result<usize> {
         let (c, k) = (self.channels, self.kernel);
         let len = input.len() / c.max(1);
         if c == 0 || len * c != input.len() || !len.is_multiple_of(k) {
-            return None;
+            return Err(RuntimeError::StreamMismatch(format!(
+                "{} input values are not whole {k}-sample patches of each of {c} channels",
+                input.len()
+            )));
         }
         let frames = len / k;
         out.clear();
         for _ in 0..frames {
             out.extend_from_slice(&self.bias);
         }
-        let mut y = ArrayViewMut2::from_shape((frames, self.out_channels()), out.as_mut_slice()).ok()?;
+        let shape_error = |e: tract_onnx::prelude::tract_ndarray::ShapeError| {
+            RuntimeError::StreamMismatch(format!("patchify layer: {e}"))
+        };
+        let mut y = ArrayViewMut2::from_shape((frames, self.out_channels()), out.as_mut_slice())
+            .map_err(shape_error)?;
         for ch in 0..c {
             // Channel `ch`'s samples as `[frames, k]` times its weights read as `[k, out]`.
-            let x = ArrayView2::from_shape((frames, k), &input[ch * len..(ch + 1) * len]).ok()?;
+            let x =
+                ArrayView2::from_shape((frames, k), &input[ch * len..(ch + 1) * len]).map_err(shape_error)?;
             let w = self.weights.slice(s![.., ch * k..(ch + 1) * k]);
             general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y);
         }
@@ -155,7 +164,7 @@ impl Patchify {
             Rectifier::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
             Rectifier::Abs => out.iter_mut().for_each(|v| *v = v.abs()),
         }
-        Some(frames)
+        Ok(frames)
     }
 }
 
@@ -270,13 +279,13 @@ mod tests {
             assert!(g.initializer.iter().all(|t| t.name == "w2"), "the layer's weights leave the graph");
             let x: Vec<f32> = (0..channels * 24).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect();
             let mut y = Vec::new();
-            assert_eq!(front.run(&x, &mut y), Some(6));
+            assert_eq!(front.run(&x, &mut y).ok(), Some(6));
             let expected = by_hand(&x, channels, 4, &w, &b, rect);
             assert_eq!(y.len(), expected.len());
             for (a, e) in y.iter().zip(&expected) {
                 assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{a} against {e}");
             }
-            assert_eq!(front.run(&x[..channels * 24 - 1], &mut y), None, "a partial patch is refused");
+            assert!(front.run(&x[..channels * 24 - 1], &mut y).is_err(), "a partial patch is refused");
         }
     }
 

@@ -481,19 +481,13 @@ impl StreamingEmbedder {
             )));
         }
         let mut times = Vec::new();
-        let inputs = match &self.front {
-            Some(front) => {
-                times.push(crate::profile::time_patchify(front, &hops[0], runs)?);
-                let mut frames = Vec::new();
-                hops.iter()
-                    .map(|h| crate::model::front_tensor(front, h, &mut frames))
-                    .collect::<Result<Vec<_>>>()?
-            }
-            None => hops
-                .iter()
-                .map(|h| Tensor::from_shape(&[1, channels, hop], h))
-                .collect::<TractResult<Vec<_>>>()?,
-        };
+        if let Some(front) = &self.front {
+            times.push(crate::profile::time_patchify(front, &hops[0], runs)?);
+        }
+        let inputs = hops
+            .iter()
+            .map(|h| crate::model::plan_input(self.front.as_ref(), channels, h, &mut self.front_frames))
+            .collect::<Result<Vec<_>>>()?;
         let mut next = 0;
         let plan_times = crate::profile::profile_state(&mut self.state, runs, || {
             next = (next + 1) % inputs.len();
@@ -599,10 +593,8 @@ impl StreamingEmbedder {
                 history.drain(..excess);
             }
         }
-        let input = match &self.front {
-            Some(front) => crate::model::front_tensor(front, &self.input, &mut self.front_frames)?,
-            None => Tensor::from_shape(&[1, channels, hop], &self.input)?,
-        };
+        let input =
+            crate::model::plan_input(self.front.as_ref(), channels, &self.input, &mut self.front_frames)?;
         let out = self.state.run(tvec!(input.into()))?;
         let frames = out[0].to_plain_array_view::<f32>()?;
         let frames =
