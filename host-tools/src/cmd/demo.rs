@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// Random seed of the simulated machine.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 /// Feeds the simulator to the pipeline as if it were a sensor.
@@ -58,8 +61,9 @@ impl SampleSource for SimSource {
 impl DemoArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
-        let model = super::load_model(None)?;
+        let model = super::load_model(self.model.as_deref())?;
         let meta = model.metadata().clone();
+        let model_name = model.path().display().to_string();
         let machine = MachineConfig::reference(meta.sample_rate_hz, meta.channels);
         let bpfo = f64::from(machine.bearing.fault_orders().bpfo) * machine.shaft_hz;
         let (shaft_hz, bearing) = (machine.shaft_hz as f32, machine.bearing);
@@ -143,7 +147,7 @@ impl DemoArgs {
             device: vec![
                 ("machine".into(), format!("pump at {:.0} rpm, 6205 bearing", shaft_hz * 60.0)),
                 ("fault".into(), format!("outer race, onset at {:.0} s", self.onset)),
-                ("model".into(), "bearing-cnn-v1 (built in)".into()),
+                ("model".into(), model_name),
             ],
             class_names: names.clone(),
             machine: Some(MachineFrequencies {

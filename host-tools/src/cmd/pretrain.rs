@@ -11,25 +11,33 @@ use std::time::Instant;
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
     /// Where to write the ONNX model [default: models/bearing-cnn-v1.onnx, or
-    /// models/bearing-cnn-v2.onnx with --streamable].
+    /// models/bearing-cnn-v2.onnx with --streamable, models/bearing-cnn-v3.onnx with
+    /// --spectral].
     #[arg(short, long)]
     out: Option<PathBuf>,
     /// The recipe of bearing-cnn-v2: unpadded convolutions over 3,072-sample windows, so
     /// `vigil run --streamed` can reuse frames from one window to the next, 45 epochs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spectral")]
     streamable: bool,
+    /// The recipe of bearing-cnn-v3: the spectrum of 16 learned envelope channels over
+    /// each 2,048-sample window, embedded by a dense layer (envelope analysis with learned
+    /// bands; models/bearing-cnn-v3.md), 6,400 recordings, 20 epochs. Runs full windows
+    /// only.
+    #[arg(long)]
+    spectral: bool,
     /// Seed of the whole recipe (data, initialisation, shuffling).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Training recordings (each a fresh machine and fault).
-    #[arg(long, default_value_t = 1600)]
-    recordings: usize,
+    /// Training recordings (each a fresh machine and fault) [default: 1600, or 6400 with
+    /// --spectral].
+    #[arg(long)]
+    recordings: Option<usize>,
     /// Windows cut from each training recording [default: 6]. More recordings with
     /// fewer windows each keep the compute and show the network more machines.
     #[arg(long)]
     windows_per_recording: Option<usize>,
     /// Epochs (the learning rate follows a cosine over them; the best validation epoch
-    /// is kept) [default: 60, or 45 with --streamable].
+    /// is kept) [default: 60, or 45 with --streamable, 20 with --spectral].
     #[arg(long)]
     epochs: Option<usize>,
     /// AdamW learning rate (cosine-decayed over the epochs).
@@ -55,9 +63,9 @@ pub struct PretrainArgs {
     /// resonance ringing each filter sees: a bearing-cnn-v1 candidate with it reached 89.3%
     /// on the simulated test split (against 87.1%) but helped on-site label adaptation less
     /// (+4.2 points of fault-class accuracy against +17.8), so the shipped models keep relu
-    /// (models/bearing-cnn-v1.md).
-    #[arg(long, value_enum, default_value_t = Activation::Relu)]
-    patchify_activation: Activation,
+    /// (models/bearing-cnn-v1.md). [default: relu, or abs with --spectral]
+    #[arg(long, value_enum)]
+    patchify_activation: Option<Activation>,
 }
 
 impl PretrainArgs {
@@ -66,10 +74,14 @@ impl PretrainArgs {
         let started = Instant::now();
         let mut cfg = if self.streamable {
             PretrainConfig::streamable(self.seed)
+        } else if self.spectral {
+            PretrainConfig::spectral(self.seed)
         } else {
             PretrainConfig::reference(self.seed)
         };
-        cfg.train.recordings = self.recordings;
+        if let Some(recordings) = self.recordings {
+            cfg.train.recordings = recordings;
+        }
         if let Some(windows) = self.windows_per_recording {
             if windows == 0 {
                 bail!("--windows-per-recording must be at least 1");
@@ -84,10 +96,15 @@ impl PretrainArgs {
         if let Some(window) = self.window {
             cfg.window = window;
             cfg.hop = window / 2;
+            if self.spectral {
+                cfg.spec = BackboneSpec::spectral(cfg.channels, window);
+            }
         }
         let out = self.out.clone().unwrap_or_else(|| {
             PathBuf::from(if self.streamable {
                 "models/bearing-cnn-v2.onnx"
+            } else if self.spectral {
+                "models/bearing-cnn-v3.onnx"
             } else {
                 "models/bearing-cnn-v1.onnx"
             })
@@ -99,8 +116,8 @@ impl PretrainArgs {
             cfg.val.recordings = cfg.val.recordings.min(40);
             cfg.test.recordings = cfg.test.recordings.min(40);
         }
-        if let Some(patchify) = cfg.spec.convs.first_mut() {
-            patchify.activation = self.patchify_activation;
+        if let (Some(patchify), Some(activation)) = (cfg.spec.convs.first_mut(), self.patchify_activation) {
+            patchify.activation = activation;
         }
         eprintln!(
             "pretraining on {} simulated recordings x {} windows ({} samples at {} Hz)",

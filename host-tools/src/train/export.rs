@@ -1,10 +1,10 @@
 //! Writes the trained CNN as an ONNX graph with Vigil's metadata.
 
-use super::cnn::{BackboneSpec, NamedWeight, Pooling};
+use super::cnn::{spectrum_basis, BackboneSpec, NamedWeight, Pooling, SPECTRUM_FLOOR};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as DimValue,
     tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use vigil_runtime::metadata::ModelMetadata;
 use vigil_runtime::onnx::{float_initializer, ints_attribute as ints, node, write_metadata};
@@ -34,7 +34,9 @@ pub(crate) fn value_info(name: &str, dims: &[DimValue]) -> ValueInfoProto {
 }
 
 /// Builds the ONNX model: `signal [N, C, W] -> conv/relu ... -> GlobalAveragePool ->
-/// Flatten (embedding) -> Gemm (logits)`.
+/// Flatten (embedding) -> Gemm (logits)`, or with a spectral embedding `conv/relu ... ->
+/// MatMul (cos, sin) -> Mul, Add -> Log -> Flatten -> Gemm -> Relu (embedding) -> Gemm
+/// (logits)`.
 pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMetadata) -> ModelProto {
     let mut nodes = Vec::new();
     let mut prev = meta.input_name.clone();
@@ -56,15 +58,44 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
         nodes.push(node(c.activation.onnx_op(), &relu, &[&conv], vec![]));
         prev = relu;
     }
-    match spec.pooling {
-        Pooling::Mean => nodes.push(node("GlobalAveragePool", "pool", &[&prev], vec![])),
-        Pooling::MeanMax => {
-            nodes.push(node("GlobalAveragePool", "pool_mean", &[&prev], vec![]));
-            nodes.push(node("GlobalMaxPool", "pool_max", &[&prev], vec![]));
-            nodes.push(node("Concat", "pool", &["pool_mean", "pool_max"], vec![int("axis", 1)]));
+    let mut initializer: Vec<TensorProto> =
+        weights.iter().map(|(n, d, v)| float_initializer(n, d, v)).collect();
+    match &spec.spectrum {
+        Some(sp) => {
+            // Log power of the fixed transform, flattened, then the dense layer.
+            let (cos, sin) = spectrum_basis(sp.frames);
+            let dims = [sp.frames, sp.bins()];
+            initializer.push(float_initializer("spectrum.cos", &dims, &cos));
+            initializer.push(float_initializer("spectrum.sin", &dims, &sin));
+            initializer.push(float_initializer("spectrum.floor", &[], &[SPECTRUM_FLOOR]));
+            nodes.push(node("MatMul", "spectrum_re", &[&prev, "spectrum.cos"], vec![]));
+            nodes.push(node("MatMul", "spectrum_im", &[&prev, "spectrum.sin"], vec![]));
+            nodes.push(node("Mul", "spectrum_re2", &["spectrum_re", "spectrum_re"], vec![]));
+            nodes.push(node("Mul", "spectrum_im2", &["spectrum_im", "spectrum_im"], vec![]));
+            nodes.push(node("Add", "spectrum_power", &["spectrum_re2", "spectrum_im2"], vec![]));
+            nodes.push(node("Add", "spectrum_floored", &["spectrum_power", "spectrum.floor"], vec![]));
+            nodes.push(node("Log", "spectrum_log", &["spectrum_floored"], vec![]));
+            nodes.push(node("Flatten", "spectrum", &["spectrum_log"], vec![int("axis", 1)]));
+            nodes.push(node(
+                "Gemm",
+                "dense",
+                &["spectrum", "dense.weight", "dense.bias"],
+                vec![int("transB", 1)],
+            ));
+            nodes.push(node("Relu", &meta.embedding_node, &["dense"], vec![]));
+        }
+        None => {
+            match spec.pooling {
+                Pooling::Mean => nodes.push(node("GlobalAveragePool", "pool", &[&prev], vec![])),
+                Pooling::MeanMax => {
+                    nodes.push(node("GlobalAveragePool", "pool_mean", &[&prev], vec![]));
+                    nodes.push(node("GlobalMaxPool", "pool_max", &[&prev], vec![]));
+                    nodes.push(node("Concat", "pool", &["pool_mean", "pool_max"], vec![int("axis", 1)]));
+                }
+            }
+            nodes.push(node("Flatten", &meta.embedding_node, &["pool"], vec![int("axis", 1)]));
         }
     }
-    nodes.push(node("Flatten", &meta.embedding_node, &["pool"], vec![int("axis", 1)]));
     nodes.push(node(
         "Gemm",
         &meta.logits_node,
@@ -75,7 +106,7 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
     let graph = GraphProto {
         name: "vigil-backbone".into(),
         node: nodes,
-        initializer: weights.iter().map(|(n, d, v)| float_initializer(n, d, v)).collect(),
+        initializer,
         input: vec![value_info(
             &meta.input_name,
             &[
@@ -214,6 +245,7 @@ mod tests {
             ],
             pooling: Pooling::MeanMax,
             homogeneous: true,
+            spectrum: None,
         };
         let bytes = model_bytes(spec.clone(), 1024, 1);
         let proto = vigil_runtime::onnx::decode_model(&bytes, Path::new("<test model>")).expect("decodes");
@@ -239,12 +271,81 @@ mod tests {
         assert!(worst_relative(&pairs) < 1e-4);
     }
 
+    /// A spectral backbone exports as Conv, Abs, Conv, Relu, two MatMuls with the fixed
+    /// transform, the log power, and a dense layer; tract computes candle's logits, the
+    /// runtime's embedding and Rust head give the same, the graph trainer (fine-tuning's
+    /// path) runs it too, and streaming is refused by a sentence, not a panic.
+    #[test]
+    fn a_spectral_backbone_exports_and_runs_in_tract_as_in_candle() {
+        use crate::train::graph::{GraphModel, Trainable};
+        let spec = BackboneSpec {
+            convs: vec![
+                ConvSpec { activation: Activation::Abs, ..conv(1, 8, 16, 16, 0) },
+                conv(8, 4, 3, 1, 1),
+            ],
+            pooling: Pooling::Mean,
+            homogeneous: false,
+            spectrum: Some(crate::train::cnn::SpectrumSpec { frames: 64, width: 12, dropout: 0.5 }),
+        };
+        let bytes = model_bytes(spec.clone(), 1024, 1);
+        let proto = vigil_runtime::onnx::decode_model(&bytes, Path::new("<test model>")).expect("decodes");
+        let ops: Vec<&str> =
+            proto.graph.as_ref().expect("graph").node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "Conv", "Abs", "Conv", "Relu", "MatMul", "MatMul", "Mul", "Mul", "Add", "Add", "Log",
+                "Flatten", "Gemm", "Relu", "Gemm"
+            ]
+        );
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let cnn = Cnn::new(spec, 2, &mut rng, &Device::Cpu).expect("cnn");
+        let m = VigilModel::from_bytes(&bytes, Path::new("<test model>")).expect("loads");
+        let mut full = m.full_model().expect("full model");
+        let mut embedder = m.embedder().expect("embedder");
+        let graph =
+            GraphModel::new(&proto, "signal", "logits", ("head.weight", "head.bias"), Trainable::All, None)
+                .expect("the graph trainer reads it");
+        for seed in 0..3 {
+            let mut w = signal(1024 + 300 * seed);
+            w.drain(..300 * seed);
+            m.metadata().normalise(&mut w);
+            let x = candle_core::Tensor::from_vec(w.clone(), (1, 1, 1024), &Device::Cpu).expect("tensor");
+            let (embedding, logits) = cnn.forward(&x, false).expect("forward");
+            let want = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("logits");
+            let size = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(size > 1e-3, "logits {want:?}");
+            let close = |got: &[f32], what: &str| {
+                let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-4 * size.max(1.0), "{what} against candle: {worst} ({got:?} vs {want:?})");
+            };
+            close(&full.run(&w).expect("tract runs"), "tract");
+            let e = embedder.run(&w).expect("embeds");
+            let want_e = embedding.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("embedding");
+            assert_eq!(e.len(), 12);
+            assert!(
+                e.iter().zip(&want_e).all(|(a, b)| (a - b).abs() < 1e-4 * (1.0 + b.abs())),
+                "{e:?} vs {want_e:?}"
+            );
+            let mut headed = vec![0.0f32; 2];
+            m.head().logits(&e, &mut headed).expect("head");
+            close(&headed, "embedding + Rust head");
+            let trained =
+                graph.forward(&x).and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?)).expect("graph");
+            close(&trained, "graph trainer");
+        }
+        let refused = streamer_refuses(&m, 128);
+        assert!(!refused.is_empty(), "a spectral backbone cannot be streamed frame by frame");
+    }
+
     #[test]
     fn an_unpadded_homogeneous_backbone_streams_exactly() {
         let spec = BackboneSpec {
             convs: vec![conv(1, 8, 16, 16, 0), conv(8, 8, 3, 1, 0), conv(8, 8, 3, 2, 0)],
             pooling: Pooling::MeanMax,
             homogeneous: true,
+            spectrum: None,
         };
         let m = model(spec, 1024);
         for hop in [32, 128, 512] {
@@ -265,6 +366,7 @@ mod tests {
             convs: vec![conv(1, 8, 16, 16, 0), conv(8, 8, 3, 2, 1), conv(8, 8, 3, 2, 1)],
             pooling: Pooling::MeanMax,
             homogeneous: true,
+            spectrum: None,
         };
         let m = model(spec, 1024);
         let (streamer, pairs) = streamed_and_full(&m, 128);
@@ -283,6 +385,7 @@ mod tests {
             convs: vec![conv(3, 8, 16, 16, 0), conv(8, 8, 3, 2, 1)],
             pooling: Pooling::MeanMax,
             homogeneous: false,
+            spectrum: None,
         };
         let written = model_bytes(spec, 512, 3);
         let m = VigilModel::from_bytes(&written, Path::new("<test model>")).expect("loads");

@@ -4,8 +4,9 @@
 //! from-scratch comparison starts from re-initialised.
 //!
 //! The operators of Vigil's backbones are supported: Conv (1-D, one group), Relu, Abs,
-//! GlobalAveragePool, GlobalMaxPool, Concat, Flatten and Gemm; any other is refused by
-//! name.
+//! GlobalAveragePool, GlobalMaxPool, Concat, Flatten and Gemm, and for a spectral
+//! backbone MatMul, Mul, Add and Log; any other is refused by name. The spectral
+//! transform's matrices are never trained.
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -20,7 +21,8 @@ use vigil_runtime::onnx::{ints, read_initializer, replace_initializer};
 /// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trainable {
-    /// The last `k` convolutions and the head.
+    /// The last `k` layers with weights (convolutions, and a spectral backbone's dense
+    /// layer) and the head.
     Last(usize),
     /// Every initialiser.
     All,
@@ -93,18 +95,29 @@ impl GraphModel {
                 break;
             }
         }
-        let convs: Vec<&NodeProto> = nodes.iter().filter(|n| n.op_type == "Conv").collect();
-        let trained_convs: Vec<&NodeProto> = match what {
-            Trainable::All => convs.clone(),
+        // The backbone's layers with weights: its convolutions and, in a spectral
+        // backbone, the dense layer of the embedding (a Gemm other than the head).
+        let layers: Vec<&NodeProto> = nodes
+            .iter()
+            .filter(|n| {
+                n.op_type == "Conv" || (n.op_type == "Gemm" && n.input.get(1).is_some_and(|w| w != head.0))
+            })
+            .collect();
+        let trained_layers: Vec<&NodeProto> = match what {
+            Trainable::All => layers.clone(),
             Trainable::Last(k) => {
-                if k > convs.len() {
-                    bail!("last:{k}: the backbone has {} convolutions", convs.len());
+                if k > layers.len() {
+                    let convs = layers.iter().filter(|n| n.op_type == "Conv").count();
+                    let dense = layers.len() - convs;
+                    let and_dense =
+                        if dense > 0 { format!(" and {dense} dense layer") } else { String::new() };
+                    bail!("last:{k}: the backbone has {convs} convolutions{and_dense}");
                 }
-                convs[convs.len() - k..].to_vec()
+                layers[layers.len() - k..].to_vec()
             }
         };
         let backbone: Vec<String> =
-            trained_convs.iter().flat_map(|n| n.input.iter().skip(1).cloned()).collect();
+            trained_layers.iter().flat_map(|n| n.input.iter().skip(1).cloned()).collect();
         let head_names = vec![head.0.to_owned(), head.1.to_owned()];
         let mut rng = ChaCha8Rng::seed_from_u64(reinitialise.unwrap_or(0));
         let mut params = HashMap::new();
@@ -189,6 +202,10 @@ impl GraphModel {
                 }
                 "Relu" => arg(0)?.relu()?,
                 "Abs" => arg(0)?.abs()?,
+                "Log" => arg(0)?.log()?,
+                "MatMul" => arg(0)?.broadcast_matmul(&arg(1)?)?,
+                "Mul" => arg(0)?.broadcast_mul(&arg(1)?)?,
+                "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
                 "GlobalAveragePool" => arg(0)?.mean_keepdim(D::Minus1)?,
                 "GlobalMaxPool" => arg(0)?.max_keepdim(D::Minus1)?,
                 "Concat" => {
