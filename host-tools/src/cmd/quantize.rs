@@ -108,6 +108,13 @@ impl QuantizeArgs {
             x.dims()[0],
             self.method
         );
+        if q.matrices > 0 {
+            println!(
+                "stored {} constant matrices (dense layer, spectral transform) as int8, one scale per column; \
+                 tract computes with them in f32 after loading",
+                q.matrices
+            );
+        }
         let int8 = VigilModel::load(&self.output)
             .with_context(|| format!("tract cannot load {}", self.output.display()))?;
         let held_split = if has("test") {

@@ -9,6 +9,11 @@
 //! QDQ (QuantizeLinear/DequantizeLinear around float convolutions) is not used: tract keeps
 //! those pairs and computes the convolution in f32, slower than the plain f32 model.
 //!
+//! A spectral backbone keeps most of its weights in matrices after the convolutions (its
+//! dense embedding layer and its transform). Those are stored as int8 with one scale per
+//! column and read back in f32 when tract loads the file (`store_matrices_int8`): the
+//! file shrinks, the arithmetic there stays f32.
+//!
 //! Activation ranges come from running the f32 graph (candle) on calibration windows:
 //! the maximum (`minmax`) or the 99.99th percentile (`percentile`) of each activation.
 //!
@@ -443,6 +448,8 @@ pub struct Quantized {
     pub proto: ModelProto,
     /// Convolutions quantised.
     pub convs: usize,
+    /// Constant matrices of matrix products (not the head) stored as int8.
+    pub matrices: usize,
     /// Scale of the quantised input and of each quantised activation.
     pub scales: Vec<(String, f32)>,
     /// Activations equalised before quantising.
@@ -474,6 +481,14 @@ pub fn quantize(
     };
     let mut ranges: HashMap<String, Vec<f32>> = HashMap::new();
     let rectified = rectified_outputs(&graph_model);
+    // The inputs of the dense layers, whose calibration means centre them (see
+    // `store_matrices_int8`).
+    let dense_inputs: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.op_type == "Gemm" && n.input.get(1).is_some_and(|w| *w != meta.head_weight))
+        .filter_map(|n| n.input.first().cloned())
+        .collect();
+    let mut input_sums: HashMap<String, Vec<f64>> = HashMap::new();
     let n = calibration.dims()[0];
     for start in (0..n).step_by(32) {
         let batch = calibration.narrow(0, start, 32.min(n - start))?;
@@ -482,6 +497,11 @@ pub fn quantize(
             // Only what feeds a quantised tensor: the outputs of the rectifiers.
             if rectified.contains(name) {
                 ranges.entry(name.clone()).or_default().extend(t.flatten_all()?.to_vec1::<f32>()?);
+            }
+            if dense_inputs.contains(name) {
+                let sum = t.sum(0)?.flatten_all()?.to_vec1::<f32>()?;
+                let acc = input_sums.entry(name.clone()).or_insert_with(|| vec![0.0; sum.len()]);
+                acc.iter_mut().zip(sum).for_each(|(a, s)| *a += f64::from(s));
             }
         }
         if float_convs == 0 {
@@ -622,7 +642,116 @@ pub fn quantize(
     g.initializer.retain(|t| !dropped.contains(&t.name));
     g.initializer.extend(initializers);
     // Opset 13 has QLinearConv and per-axis DequantizeLinear.
-    Ok(Quantized { proto: out, convs, scales, equalised })
+    let input_means: HashMap<String, Vec<f32>> = input_sums
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().map(|s| (s / n.max(1) as f64) as f32).collect()))
+        .collect();
+    let matrices = store_matrices_int8(&mut out, meta, &input_means)?;
+    Ok(Quantized { proto: out, convs, matrices, scales, equalised })
+}
+
+/// Stores the constant matrices of the backbone's matrix products as int8: a dense
+/// layer's Gemm weight (not the head's) and a MatMul's right-hand side, as in a spectral
+/// backbone's embedding and transform. One scale per column: a dense weight's columns
+/// are its inputs, and folding batch normalisation into it scales some of them by
+/// hundreds, so one scale per matrix or per row would leave the others a few steps.
+/// Those inputs barely vary about a large mean, which the folded bias cancels; so a dense
+/// layer's input is first centred on its mean over the calibration windows (`means`, by
+/// input name), the bias taking the difference in f32, and the weights' rounding then
+/// multiplies only the input's variation. The graph reads each matrix back as `Cast` to
+/// f32 times its scales, under the matrix's own name; tract folds that constant at load
+/// and runs the products in f32, so the file loses three quarters of those bytes and the
+/// arithmetic stays f32. Returns how many matrices were stored so.
+fn store_matrices_int8(
+    proto: &mut ModelProto,
+    meta: &ModelMetadata,
+    means: &HashMap<String, Vec<f32>>,
+) -> Result<usize> {
+    use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto};
+    let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let is_constant = |w: &str| graph.initializer.iter().any(|t| t.name == w);
+    let matrices: Vec<String> = graph
+        .node
+        .iter()
+        .filter_map(|n| match n.op_type.as_str() {
+            "Gemm" => n.input.get(1).filter(|w| **w != meta.head_weight).cloned(),
+            "MatMul" => n.input.get(1).cloned(),
+            _ => None,
+        })
+        .filter(|w| is_constant(w))
+        .collect();
+    for name in &matrices {
+        let w = read_initializer(proto, name)?;
+        let [rows, cols] = w.dims[..] else {
+            bail!("matrix {name} has shape {:?}; expected two dimensions", w.dims);
+        };
+        let mut q = vec![0u8; rows * cols];
+        let mut column_scales = Vec::with_capacity(cols);
+        for c in 0..cols {
+            let column: Vec<f32> = (0..rows).map(|r| w.values[r * cols + c]).collect();
+            let scale = column.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12) / 127.0;
+            column_scales.push(scale);
+            for (r, v) in round_row(&column, scale, None).into_iter().enumerate() {
+                q[r * cols + c] = v as u8;
+            }
+        }
+        let cast = NodeProto {
+            op_type: "Cast".into(),
+            name: format!("{name}_cast"),
+            input: vec![format!("{name}.q")],
+            output: vec![format!("{name}_f")],
+            attribute: vec![AttributeProto {
+                name: "to".into(),
+                r#type: AttributeType::Int as i32,
+                i: DataType::Float as i64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scaled = NodeProto {
+            op_type: "Mul".into(),
+            name: format!("{name}_scaled"),
+            input: vec![format!("{name}_f"), format!("{name}.qscale")],
+            output: vec![name.clone()],
+            ..Default::default()
+        };
+        let reader = proto
+            .graph
+            .as_ref()
+            .and_then(|g| g.node.iter().position(|n| n.input.iter().any(|i| i == name)))
+            .ok_or_else(|| anyhow!("no node reads {name}"))?;
+        let mut inserted = vec![cast, scaled];
+        let gemm = proto.graph.as_ref().map(|g| g.node[reader].clone()).filter(|n| n.op_type == "Gemm");
+        if let Some(mean) = gemm.as_ref().and_then(|n| means.get(&n.input[0])).filter(|m| m.len() == cols) {
+            let (input, bias) = match gemm.as_ref().map(|n| &n.input[..]) {
+                Some([input, _, bias, ..]) => (input.clone(), bias.clone()),
+                _ => bail!("dense layer reading {name} has no bias"),
+            };
+            // W x + b = W (x - m) + (b + W m).
+            let mut b = read_initializer(proto, &bias)?.values;
+            for (r, out) in b.iter_mut().enumerate() {
+                *out += w.values[r * cols..(r + 1) * cols].iter().zip(mean).map(|(w, m)| w * m).sum::<f32>();
+            }
+            replace_initializer(proto, &bias, &b)?;
+            let centred = format!("{input}_centred");
+            inserted.push(NodeProto {
+                op_type: "Sub".into(),
+                name: centred.clone(),
+                input: vec![input.clone(), format!("{name}.centre")],
+                output: vec![centred.clone()],
+                ..Default::default()
+            });
+            let g = proto.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
+            g.initializer.push(float_initializer(&format!("{name}.centre"), &[1, cols], mean));
+            g.node[reader].input[0] = centred;
+        }
+        let g = proto.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
+        g.initializer.retain(|t| &t.name != name);
+        g.initializer.push(raw_tensor(&format!("{name}.q"), &w.dims, DataType::Int8, q));
+        g.initializer.push(float_initializer(&format!("{name}.qscale"), &[1, cols], &column_scales));
+        g.node.splice(reader..reader, inserted);
+    }
+    Ok(matrices.len())
 }
 
 #[cfg(test)]
@@ -705,6 +834,55 @@ mod tests {
             e_comp += output_error(&row, scale, &round_row(&row, scale, Some(&u)));
         }
         assert!(e_comp < 0.5 * e_near, "compensated {e_comp}, nearest {e_near}");
+    }
+
+    /// The spectral model's dense layer and transform hold most of its weights: stored as
+    /// int8, the file falls to at most 30% of the f32 file, tract loads it, and the int8
+    /// model gives the f32 model's class on simulated bearing windows.
+    #[test]
+    fn a_spectral_models_matrices_are_stored_as_int8() {
+        use crate::sim::SourceDomain;
+        use crate::train::dataset::{simulate_windows, SimulatedSplit};
+        use vigil_runtime::model::VigilModel;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v3.onnx");
+        let bytes = std::fs::read(&path).expect("the shipped spectral model");
+        let proto = vigil_runtime::onnx::decode_model(&bytes, &path).expect("decodes");
+        let meta = vigil_runtime::onnx::read_metadata(&proto).expect("metadata");
+        let split = SimulatedSplit { recordings: 16, windows_per_recording: 3, seed: 9 };
+        let bar = indicatif::ProgressBar::hidden();
+        let (mut set, _) = simulate_windows(
+            &SourceDomain::default(),
+            split,
+            meta.sample_rate_hz,
+            1,
+            meta.window,
+            &bar,
+            false,
+        );
+        set.normalise(&meta.normalisation);
+        let x = Tensor::from_vec(set.samples.clone(), (set.len(), 1, meta.window), &candle_core::Device::Cpu)
+            .expect("tensor");
+        let q = quantize(&proto, &meta, &x, QuantizeOptions::default()).expect("quantises");
+        assert_eq!((q.convs, q.matrices), (1, 3), "conv2; the dense layer and the two spectral matrices");
+        let written = vigil_runtime::onnx::encode_model(&q.proto);
+        assert!(
+            written.len() * 10 <= bytes.len() * 3,
+            "int8 file {} bytes against f32 {} bytes",
+            written.len(),
+            bytes.len()
+        );
+        let f32_model = VigilModel::from_bytes(&bytes, &path).expect("f32 loads");
+        let int8_model =
+            VigilModel::from_bytes(&written, Path::new("<int8>")).expect("tract loads the int8 file");
+        let (mut a, mut b) = (f32_model.full_model().expect("f32"), int8_model.full_model().expect("int8"));
+        let agree = (0..set.len())
+            .filter(|&i| {
+                let w = set.window(i);
+                vigil_core::head::argmax(&a.run(w).expect("f32 runs"))
+                    == vigil_core::head::argmax(&b.run(w).expect("int8 runs"))
+            })
+            .count();
+        assert!(agree * 100 >= set.len() * 95, "the same class on {agree} of {} windows", set.len());
     }
 
     #[test]
