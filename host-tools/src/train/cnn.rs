@@ -310,10 +310,12 @@ impl BatchNorm {
     }
 }
 
-/// The spectral embedding's trained parts: the normalisation of the log spectrum and the
-/// dense layer.
+/// The spectral embedding: the fixed transform (`[frames, bins]` each, built once), and
+/// the trained normalisation of the log spectrum and dense layer.
 #[derive(Debug)]
 struct SpectralEmbedding {
+    cos: Tensor,
+    sin: Tensor,
     norm: BatchNorm,
     weight: Var,
     bias: Var,
@@ -355,7 +357,10 @@ impl Cnn {
         let spectral = match &spec.spectrum {
             Some(sp) => {
                 let features = spec.last_channels() * sp.bins();
+                let (cos, sin) = spectrum_basis(sp.frames);
                 Some(SpectralEmbedding {
+                    cos: Tensor::from_vec(cos, (sp.frames, sp.bins()), dev)?,
+                    sin: Tensor::from_vec(sin, (sp.frames, sp.bins()), dev)?,
                     norm: BatchNorm::new(features, dev)?,
                     weight: kaiming(rng, &[sp.width, features], features, dev)?,
                     bias: Var::zeros(sp.width, DType::F32, dev)?,
@@ -437,10 +442,8 @@ impl Cnn {
                         sp.frames
                     );
                 }
-                let (cos, sin) = spectrum_basis(frames);
-                let basis = |v: Vec<f32>| Tensor::from_vec(v, (frames, sp.bins()), h.device());
-                let re = h.broadcast_matmul(&basis(cos)?)?;
-                let im = h.broadcast_matmul(&basis(sin)?)?;
+                let re = h.broadcast_matmul(&layer.cos)?;
+                let im = h.broadcast_matmul(&layer.sin)?;
                 let log_power = ((re.sqr()? + im.sqr()?)? + f64::from(SPECTRUM_FLOOR))?.log()?;
                 let mut features = layer.norm.apply(&log_power.flatten_from(1)?, momentum, false)?;
                 if momentum.is_some() && sp.dropout > 0.0 {

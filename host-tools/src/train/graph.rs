@@ -18,6 +18,12 @@ use std::collections::HashMap;
 use tract_onnx::pb::{attribute_proto::AttributeType, ModelProto, NodeProto};
 use vigil_runtime::onnx::{ints, read_initializer, replace_initializer};
 
+/// The weight of `node` if it is a dense layer of the backbone: a Gemm other than the
+/// head (whose weight is `head_weight`), as in a spectral backbone's embedding.
+pub(crate) fn dense_weight<'a>(node: &'a NodeProto, head_weight: &str) -> Option<&'a String> {
+    (node.op_type == "Gemm").then(|| node.input.get(1)).flatten().filter(|w| *w != head_weight)
+}
+
 /// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trainable {
@@ -97,12 +103,8 @@ impl GraphModel {
         }
         // The backbone's layers with weights: its convolutions and, in a spectral
         // backbone, the dense layer of the embedding (a Gemm other than the head).
-        let layers: Vec<&NodeProto> = nodes
-            .iter()
-            .filter(|n| {
-                n.op_type == "Conv" || (n.op_type == "Gemm" && n.input.get(1).is_some_and(|w| w != head.0))
-            })
-            .collect();
+        let layers: Vec<&NodeProto> =
+            nodes.iter().filter(|n| n.op_type == "Conv" || dense_weight(n, head.0).is_some()).collect();
         let trained_layers: Vec<&NodeProto> = match what {
             Trainable::All => layers.clone(),
             Trainable::Last(k) => {

@@ -25,7 +25,7 @@
 //! (cross-layer equalisation, as in Nagel et al., "Data-Free Quantization", 2019, here
 //! with ranges measured on the calibration windows).
 
-use super::graph::{GraphModel, Trainable};
+use super::graph::{dense_weight, GraphModel, Trainable};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -485,7 +485,7 @@ pub fn quantize(
     // `store_matrices_int8`).
     let dense_inputs: Vec<String> = nodes
         .iter()
-        .filter(|n| n.op_type == "Gemm" && n.input.get(1).is_some_and(|w| *w != meta.head_weight))
+        .filter(|n| dense_weight(n, &meta.head_weight).is_some())
         .filter_map(|n| n.input.first().cloned())
         .collect();
     let mut input_sums: HashMap<String, Vec<f64>> = HashMap::new();
@@ -674,7 +674,7 @@ fn store_matrices_int8(
         .node
         .iter()
         .filter_map(|n| match n.op_type.as_str() {
-            "Gemm" => n.input.get(1).filter(|w| **w != meta.head_weight).cloned(),
+            "Gemm" => dense_weight(n, &meta.head_weight).cloned(),
             "MatMul" => n.input.get(1).cloned(),
             _ => None,
         })
@@ -695,11 +695,7 @@ fn store_matrices_int8(
                 q[r * cols + c] = v as u8;
             }
         }
-        let cast = NodeProto {
-            op_type: "Cast".into(),
-            name: format!("{name}_cast"),
-            input: vec![format!("{name}.q")],
-            output: vec![format!("{name}_f")],
+        let to_float = NodeProto {
             attribute: vec![AttributeProto {
                 name: "to".into(),
                 r#type: AttributeType::Int as i32,
@@ -708,13 +704,9 @@ fn store_matrices_int8(
             }],
             ..Default::default()
         };
-        let scaled = NodeProto {
-            op_type: "Mul".into(),
-            name: format!("{name}_scaled"),
-            input: vec![format!("{name}_f"), format!("{name}.qscale")],
-            output: vec![name.clone()],
-            ..Default::default()
-        };
+        let (stored, scales, read) = (format!("{name}.q"), format!("{name}.qscale"), format!("{name}_f"));
+        let cast = node("Cast", &format!("{name}_cast"), &[&stored], &read, &to_float);
+        let scaled = node("Mul", &format!("{name}_scaled"), &[&read, &scales], name, &NodeProto::default());
         let reader = proto
             .graph
             .as_ref()
@@ -734,21 +726,16 @@ fn store_matrices_int8(
             }
             replace_initializer(proto, &bias, &b)?;
             let centred = format!("{input}_centred");
-            inserted.push(NodeProto {
-                op_type: "Sub".into(),
-                name: centred.clone(),
-                input: vec![input.clone(), format!("{name}.centre")],
-                output: vec![centred.clone()],
-                ..Default::default()
-            });
+            let centre = format!("{name}.centre");
+            inserted.push(node("Sub", &centred, &[&input, &centre], &centred, &NodeProto::default()));
             let g = proto.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
-            g.initializer.push(float_initializer(&format!("{name}.centre"), &[1, cols], mean));
+            g.initializer.push(float_initializer(&centre, &[1, cols], mean));
             g.node[reader].input[0] = centred;
         }
         let g = proto.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
         g.initializer.retain(|t| &t.name != name);
-        g.initializer.push(raw_tensor(&format!("{name}.q"), &w.dims, DataType::Int8, q));
-        g.initializer.push(float_initializer(&format!("{name}.qscale"), &[1, cols], &column_scales));
+        g.initializer.push(raw_tensor(&stored, &w.dims, DataType::Int8, q));
+        g.initializer.push(float_initializer(&scales, &[1, cols], &column_scales));
         g.node.splice(reader..reader, inserted);
     }
     Ok(matrices.len())
