@@ -19,10 +19,10 @@ pub struct PretrainArgs {
     /// `vigil run --streamed` can reuse frames from one window to the next, 45 epochs.
     #[arg(long, conflicts_with = "spectral")]
     streamable: bool,
-    /// The recipe of bearing-cnn-v3: the spectrum of 16 learned envelope channels over
-    /// each 2,048-sample window, embedded by a dense layer (envelope analysis with learned
-    /// bands; models/bearing-cnn-v3.md), 6,400 recordings, 20 epochs. Runs full windows
-    /// only.
+    /// The recipe of bearing-cnn-v3, the default model: the amplitude spectrum of 16
+    /// learned envelope channels over each 2,048-sample window, as a unit vector, embedded
+    /// by a dense layer (envelope analysis with learned bands; models/bearing-cnn-v3.md),
+    /// 6,400 recordings, 20 epochs at learning rate 1e-3. Runs full windows only.
     #[arg(long)]
     spectral: bool,
     /// Seed of the whole recipe (data, initialisation, shuffling).
@@ -40,9 +40,10 @@ pub struct PretrainArgs {
     /// is kept) [default: 60, or 45 with --streamable, 20 with --spectral].
     #[arg(long)]
     epochs: Option<usize>,
-    /// AdamW learning rate (cosine-decayed over the epochs).
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
+    /// AdamW learning rate (cosine-decayed over the epochs) [default: 3e-3, or 1e-3 with
+    /// --spectral].
+    #[arg(long)]
+    lr: Option<f64>,
     /// Minibatch size.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -92,7 +93,9 @@ impl PretrainArgs {
             cfg.epochs = epochs;
             cfg.patience = epochs;
         }
-        cfg.lr = self.lr;
+        if let Some(lr) = self.lr {
+            cfg.lr = lr;
+        }
         if let Some(window) = self.window {
             cfg.window = window;
             cfg.hop = window / 2;

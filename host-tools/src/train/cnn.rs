@@ -87,9 +87,10 @@ pub struct BackboneSpec {
 }
 
 /// A spectral embedding: the last convolution's channels, read as envelopes over time,
-/// go through a fixed Hann-windowed discrete Fourier transform; the log power of bins 1
-/// to `frames / 2` of every channel, batch-normalised, goes through a dense layer and a
-/// ReLU to the embedding. This is envelope analysis with learned bands: an impact train
+/// go through a fixed Hann-windowed discrete Fourier transform; the amplitude of bins 1
+/// to `frames / 2` of every channel, divided by the window's total (the amplitudes form
+/// a unit vector), batch-normalised, goes through a dense layer and a ReLU to the
+/// embedding. This is envelope analysis with learned bands: an impact train
 /// shows as a line at its rate, the alternation of a ball striking both races as a line
 /// at half that rate, and shaft-rate modulation as sidebands.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +99,7 @@ pub struct SpectrumSpec {
     pub frames: usize,
     /// Width of the embedding.
     pub width: usize,
-    /// Dropout on the normalised log spectrum while training (the dense layer holds
+    /// Dropout on the normalised spectrum while training (the dense layer holds
     /// most of the network's parameters).
     pub dropout: f32,
 }
@@ -138,7 +139,8 @@ pub fn spectrum_basis(frames: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Floor added to the spectral power before its logarithm.
+/// Floor added to each bin's spectral power before it is divided by the window's total:
+/// it keeps the square root's gradient finite and a silent window's spectrum flat.
 pub const SPECTRUM_FLOOR: f32 = 1e-4;
 
 /// Global pooling over time: the runtime's, which pools streamed frames the same way.
@@ -311,7 +313,7 @@ impl BatchNorm {
 }
 
 /// The spectral embedding: the fixed transform (`[frames, bins]` each, built once), and
-/// the trained normalisation of the log spectrum and dense layer.
+/// the trained normalisation of the spectrum and dense layer.
 #[derive(Debug)]
 struct SpectralEmbedding {
     cos: Tensor,
@@ -444,8 +446,9 @@ impl Cnn {
                 }
                 let re = h.broadcast_matmul(&layer.cos)?;
                 let im = h.broadcast_matmul(&layer.sin)?;
-                let log_power = ((re.sqr()? + im.sqr()?)? + f64::from(SPECTRUM_FLOOR))?.log()?;
-                let mut features = layer.norm.apply(&log_power.flatten_from(1)?, momentum, false)?;
+                let power = ((re.sqr()? + im.sqr()?)?.flatten_from(1)? + f64::from(SPECTRUM_FLOOR))?;
+                let amplitude = power.broadcast_div(&power.sum_keepdim(1)?)?.sqrt()?;
+                let mut features = layer.norm.apply(&amplitude, momentum, false)?;
                 if momentum.is_some() && sp.dropout > 0.0 {
                     features = candle_nn::ops::dropout(&features, sp.dropout)?;
                 }

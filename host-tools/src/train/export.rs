@@ -62,20 +62,25 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
         weights.iter().map(|(n, d, v)| float_initializer(n, d, v)).collect();
     match &spec.spectrum {
         Some(sp) => {
-            // Log power of the fixed transform, flattened, then the dense layer.
+            // Amplitudes of the fixed transform as a unit vector, then the dense layer. The
+            // window's total power is a product with a column of ones.
             let (cos, sin) = spectrum_basis(sp.frames);
             let dims = [sp.frames, sp.bins()];
+            let features = spec.convs.last().map_or(1, |c| c.out_ch) * sp.bins();
             initializer.push(float_initializer("spectrum.cos", &dims, &cos));
             initializer.push(float_initializer("spectrum.sin", &dims, &sin));
             initializer.push(float_initializer("spectrum.floor", &[], &[SPECTRUM_FLOOR]));
+            initializer.push(float_initializer("spectrum.ones", &[features, 1], &vec![1.0; features]));
             nodes.push(node("MatMul", "spectrum_re", &[&prev, "spectrum.cos"], vec![]));
             nodes.push(node("MatMul", "spectrum_im", &[&prev, "spectrum.sin"], vec![]));
             nodes.push(node("Mul", "spectrum_re2", &["spectrum_re", "spectrum_re"], vec![]));
             nodes.push(node("Mul", "spectrum_im2", &["spectrum_im", "spectrum_im"], vec![]));
             nodes.push(node("Add", "spectrum_power", &["spectrum_re2", "spectrum_im2"], vec![]));
-            nodes.push(node("Add", "spectrum_floored", &["spectrum_power", "spectrum.floor"], vec![]));
-            nodes.push(node("Log", "spectrum_log", &["spectrum_floored"], vec![]));
-            nodes.push(node("Flatten", "spectrum", &["spectrum_log"], vec![int("axis", 1)]));
+            nodes.push(node("Flatten", "spectrum_flat", &["spectrum_power"], vec![int("axis", 1)]));
+            nodes.push(node("Add", "spectrum_floored", &["spectrum_flat", "spectrum.floor"], vec![]));
+            nodes.push(node("MatMul", "spectrum_total", &["spectrum_floored", "spectrum.ones"], vec![]));
+            nodes.push(node("Div", "spectrum_share", &["spectrum_floored", "spectrum_total"], vec![]));
+            nodes.push(node("Sqrt", "spectrum", &["spectrum_share"], vec![]));
             nodes.push(node(
                 "Gemm",
                 "dense",
@@ -272,7 +277,7 @@ mod tests {
     }
 
     /// A spectral backbone exports as Conv, Abs, Conv, Relu, two MatMuls with the fixed
-    /// transform, the log power, and a dense layer; tract computes candle's logits, the
+    /// transform, the amplitudes as a unit vector, and a dense layer; tract computes candle's logits, the
     /// runtime's embedding and Rust head give the same, the graph trainer (fine-tuning's
     /// path) runs it too, and streaming is refused by a sentence, not a panic.
     #[test]
@@ -294,8 +299,8 @@ mod tests {
         assert_eq!(
             ops,
             [
-                "Conv", "Abs", "Conv", "Relu", "MatMul", "MatMul", "Mul", "Mul", "Add", "Add", "Log",
-                "Flatten", "Gemm", "Relu", "Gemm"
+                "Conv", "Abs", "Conv", "Relu", "MatMul", "MatMul", "Mul", "Mul", "Add", "Flatten", "Add",
+                "MatMul", "Div", "Sqrt", "Gemm", "Relu", "Gemm"
             ]
         );
 

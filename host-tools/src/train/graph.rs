@@ -205,9 +205,11 @@ impl GraphModel {
                 "Relu" => arg(0)?.relu()?,
                 "Abs" => arg(0)?.abs()?,
                 "Log" => arg(0)?.log()?,
+                "Sqrt" => arg(0)?.sqrt()?,
                 "MatMul" => arg(0)?.broadcast_matmul(&arg(1)?)?,
                 "Mul" => arg(0)?.broadcast_mul(&arg(1)?)?,
                 "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
+                "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
                 "GlobalAveragePool" => arg(0)?.mean_keepdim(D::Minus1)?,
                 "GlobalMaxPool" => arg(0)?.max_keepdim(D::Minus1)?,
                 "Concat" => {

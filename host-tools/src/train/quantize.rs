@@ -850,7 +850,11 @@ mod tests {
         let x = Tensor::from_vec(set.samples.clone(), (set.len(), 1, meta.window), &candle_core::Device::Cpu)
             .expect("tensor");
         let q = quantize(&proto, &meta, &x, QuantizeOptions::default()).expect("quantises");
-        assert_eq!((q.convs, q.matrices), (1, 3), "conv2; the dense layer and the two spectral matrices");
+        assert_eq!(
+            (q.convs, q.matrices),
+            (1, 4),
+            "conv2; the dense layer, the two spectral matrices and the column of ones"
+        );
         let written = vigil_runtime::onnx::encode_model(&q.proto);
         assert!(
             written.len() * 10 <= bytes.len() * 3,
@@ -874,7 +878,7 @@ mod tests {
 
     #[test]
     fn equalising_keeps_the_function_and_evens_the_channel_ranges() {
-        let bytes = crate::cmd::REFERENCE_MODEL;
+        let bytes = include_bytes!("../../../models/bearing-cnn-v1.onnx");
         let proto = vigil_runtime::onnx::decode_model(bytes, Path::new("bearing-cnn-v1")).expect("decodes");
         let meta = vigil_runtime::onnx::read_metadata(&proto).expect("metadata");
         let x = Tensor::randn(0f32, 1.0, (8, 1, meta.window), &candle_core::Device::Cpu).expect("tensor");
