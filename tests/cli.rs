@@ -611,8 +611,12 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     let sim = ["--seconds", "1", "--severity", "0.3", "--shaft-hz", "37"];
     let (m, _) = simulated_manifest(dir.path(), &recordings, 20, &sim, "");
     let data = m.to_str().unwrap();
+    // v1: the assertions below name its convolutions.
+    let v1 = model_path();
+    let v1 = v1.to_str().unwrap();
     let head = |extra: &[&str], out: &Path| {
-        let common = ["fine-tune", "--data", data, "--classes", "normal,outer_race", "--shots", "8"];
+        let common =
+            ["fine-tune", "--model", v1, "--data", data, "--classes", "normal,outer_race", "--shots", "8"];
         ok(&[&common[..], extra, &["-o", out.to_str().unwrap()]].concat())
     };
     let out = dir.path().join("tuned.onnx");
@@ -646,27 +650,30 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     // written model matches the trainer in tract.
     let scratch = dir.path().join("scratch.onnx");
     let args = ["--classes", "normal,outer_race", "--shots", "8", "--epochs", "15", "--lr", "0.003"];
-    let said =
-        ok(&[
-            &[
-                "fine-tune",
-                "--data",
-                data,
-                "--train",
-                "all",
-                "--from-scratch",
-                "-o",
-                scratch.to_str().unwrap(),
-            ][..],
-            &args,
-        ]
-        .concat());
+    let said = ok(&[
+        &[
+            "fine-tune",
+            "--model",
+            v1,
+            "--data",
+            data,
+            "--train",
+            "all",
+            "--from-scratch",
+            "-o",
+            scratch.to_str().unwrap(),
+        ][..],
+        &args,
+    ]
+    .concat());
     assert_validation_loss_falls(&said);
     assert!(figure_after(&said, "over 16 windows:") <= 1e-4, "{said}");
     let last2 = dir.path().join("last2.onnx");
-    let said =
-        ok(&[&["fine-tune", "--data", data, "--train", "last:2", "-o", last2.to_str().unwrap()][..], &args]
-            .concat());
+    let said = ok(&[
+        &["fine-tune", "--model", v1, "--data", data, "--train", "last:2", "-o", last2.to_str().unwrap()][..],
+        &args,
+    ]
+    .concat());
     assert!(figure_after(&said, "over 16 windows:") <= 1e-4, "{said}");
     assert!(
         said.contains("conv6.weight") && said.contains("conv7.weight") && !said.contains("conv5.weight"),
@@ -674,15 +681,25 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     );
     let out_s = out.to_str().unwrap();
     assert_fails_with(
-        vigil(&["fine-tune", "--data", data, "--train", "last:9", "-o", out_s]),
+        vigil(&["fine-tune", "--model", v1, "--data", data, "--train", "last:9", "-o", out_s]),
         "last:9: the backbone has 7 convolutions",
     );
     assert_fails_with(
-        vigil(&["fine-tune", "--data", data, "--from-scratch", "-o", out_s]),
+        vigil(&["fine-tune", "--model", v1, "--data", data, "--from-scratch", "-o", out_s]),
         "use it with --train all",
     );
     assert_fails_with(
-        vigil(&["fine-tune", "--data", m.to_str().unwrap(), "--shots", "500", "-o", out.to_str().unwrap()]),
+        vigil(&[
+            "fine-tune",
+            "--model",
+            v1,
+            "--data",
+            m.to_str().unwrap(),
+            "--shots",
+            "500",
+            "-o",
+            out.to_str().unwrap(),
+        ]),
         "fewer than --shots 500",
     );
 }
@@ -711,9 +728,14 @@ fn transfer_eval_compares_the_methods_on_a_small_dataset() {
         "--seeds",
         "2",
     ]);
-    for method in
-        ["envelope spectrum", "zero-shot", "head fine-tuned", "head as class means", "DSP feature backbone"]
-    {
+    for method in [
+        "envelope spectrum",
+        "zero-shot",
+        "head fine-tuned",
+        "head as class means",
+        "last:2 fine-tuned, int8",
+        "DSP feature backbone",
+    ] {
         let row =
             said.lines().find(|l| l.contains(method)).unwrap_or_else(|| panic!("no {method} row:\n{said}"));
         assert!(row.contains('%'), "{row}");

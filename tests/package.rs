@@ -52,7 +52,7 @@ fn the_package_installs_the_binary_model_unit_and_config() {
     let Some((deb, root)) = unpacked(dir.path()) else { return };
     for file in [
         "usr/bin/vigil",
-        "usr/share/vigil/models/bearing-cnn-v1.onnx",
+        "usr/share/vigil/models/bearing-cnn-v3.onnx",
         "lib/systemd/system/vigil@.service",
         "etc/vigil/vigil.toml",
         "var/lib/vigil",

@@ -286,14 +286,17 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
 
     let snapshot = dir.path().join("snapshot.vup");
     let said = ok(&["snapshot", "--port", port, "-o", snapshot.to_str().unwrap()]);
-    assert!(said.contains("head version 2 (192 inputs x 4 classes)"), "{said}");
+    assert!(said.contains("head version 2 (128 inputs x 4 classes)"), "{said}");
     let ours = UpdateFile::read(&head).unwrap().head().unwrap();
     let theirs = UpdateFile::read(&snapshot).unwrap().head().unwrap();
     assert_eq!((theirs.version, theirs.inputs, theirs.classes), (2, ours.inputs, ours.classes));
     // The device went on adapting after the push: the label moved the head a little, and
     // the prototype follows this machine's confidently normal windows slowly.
     let moved = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(moved(&ours.prototype_mean, &theirs.prototype_mean) < 0.1, "{said}");
+    // The prototype moved, by less than 5% of its largest value.
+    let largest = ours.prototype_mean.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let drift = moved(&ours.prototype_mean, &theirs.prototype_mean);
+    assert!(drift > 0.0 && drift < 0.05 * largest, "prototype moved {drift} of {largest}\n{said}");
     assert!(moved(&ours.bias, &theirs.bias) < 0.1, "{said}");
     assert!(said.contains("1 labels learned"), "{said}");
 
@@ -443,7 +446,7 @@ fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() 
     let snapshot: vigil_core::update::HeadUpdate =
         postcard::from_bytes(&client.head_snapshot().unwrap()).unwrap();
     let expected = last_applied.unwrap();
-    let mut weights = vec![0.0; 768];
+    let mut weights = vec![0.0; usize::from(expected.inputs) * usize::from(expected.classes)];
     expected.weights_into(&mut weights).unwrap();
     assert_eq!(snapshot.version, active);
     assert_eq!(snapshot.bias, expected.bias);

@@ -14,8 +14,8 @@
 //! - the same architecture trained from random values on the same windows
 //!   (`--train all --from-scratch`);
 //! - the DSP feature backbone of the microcontroller nodes with a trained head;
-//! - both head-fine-tuned models quantised to int8 (`vigil quantize`'s defaults,
-//!   calibrated on the training windows).
+//! - both head-fine-tuned models and the last:2 model quantised to int8 (`vigil
+//!   quantize`'s defaults, calibrated on the training windows).
 //!
 //! Each N is drawn with several seeds; the table gives the mean and the range.
 
@@ -143,10 +143,9 @@ fn accuracy(predictions: impl Iterator<Item = usize>, labels: &[usize]) -> f64 {
     hits as f64 / labels.len().max(1) as f64
 }
 
-/// Accuracy of the encoded model on `test` through the runtime (tract backbone, Rust head).
-fn graph_accuracy(onnx: &[u8], path: &std::path::Path, test: &LabelledWindows) -> Result<f64> {
-    let predicted = predictions(VigilModel::from_bytes(onnx, path)?, test)?;
-    Ok(accuracy(predicted.into_iter(), &test.labels))
+/// Accuracy of `model` on `test` through the runtime (tract backbone, Rust head).
+fn model_accuracy(model: VigilModel, test: &LabelledWindows) -> Result<f64> {
+    Ok(accuracy(predictions(model, test)?.into_iter(), &test.labels))
 }
 
 /// Runs the comparison. `train` and `test` are the manifest's splits, `classes` the
@@ -208,9 +207,16 @@ pub fn run(
         MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
         row(", head fine-tuned, int8"),
         row(", head as class means, int8"),
+        row(", last:2 fine-tuned, int8"),
     ];
     // Calibration needs no labels: the training windows, as a site would record them.
     let calibration = calibration_tensor(model.metadata(), &train.windows, 256)?;
+    let int8 = |onnx: &[u8]| -> Result<VigilModel> {
+        let proto = vigil_runtime::onnx::decode_model(onnx, model.path())?;
+        let meta = vigil_runtime::onnx::read_metadata(&proto)?;
+        let q = quantize(&proto, &meta, &calibration, QuantizeOptions::default())?;
+        Ok(VigilModel::from_bytes(&vigil_runtime::onnx::encode_model(&q.proto), model.path())?)
+    };
     let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
     // Zero-shot: the shipped classes mapped by name; a class the dataset lacks is wrong.
     let shipped = &model.metadata().class_names;
@@ -224,7 +230,7 @@ pub fn run(
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
     for &n in shots {
-        let mut per: [Vec<f64>; 9] = Default::default();
+        let mut per: [Vec<f64>; 10] = Default::default();
         for seed in 1..=seeds {
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
@@ -243,11 +249,7 @@ pub fn run(
             per[3].push(means.accuracy(&test_e.rows, &test_e.labels));
             // Both heads run in f32 on the int8 backbone's embeddings, as the runtime runs
             // the head of an int8 file.
-            let tuned_proto = vigil_runtime::onnx::decode_model(&tuned.onnx, model.path())?;
-            let tuned_meta = vigil_runtime::onnx::read_metadata(&tuned_proto)?;
-            let q = quantize(&tuned_proto, &tuned_meta, &calibration, QuantizeOptions::default())?;
-            let q = VigilModel::from_bytes(&vigil_runtime::onnx::encode_model(&q.proto), model.path())?;
-            let q_test = embed(&q, test, || {})?;
+            let q_test = embed(&int8(&tuned.onnx)?, test, || {})?;
             per[7].push(tuned.head.accuracy(&q_test.rows, &q_test.labels));
             per[8].push(means.accuracy(&q_test.rows, &q_test.labels));
             let shots = take_shots(train, classes, Some(n), seed)?;
@@ -272,7 +274,10 @@ pub fn run(
                     cfg,
                     |_, _, _, _| {},
                 )?;
-                per[slot].push(graph_accuracy(&out.onnx, model.path(), test)?);
+                per[slot].push(model_accuracy(VigilModel::from_bytes(&out.onnx, model.path())?, test)?);
+                if what == Trainable::Last(2) {
+                    per[9].push(model_accuracy(int8(&out.onnx)?, test)?);
+                }
             }
             let feature_head =
                 linear::fit(&pick(&feat.train), &labels, classes.len(), TrainOptions::default(), |_, _| {})?;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// accuracy on held-out labelled windows.
 #[derive(Debug, Args)]
 pub struct AdaptEvalArgs {
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Machines in the fleet.

@@ -28,7 +28,7 @@ pub struct DemoArgs {
     /// Random seed of the simulated machine.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
 }

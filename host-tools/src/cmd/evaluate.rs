@@ -15,7 +15,7 @@ use vigil_runtime::scorer::WindowScorer;
 /// model's threshold.
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Dataset manifest (TOML, one [[recording]] per labelled file; see docs/datasets.md).

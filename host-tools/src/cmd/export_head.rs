@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// head update (`.vup`) for devices that run the same model; sign it with `vigil sign`.
 #[derive(Debug, Args)]
 pub struct ExportHeadArgs {
-    /// ONNX model (typically fine-tuned) [default: the shipped bearing-cnn-v1].
+    /// ONNX model (typically fine-tuned) [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output file.

@@ -21,7 +21,7 @@ use std::time::Instant;
 /// tract and its logits checked against the trainer's.
 #[derive(Debug, Args)]
 pub struct FineTuneArgs {
-    /// Pretrained ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// Pretrained ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Dataset manifest: recordings with split = "train" train, split = "val" validate.

@@ -35,8 +35,11 @@ use vigil_runtime::model::VigilModel;
 use vigil_runtime::serial::{open_port, DEFAULT_BAUD};
 
 /// The shipped reference model, built into the binary so `vigil demo` and `vigil run`
-/// work from any folder.
-pub const REFERENCE_MODEL: &[u8] = include_bytes!("../../../models/bearing-cnn-v1.onnx");
+/// work from any folder: the spectral bearing-cnn-v3, the most accurate of the three.
+pub const REFERENCE_MODEL: &[u8] = include_bytes!("../../../models/bearing-cnn-v3.onnx");
+
+/// The name the built-in reference model goes by in messages and reports.
+const REFERENCE_MODEL_NAME: &str = "models/bearing-cnn-v3.onnx (built in)";
 
 /// The streamable variant (`models/bearing-cnn-v2.md`), built in for `vigil bench`.
 pub const STREAMABLE_MODEL: &[u8] = include_bytes!("../../../models/bearing-cnn-v2.onnx");
@@ -45,10 +48,7 @@ pub const STREAMABLE_MODEL: &[u8] = include_bytes!("../../../models/bearing-cnn-
 pub fn load_model(path: Option<&Path>) -> Result<VigilModel> {
     match path {
         Some(p) => VigilModel::load(p).with_context(|| format!("cannot load model {}", p.display())),
-        None => Ok(VigilModel::from_bytes(
-            REFERENCE_MODEL,
-            &PathBuf::from("models/bearing-cnn-v1.onnx (built in)"),
-        )?),
+        None => Ok(VigilModel::from_bytes(REFERENCE_MODEL, Path::new(REFERENCE_MODEL_NAME))?),
     }
 }
 
@@ -60,7 +60,7 @@ pub fn load_model_and_proto(path: Option<&Path>) -> Result<(VigilModel, tract_on
         Some(p) => {
             (std::fs::read(p).with_context(|| format!("cannot load model {}", p.display()))?, p.to_path_buf())
         }
-        None => (REFERENCE_MODEL.to_vec(), PathBuf::from("models/bearing-cnn-v1.onnx (built in)")),
+        None => (REFERENCE_MODEL.to_vec(), PathBuf::from(REFERENCE_MODEL_NAME)),
     };
     let model = VigilModel::from_bytes(&bytes, &name)
         .with_context(|| format!("cannot load model {}", name.display()))?;

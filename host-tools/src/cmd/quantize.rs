@@ -15,7 +15,7 @@ use vigil_runtime::scorer::WindowScorer;
 /// each, agreement of their answers, both file sizes and tract's time per window.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// The f32 ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// The f32 ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Manifest whose train recordings (all, when it has no splits) calibrate the ranges;

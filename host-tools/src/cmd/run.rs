@@ -14,7 +14,7 @@ use std::path::PathBuf;
 /// run goes on.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Input file, or `-` for standard input.

@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// the options below.
     #[arg(long, conflicts_with_all = ["model", "port", "state", "pubkey", "name", "input"])]
     config: Option<PathBuf>,
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Serial port to serve on, such as /dev/ttyS1.

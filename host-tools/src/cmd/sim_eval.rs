@@ -16,7 +16,7 @@ use vigil_runtime::model::VigilModel;
 #[derive(Debug, Args)]
 pub struct SimEvalArgs {
     /// The model to evaluate.
-    #[arg(long, default_value = "models/bearing-cnn-v1.onnx")]
+    #[arg(long, default_value = "models/bearing-cnn-v3.onnx")]
     model: PathBuf,
     /// Recordings to simulate (classes are balanced).
     #[arg(long, default_value_t = 400)]

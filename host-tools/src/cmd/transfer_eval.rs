@@ -30,7 +30,7 @@ pub struct TransferEvalArgs {
     /// Draws of the labelled windows per N.
     #[arg(long, default_value_t = 5)]
     seeds: u64,
-    /// ONNX model with Vigil metadata [default: the shipped bearing-cnn-v1].
+    /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
     #[arg(long)]
     model: Option<PathBuf>,
 }
