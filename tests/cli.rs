@@ -32,8 +32,11 @@ fn simulate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     out
 }
 
+/// `vigil run` with the built-in default model.
 fn run(input: &Path, extra: &[&str]) -> Output {
-    run_model(&model_path(), input, extra)
+    let mut all = vec!["run", "--input", input.to_str().unwrap()];
+    all.extend_from_slice(extra);
+    vigil(&all)
 }
 
 fn run_model(model: &Path, input: &Path, extra: &[&str]) -> Output {
@@ -873,11 +876,13 @@ fn a_streamed_run_at_a_hop_off_the_backbone_stride_is_refused_clearly() {
         run_model(&v2, &input, &["--hop", "640", "--streamed"]),
         "does not divide the model's window of 3072",
     );
-    // The default model's padded convolutions reach past a window's edges.
+    // v1's padded convolutions reach past a window's edges.
     assert_fails_with(
-        run(&input, &["--hop", "256", "--streamed"]),
+        run_model(&model_path(), &input, &["--hop", "256", "--streamed"]),
         "padded convolutions look 896 samples ahead",
     );
+    // The default model's spectrum spans the whole window.
+    assert_fails_with(run(&input, &["--hop", "256", "--streamed"]), "the model cannot be streamed");
 }
 
 #[test]
@@ -964,4 +969,34 @@ fn sim_eval_splits_fault_windows_by_impact_to_noise_ratio_and_shaft_speed() {
         "{stdout}"
     );
     assert_eq!(counted(&speed), 18, "{stdout}");
+}
+
+#[test]
+fn sim_eval_calibrates_the_alarm_threshold_to_a_quantile_of_normal_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("calibrated.onnx");
+    let (model, out_s) = (model_path(), out.to_str().unwrap());
+    let args = ["sim-eval", "--model", model.to_str().unwrap(), "--recordings", "8", "--windows", "2"];
+    let threshold = |quantile: &str| -> f64 {
+        let said = ok(&[&args[..], &["--calibrate-threshold", quantile, "-o", out_s]].concat());
+        let now = figure_after(&said, "alarm threshold");
+        assert!(said.contains("normal windows; written to"), "{said}");
+        // The written model loads and runs.
+        let signal = simulate(dir.path(), "h.wav", &["--seconds", "2"]);
+        let (stdout, stderr) = text(&run_model(&out, &signal, &[]));
+        assert!(stdout.contains("summary:"), "{stdout}\n{stderr}");
+        now
+    };
+    // 2 normal recordings x 2 windows: the lowest and highest score bound the quantiles.
+    let (low, high) = (threshold("0"), threshold("1"));
+    assert!(low < high, "quantile 0 gave {low}, quantile 1 gave {high}");
+    // Bad arguments are clap's errors: a non-zero exit and a message naming the option.
+    for (bad, says) in [
+        (&["--calibrate-threshold", "1.5", "-o", out_s][..], "between 0 and 1"),
+        (&["--calibrate-threshold", "0.9"][..], "--out"),
+    ] {
+        let o = vigil(&[&args[..], bad].concat());
+        let (_, stderr) = text(&o);
+        assert!(!o.status.success() && stderr.contains(says), "{stderr}");
+    }
 }
