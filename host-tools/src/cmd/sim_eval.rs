@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
 use std::path::PathBuf;
-use vigil_runtime::model::VigilModel;
 
 /// Simulate held-out recordings from the source domain and evaluate a model on them
 /// through the runtime (tract backbone, Rust head). Besides accuracy, the anomaly figures
@@ -51,8 +50,8 @@ fn parse_quantile(text: &str) -> Result<f64, String> {
 impl SimEvalArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
-        let model =
-            VigilModel::load(&self.model).with_context(|| format!("loading {}", self.model.display()))?;
+        // The graph too, for --calibrate-threshold to write a changed copy.
+        let (model, mut proto, _) = super::load_model_and_proto(Some(&self.model))?;
         let meta = model.metadata().clone();
         let split = SimulatedSplit {
             recordings: self.recordings,
@@ -85,9 +84,6 @@ impl SimEvalArgs {
                 bail!("no normal windows to calibrate on; simulate more --recordings");
             }
             let threshold = quantile_of_sorted(&metrics.normal_scores, q);
-            let bytes =
-                std::fs::read(&self.model).with_context(|| format!("reading {}", self.model.display()))?;
-            let mut proto = vigil_runtime::onnx::decode_model(&bytes, &self.model)?;
             let mut changed = vigil_runtime::onnx::read_metadata(&proto)?;
             let before = changed.alarm.threshold;
             changed.alarm.threshold = threshold;

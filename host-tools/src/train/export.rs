@@ -35,8 +35,8 @@ pub(crate) fn value_info(name: &str, dims: &[DimValue]) -> ValueInfoProto {
 
 /// Builds the ONNX model: `signal [N, C, W] -> conv/relu ... -> GlobalAveragePool ->
 /// Flatten (embedding) -> Gemm (logits)`, or with a spectral embedding `conv/relu ... ->
-/// MatMul (cos, sin) -> Mul, Add -> Log -> Flatten -> Gemm -> Relu (embedding) -> Gemm
-/// (logits)`.
+/// MatMul (cos, sin) -> Mul, Add -> Flatten -> Add (floor) -> MatMul (ones), Div -> Sqrt
+/// -> Gemm -> Relu (embedding) -> Gemm (logits)`.
 pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMetadata) -> ModelProto {
     let mut nodes = Vec::new();
     let mut prev = meta.input_name.clone();
@@ -66,7 +66,7 @@ pub fn build_model(spec: &BackboneSpec, weights: &[NamedWeight], meta: &ModelMet
             // window's total power is a product with a column of ones.
             let (cos, sin) = spectrum_basis(sp.frames);
             let dims = [sp.frames, sp.bins()];
-            let features = spec.convs.last().map_or(1, |c| c.out_ch) * sp.bins();
+            let features = spec.last_channels() * sp.bins();
             initializer.push(float_initializer("spectrum.cos", &dims, &cos));
             initializer.push(float_initializer("spectrum.sin", &dims, &sin));
             initializer.push(float_initializer("spectrum.floor", &[], &[SPECTRUM_FLOOR]));

@@ -5,7 +5,7 @@
 //!
 //! The operators of Vigil's backbones are supported: Conv (1-D, one group), Relu, Abs,
 //! GlobalAveragePool, GlobalMaxPool, Concat, Flatten and Gemm, and for a spectral
-//! backbone MatMul, Mul, Add and Log; any other is refused by name. The spectral
+//! backbone MatMul, Mul, Add, Div, Sqrt and Log; any other is refused by name. The spectral
 //! transform's matrices are never trained.
 
 use anyhow::{anyhow, bail, Context, Result};

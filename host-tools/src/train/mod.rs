@@ -178,8 +178,6 @@ pub struct Metrics {
     pub faults_above_threshold: f32,
     /// Area under the ROC curve of the anomaly score, normal against any fault.
     pub anomaly_auc: f32,
-    /// Anomaly score of normal windows at the 50th, 90th, 97.5th and 99th percentiles.
-    pub normal_score_quantiles: [f32; 4],
     /// Anomaly scores of the normal windows, ascending.
     pub normal_scores: Vec<f32>,
     /// The class predicted for each window, in order.
@@ -197,7 +195,8 @@ impl std::fmt::Display for Metrics {
             100.0 * self.faults_above_threshold
         )?;
         writeln!(f, "anomaly ROC-AUC (normal vs any fault): {:.4}", self.anomaly_auc)?;
-        let [p50, p90, p975, p99] = self.normal_score_quantiles;
+        let [p50, p90, p975, p99] =
+            [0.5, 0.9, 0.975, 0.99].map(|q| quantile_of_sorted(&self.normal_scores, q));
         writeln!(
             f,
             "normal-window anomaly score: p50 {p50:.2}, p90 {p90:.2}, p97.5 {p975:.2}, p99 {p99:.2}"
@@ -499,7 +498,6 @@ pub fn evaluate_windows(model: VigilModel, set: &WindowSet) -> Result<Metrics> {
         normal_above_threshold: above(&normal_scores),
         faults_above_threshold: above(&fault_scores),
         anomaly_auc: roc_auc(&normal_scores, &fault_scores),
-        normal_score_quantiles: [0.5, 0.9, 0.975, 0.99].map(|q| quantile_of_sorted(&normal_scores, q)),
         normal_scores,
         predicted,
     })
