@@ -12,7 +12,7 @@ const SCORE_TOLERANCE: f64 = 1e-3;
 
 fn arm_binary() -> Option<PathBuf> {
     let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/aarch64-unknown-linux-gnu/release/vigil");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aarch64-unknown-linux-gnu/release/vigil");
     let qemu =
         Command::new("sh").args(["-c", "command -v qemu-aarch64"]).output().is_ok_and(|o| o.status.success());
     if path.exists() && qemu {

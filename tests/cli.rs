@@ -10,17 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn model_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v1.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v1.onnx")
 }
 
 /// The streamable variant of the shipped model.
 fn streamable_model_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v2.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v2.onnx")
 }
 
 /// The spectral model, the one that meets the foundation's simulated accuracy target.
 fn spectral_model_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bearing-cnn-v3.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v3.onnx")
 }
 
 fn simulate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
@@ -431,9 +431,9 @@ fn fleet_merge_serve_commission_and_adapt_eval_refuse_bad_input_clearly() {
     // Two heads of different models cannot be averaged.
     let head = fleet.join("a.vup");
     assert!(vigil(&["export-head", "-o", head.to_str().unwrap()]).status.success());
-    let mut other = vigil_tools::update_file::UpdateFile::read(&head).unwrap().head().unwrap();
+    let mut other = vigil_client::update_file::UpdateFile::read(&head).unwrap().head().unwrap();
     other.model_hash = [9; 32];
-    vigil_tools::update_file::UpdateFile::for_head(&other).unwrap().write(&fleet.join("b.vup")).unwrap();
+    vigil_client::update_file::UpdateFile::for_head(&other).unwrap().write(&fleet.join("b.vup")).unwrap();
     assert_fails_with(merge(&fleet), "different models");
     assert!(!out.exists(), "a refused merge was written");
 

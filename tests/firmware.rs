@@ -12,14 +12,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use vigil_client::client::Client;
+use vigil_client::update_file::UpdateFile;
 use vigil_core::update::HeadUpdate;
 use vigil_core::wire::Message;
-use vigil_runtime::serial::open_port;
-use vigil_tools::client::Client;
-use vigil_tools::update_file::UpdateFile;
+use vigil_serial::open_port;
 
 fn firmware_elf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/thumbv7em-none-eabihf/firmware/vigil-mps2")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/thumbv7em-none-eabihf/firmware/vigil-mps2")
 }
 
 /// The board under QEMU: its UART on a pty, its monitor on a socket, its semihosting log

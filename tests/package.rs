@@ -20,14 +20,27 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn have(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// Builds the package around the tested binary and unpacks it; `None` without dpkg.
+/// The binary the package installs: the gateway build without the trainer, which
+/// `scripts/package-deb` (run by `scripts/test-all` before the tests) leaves in
+/// target/gateway; the tested full build where it has not run.
+fn gateway_binary() -> PathBuf {
+    let lean = repo().join("target/gateway/vigil");
+    if lean.exists() {
+        lean
+    } else {
+        eprintln!("note: no target/gateway/vigil (run scripts/package-deb); packaging the full build");
+        PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
+    }
+}
+
+/// Builds the package around the gateway binary and unpacks it; `None` without dpkg.
 fn unpacked(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     if !have("dpkg-deb") {
         eprintln!("SKIPPED: Debian package tests (no dpkg-deb)");
@@ -35,7 +48,7 @@ fn unpacked(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     }
     let out = run(Command::new(repo().join("scripts/package-deb")).args([
         "--binary",
-        env!("CARGO_BIN_EXE_vigil"),
+        gateway_binary().to_str().unwrap(),
         "--out",
         dir.to_str().unwrap(),
     ]));
@@ -44,6 +57,48 @@ fn unpacked(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let root = dir.join("root");
     run(Command::new("dpkg-deb").args(["-x", deb.to_str().unwrap(), root.to_str().unwrap()]));
     Some((deb, root))
+}
+
+#[test]
+fn the_packaged_gateway_build_serves_runs_and_reports_but_does_not_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_, root)) = unpacked(dir.path()) else { return };
+    let vigil = root.join("usr/bin/vigil");
+    let size = std::fs::metadata(&vigil).unwrap().len();
+    // The full build, stripped as the package strips its binary.
+    let full_copy = dir.path().join("vigil-full");
+    std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &full_copy).unwrap();
+    if have("strip") {
+        run(Command::new("strip").arg(&full_copy));
+    }
+    let full = std::fs::metadata(&full_copy).unwrap().len();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!("packaged gateway vigil: {:.1} MiB; the full build stripped: {:.1} MiB", mib(size), mib(full));
+    if gateway_binary() == Path::new(env!("CARGO_BIN_EXE_vigil")) {
+        return;
+    }
+    for command in ["serve", "run", "status", "reports", "report", "push", "label", "demo"] {
+        let out = Command::new(&vigil).args([command, "--help"]).output().unwrap();
+        assert!(out.status.success(), "vigil {command} --help: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let demo = dir.path().join("demo");
+    let out = Command::new(&vigil).args(["demo", "--out", demo.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("ALARM"), "{stdout}");
+    let report = Command::new(&vigil)
+        .args(["report", "--from", demo.join("reports.jsonl").to_str().unwrap()])
+        .args(["--html", dir.path().join("r.html").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    for command in ["pretrain", "fine-tune", "quantize", "bench"] {
+        let out = Command::new(&vigil).args([command, "--data", "x.toml"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "vigil {command} ran in the gateway build");
+        assert!(stderr.contains("needs the full build"), "vigil {command}: {stderr}");
+    }
+    // At most half of the full build, the target the gateway build was made for.
+    assert!(size * 2 <= full, "packaged {size} bytes, full build {full} bytes");
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vigil_core::report::{AnomalyReport, ReportKind};
-use vigil_tools::report_io::{read_jsonl, write_jsonl};
-use vigil_tools::sim::MachineConfig;
+use vigil_runtime::report_io::{read_jsonl, write_jsonl};
+use vigil_sim::MachineConfig;
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists())
@@ -196,7 +196,7 @@ fn a_1000_report_pull_stays_under_2_mb_and_opens_in_under_2_s() {
     );
     assert!(r.console.is_empty(), "console messages: {:?}", r.console);
     assert!(page_seconds < 2.0, "the page took {page_seconds:.2} s to open");
-    let detailed = vigil_tools::report_html::MAX_DETAILED_ALARMS;
+    let detailed = vigil::report_html::MAX_DETAILED_ALARMS;
     assert_eq!(r.dom.matches("<svg").count(), 1 + 2 * detailed);
     assert_eq!(r.dom.matches("<tr class=").count(), 1000);
 }

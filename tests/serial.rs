@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vigil_client::client::{Client, PushOutcome};
+use vigil_client::update_file::UpdateFile;
+use vigil_core::hex;
 use vigil_core::report::{AnomalyReport, ReportKind};
-use vigil_tools::client::{Client, PushOutcome};
-use vigil_tools::hex;
-use vigil_tools::update_file::UpdateFile;
 
 /// What the relay does to the bytes it carries.
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,8 +75,7 @@ impl Link {
     }
 
     fn client(&self) -> Client {
-        let port =
-            vigil_runtime::serial::open_port(&self.host_port, 115_200, Duration::from_millis(5)).unwrap();
+        let port = vigil_serial::open_port(&self.host_port, 115_200, Duration::from_millis(5)).unwrap();
         let mut client = Client::new(Box::new(port));
         client.timeout = Duration::from_millis(25);
         client.quiet = Duration::from_millis(1);
@@ -350,7 +349,7 @@ fn refused_updates_say_why_and_leave_the_head_unchanged() {
 }
 
 fn read_secret(path: &Path) -> [u8; 32] {
-    vigil_tools::update_file::read_key_hex(path).unwrap()
+    vigil_client::update_file::read_key_hex(path).unwrap()
 }
 
 #[test]
@@ -517,7 +516,7 @@ fn a_site_commissions_learns_a_label_survives_a_restart_and_takes_a_fleet_merge(
     let alarm = wait_for_report(port, dir.path(), "AlarmRaised");
     assert!(alarm["stream_time_s"].as_f64().unwrap() > 40.0, "{alarm}");
     let status = ok(&["status", "--port", port]);
-    let shipped_threshold = vigil_tools::cmd::load_model(None).unwrap().metadata().alarm.threshold;
+    let shipped_threshold = vigil_runtime::builtin::load_model(None).unwrap().metadata().alarm.threshold;
     assert!(
         !status.contains(&format!("threshold {shipped_threshold:.2})")),
         "threshold not calibrated: {status}"
@@ -533,7 +532,7 @@ fn a_site_commissions_learns_a_label_survives_a_restart_and_takes_a_fleet_merge(
     assert!(said.contains("1 labels learned, 0 rolled back"), "{said}");
     let adapted = UpdateFile::read(&snapshot).unwrap();
     let adapted_head = adapted.head().unwrap();
-    let shipped = vigil_tools::cmd::load_model(None).unwrap().head_update(1, false).unwrap();
+    let shipped = vigil_runtime::builtin::load_model(None).unwrap().head_update(1, false).unwrap();
     assert_ne!(adapted_head.bias, shipped.bias, "the label did not change the head");
     assert_ne!(adapted_head.alarm.threshold, shipped.alarm.threshold);
     let printed = device.stop();

@@ -107,7 +107,7 @@ impl<C: Clock> Device for FirmwareDevice<'_, C> {
     }
 
     fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason> {
-        ActiveHead::check(update)
+        ActiveHead::check(update, &self.model_hash)
     }
 
     fn apply_head(&mut self, update: &HeadUpdate) {

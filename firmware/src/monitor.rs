@@ -37,12 +37,10 @@ pub struct ActiveHead {
 }
 
 impl ActiveHead {
-    /// Whether `update` fits the feature backbone (the agent checked its model hash).
-    pub fn check(update: &HeadUpdate) -> Result<(), NackReason> {
-        if usize::from(update.inputs) != FEATURE_COUNT || update.validate().is_err() {
-            return Err(NackReason::BadPayload);
-        }
-        Ok(())
+    /// Whether `update` fits the feature backbone of the model `model_hash` names, with
+    /// any number of classes.
+    pub fn check(update: &HeadUpdate, model_hash: &[u8; 32]) -> Result<(), NackReason> {
+        update.fits(model_hash, FEATURE_COUNT, None)
     }
 
     /// Unpacks a checked update.

@@ -7,6 +7,8 @@ use ed25519_dalek::SigningKey;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use std::vec::Vec;
+use vigil_client::client::{Client, PushOutcome};
+use vigil_client::update_file::UpdateFile;
 use vigil_core::agent::Agent;
 use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::FeatureSpec;
@@ -14,10 +16,8 @@ use vigil_core::report::ReportKind;
 use vigil_core::update::slots::Slots;
 use vigil_core::update::HeadUpdate;
 use vigil_core::wire::{Message, NackReason};
-use vigil_tools::client::{Client, PushOutcome, Refusal};
-use vigil_tools::sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
-use vigil_tools::train::feature_head::{calibrated_update, simulate_set, train, TrainOptions};
-use vigil_tools::update_file::UpdateFile;
+use vigil_headfit::feature_head::{calibrated_update, simulate_set, train, TrainOptions};
+use vigil_sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 
 const SLOT: usize = 2048;
 const SPEC: FeatureSpec =
@@ -107,8 +107,8 @@ fn signal(kind: FaultKind, seconds: f64, seed: u64) -> Vec<f32> {
     Simulator::new(MachineConfig::reference(16_000.0, 1), fault, seed).generate(seconds)
 }
 
-fn refusal(result: anyhow::Result<PushOutcome>) -> NackReason {
-    result.unwrap_err().downcast_ref::<Refusal>().expect("a refusal").0
+fn refusal(result: vigil_client::Result<PushOutcome>) -> NackReason {
+    result.unwrap_err().refusal().expect("a refusal")
 }
 
 #[test]
@@ -155,10 +155,7 @@ fn a_node_takes_a_signed_head_scores_samples_and_keeps_its_head_across_restarts(
     // Labels and the head snapshot.
     client.label(raised.sequence, FaultKind::OuterRace.index() as u8).unwrap();
     let wrong_class = client.label(raised.sequence, 9).unwrap_err();
-    assert!(matches!(
-        wrong_class.downcast_ref::<Refusal>(),
-        Some(Refusal(NackReason::UnknownClass { classes: 4 }))
-    ));
+    assert_eq!(wrong_class.refusal(), Some(NackReason::UnknownClass { classes: 4 }));
     let snapshot: HeadUpdate = postcard::from_bytes(&client.head_snapshot().unwrap()).unwrap();
     assert_eq!(snapshot, head);
 

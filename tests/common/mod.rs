@@ -33,7 +33,7 @@ pub fn refused(args: &[&str]) -> String {
 
 /// Where tests keep what they measured or rendered (`target/test-artefacts`).
 pub fn artefacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artefacts");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artefacts");
     std::fs::create_dir_all(&dir).expect("target/test-artefacts can be created");
     dir
 }

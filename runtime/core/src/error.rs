@@ -22,6 +22,15 @@ pub enum CoreError {
     NotFinite,
     /// An FFT length that is not a power of two (or is below 2).
     NotPowerOfTwo(usize),
+    /// More values than a head update carries.
+    TooLarge {
+        /// What was too large (the embedding, the head, the bias).
+        what: &'static str,
+        /// The most a head update carries.
+        max: usize,
+        /// What was given.
+        actual: usize,
+    },
     /// An alarm policy whose `raise_k`/`window_n` do not satisfy `1 <= k <= n <= 32`.
     AlarmWindow {
         /// Windows above threshold needed to raise.
@@ -43,6 +52,9 @@ impl fmt::Display for CoreError {
             CoreError::NotPositive => f.write_str("a scale, variance or rate is not finite and positive"),
             CoreError::NotFinite => f.write_str("a weight or bias is NaN or infinite"),
             CoreError::NotPowerOfTwo(n) => write!(f, "FFT length {n} is not a power of two"),
+            CoreError::TooLarge { what, max, actual } => {
+                write!(f, "{what} has {actual} values; a head update carries at most {max}")
+            }
             CoreError::AlarmWindow { k, n } => {
                 write!(f, "alarm policy needs 1 <= k <= n <= 32, got k={k}, n={n}")
             }

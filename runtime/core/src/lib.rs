@@ -39,6 +39,7 @@ pub mod dsp;
 mod error;
 pub mod features;
 pub mod head;
+pub mod hex;
 pub mod normalise;
 pub mod report;
 pub mod resample;

@@ -68,15 +68,15 @@ impl GatewayDevice {
         let outcome = lock(&self.pipeline).scorer_mut().learn_label(report, usize::from(class));
         let name = self.class_names.get(usize::from(class)).map_or("?", String::as_str);
         match outcome {
-            Ok(Some(LabelOutcome::Accepted { replay_accuracy, .. })) => println!(
+            Ok(Some(LabelOutcome::Accepted { replay_accuracy, .. })) => log::info!(
                 "label {name} for report {report}: head adapted (replay accuracy {:.0}%)",
                 100.0 * replay_accuracy
             ),
-            Ok(Some(LabelOutcome::RolledBack { correct_before, correct_after })) => println!(
+            Ok(Some(LabelOutcome::RolledBack { correct_before, correct_after })) => log::info!(
                 "label {name} for report {report}: rolled back (it would have cut replay accuracy from {correct_before} to {correct_after} samples)"
             ),
-            Ok(None) => println!("label {name} for report {report}: recorded; its window is no longer held, so the head did not learn from it"),
-            Err(e) => eprintln!("vigil serve: label {name} for report {report} not learned: {e}"),
+            Ok(None) => log::info!("label {name} for report {report}: recorded; its window is no longer held, so the head did not learn from it"),
+            Err(e) => log::warn!("label {name} for report {report} not learned: {e}"),
         }
         self.refresh_snapshot();
     }
@@ -157,18 +157,12 @@ impl Device for GatewayDevice {
     }
 
     fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason> {
-        if update.model_hash != self.model_hash {
-            return Err(NackReason::OtherModel);
-        }
-        if usize::from(update.inputs) != self.dim || usize::from(update.classes) != self.class_names.len() {
-            return Err(NackReason::BadPayload);
-        }
-        Ok(())
+        update.fits(&self.model_hash, self.dim, Some(self.class_names.len()))
     }
 
     fn apply_head(&mut self, update: &HeadUpdate) {
         if let Err(e) = lock(&self.pipeline).scorer_mut().apply_head(update) {
-            eprintln!("vigil serve: committed head version {} cannot run: {e}", update.version);
+            log::warn!("committed head version {} cannot run: {e}", update.version);
         }
         self.refresh_snapshot();
     }

@@ -22,6 +22,14 @@ pub enum RuntimeError {
         /// What the decoder said.
         reason: String,
     },
+    /// A model's metadata, head or graph was refused.
+    #[error("cannot load model {path}: {source}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        source: Box<RuntimeError>,
+    },
     /// A Vigil metadata key is missing or malformed.
     #[error("model metadata `{key}`: {problem}")]
     Metadata {
@@ -55,17 +63,36 @@ pub enum RuntimeError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
-    /// A serial port could not be opened or used.
-    #[error("serial port {port} {problem}")]
-    Port {
-        /// The port's path.
-        port: String,
-        /// What is wrong, and what to do.
-        problem: String,
+    /// A sample stream could not be opened or read, or does not make sense.
+    #[error("{0}")]
+    Input(String),
+    /// A gateway config file is malformed; the message names the file, key and line.
+    #[error("{0}")]
+    Config(String),
+    /// A file of reports (JSON lines) is malformed; the message names the file and line.
+    #[error("{0}")]
+    Reports(String),
+    /// A file could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        what: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
     },
+    /// A serial port could not be opened or used.
+    #[error(transparent)]
+    Port(#[from] vigil_serial::PortError),
     /// A report could not be encoded or decoded.
     #[error("report encoding: {0}")]
     Encoding(#[from] postcard::Error),
+}
+
+impl RuntimeError {
+    /// An I/O error while doing `what` (which names the file).
+    pub fn io(what: String, source: std::io::Error) -> Self {
+        RuntimeError::Io { what, source }
+    }
 }
 
 /// Result alias of this crate.

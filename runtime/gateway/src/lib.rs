@@ -10,9 +10,14 @@
 //! * [`scorer::WindowScorer`] normalises, embeds, classifies, scores against the
 //!   normal-state prototype and applies the alarm policy, producing reports.
 //! * [`store::ReportStore`] keeps reports durably in an append-only, CRC-checked file.
-//! * [`agent::GatewayDevice`], [`slots::FileSlots`] and [`serial`] serve the wire protocol
-//!   of `vigil_core::wire` on a serial port: status, signed head updates into A/B slots,
-//!   report pulls and labels.
+//! * [`input`] reads sample streams (CSV, WAV, f32le, data-forwarder lines) and [`stream`]
+//!   drives one through windowing, scoring and the store; [`report_io`] writes and reads
+//!   reports as JSON lines and CSV.
+//! * [`agent::GatewayDevice`] and [`slots::FileSlots`] serve the wire protocol of
+//!   `vigil_core::wire` on a serial port (`vigil_serial`): status, signed head updates
+//!   into A/B slots, report pulls and labels; [`config`] reads the gateway's `vigil.toml`.
+//! * [`builtin`] holds the default model, built into the binary, and the loader every
+//!   command uses.
 //!
 //! ```no_run
 //! use vigil_runtime::{model::VigilModel, scorer::WindowScorer, windower::Windower};
@@ -35,17 +40,23 @@
 
 pub mod adaptation;
 pub mod agent;
+pub mod builtin;
+pub mod config;
 mod error;
+pub mod input;
 pub mod metadata;
 pub mod model;
 pub mod onnx;
 pub mod patchify;
 pub mod pipeline;
+pub mod plan;
+pub mod pooling;
 pub mod profile;
+pub mod report_io;
 pub mod scorer;
-pub mod serial;
 pub mod slots;
 pub mod store;
+pub mod stream;
 pub mod streaming;
 pub mod windower;
 

@@ -3,7 +3,8 @@
 
 use crate::adaptation::{Adaptation, AdaptationSettings};
 use crate::error::{Result, RuntimeError};
-use crate::model::{Embedder, VigilModel};
+use crate::model::VigilModel;
+use crate::plan::Embedder;
 use crate::streaming::StreamingEmbedder;
 use crate::windower::Window;
 use vigil_core::adapt::label::LabelOutcome;
@@ -16,7 +17,7 @@ use vigil_core::report::{
     top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot, ENVELOPE_HIGH_PASS_HZ,
     ENVELOPE_MAX_HZ,
 };
-use vigil_core::update::{fixed, HeadWeights};
+use vigil_core::update::{HeadParts, HeadUpdate};
 
 /// What scoring one window produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,18 +160,23 @@ impl WindowScorer {
     /// The running head, prototype and alarm policy as a head update of `version`,
     /// followed by what adaptation learned from ([`AdaptationStats`]): a head snapshot.
     pub fn snapshot(&self, version: u32) -> Result<Vec<u8>> {
-        let mut update = self.model.head_update(version, false)?;
-        let mut stats = AdaptationStats::default();
-        if let Some(a) = &self.adaptation {
-            let head = a.head();
-            let site = a.site().prototype();
-            update.weights = HeadWeights::F32(fixed(head.weights())?);
-            update.bias = fixed(head.bias())?;
-            update.prototype_mean = fixed(site.mean())?;
-            update.prototype_var = fixed(site.var())?;
-            update.alarm = a.site().policy();
-            stats = a.stats();
-        }
+        let (update, stats) = match &self.adaptation {
+            Some(a) => {
+                let site = a.site().prototype();
+                let update = HeadUpdate::from_parts(HeadParts {
+                    model_hash: self.model.hash(),
+                    version,
+                    weights: a.head().weights(),
+                    bias: a.head().bias(),
+                    prototype_mean: site.mean(),
+                    prototype_var: site.var(),
+                    alarm: a.site().policy(),
+                    int8: false,
+                })?;
+                (update, a.stats())
+            }
+            None => (self.model.head_update(version, false)?, AdaptationStats::default()),
+        };
         let mut bytes = postcard::to_allocvec(&update)?;
         bytes.extend(postcard::to_allocvec(&stats)?);
         Ok(bytes)

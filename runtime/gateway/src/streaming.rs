@@ -27,90 +27,15 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::metadata::ModelMetadata;
-use crate::model::Layout;
 use crate::model::VigilModel;
 use crate::patchify::Patchify;
+use crate::plan::{backbone_graph, optimise, plan_input, Layout};
+use crate::pooling::{not_streamable, pool, FrameCut, Pooling};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use tract_pulse::internal::{PulsedModel, PulsedModelExt};
 use vigil_core::normalise::{Centre, Scaling};
-
-/// How the backbone's last feature frames become the embedding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The mean over time of each channel.
-    Mean,
-    /// The mean over time of each channel, then the maximum over time of each channel
-    /// (twice the dimension): the maximum keeps an intermittent impact that the mean
-    /// dilutes.
-    MeanMax,
-}
-
-impl Pooling {
-    /// Values of the embedding pooled from frames of `channels` values.
-    pub fn width(self, channels: usize) -> usize {
-        match self {
-            Pooling::Mean => channels,
-            Pooling::MeanMax => 2 * channels,
-        }
-    }
-}
-
-/// Where the graph's frames end and its pooling begins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameCut {
-    /// The node whose output is the last feature frames, `[1, channels, frames]`.
-    pub frames_node: String,
-    /// The pooling between those frames and the embedding node.
-    pub pooling: Pooling,
-}
-
-impl FrameCut {
-    /// Finds the pooling that feeds the embedding node: `Flatten(GlobalAveragePool(x))`
-    /// or `Flatten(Concat(GlobalAveragePool(x), GlobalMaxPool(x)))`.
-    pub fn find(proto: &ModelProto, meta: &ModelMetadata) -> Result<FrameCut> {
-        let graph = proto.graph.as_ref().ok_or_else(|| not_streamable("the model has no graph"))?;
-        let producer = |output: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == output));
-        let flatten = producer(&meta.embedding_node)
-            .filter(|n| n.op_type == "Flatten")
-            .ok_or_else(|| not_streamable("the embedding node is not a Flatten of a global pooling"))?;
-        let pool = flatten
-            .input
-            .first()
-            .and_then(|i| producer(i))
-            .ok_or_else(|| not_streamable("the Flatten has no input node"))?;
-        let input_of = |name: &str, op: &str| {
-            producer(name).filter(|n| n.op_type == op).and_then(|n| n.input.first().cloned())
-        };
-        let cut = match pool.op_type.as_str() {
-            "GlobalAveragePool" => pool.input.first().map(|x| (x.clone(), Pooling::Mean)),
-            "Concat" if pool.input.len() == 2 => {
-                match (
-                    input_of(&pool.input[0], "GlobalAveragePool"),
-                    input_of(&pool.input[1], "GlobalMaxPool"),
-                ) {
-                    (Some(a), Some(b)) if a == b => Some((a, Pooling::MeanMax)),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        let (frames, pooling) = cut.ok_or_else(|| {
-            not_streamable("the embedding is neither mean nor mean-and-max pooling of one tensor")
-        })?;
-        let frames_node =
-            producer(&frames).map(|n| n.name.clone()).filter(|n| !n.is_empty()).unwrap_or(frames);
-        Ok(FrameCut { frames_node, pooling })
-    }
-}
-
-fn not_streamable(why: &str) -> RuntimeError {
-    RuntimeError::StreamMismatch(format!(
-        "the model cannot be streamed: {why}; score full windows instead (leave out the streaming option)"
-    ))
-}
 
 /// The last window's feature frames, pooled into an embedding as the graph would.
 #[derive(Debug, Clone)]
@@ -336,7 +261,7 @@ impl StreamingEmbedder {
 
         // The patchify layer, when the backbone starts with one, runs in Rust ahead of
         // the pulsed plan; it needs no context, so the plan streams its frames.
-        let backbone = crate::model::backbone_graph(model.proto(), &meta, &cut.frames_node, true)?;
+        let backbone = backbone_graph(model.proto(), &meta, &cut.frames_node, true)?;
         let stream = backbone.stream.clone().ok_or_else(|| not_streamable("its graph has no stream axis"))?;
         let per_step = backbone.samples_per_step();
         let (front, plan_layout) = (backbone.front, backbone.layout);
@@ -349,7 +274,7 @@ impl StreamingEmbedder {
         if frames_per_hop != hop / stride {
             return Err(not_streamable("the pulsed backbone does not yield one frame per stride"));
         }
-        let plan = crate::model::optimise(pulsed.into_typed()?)?;
+        let plan = optimise(pulsed.into_typed()?)?;
         let state = plan.spawn()?;
         let per_channel_scale = meta.channels == 1 || matches!(meta.normalisation.scaling, Scaling::Fixed(_));
         let edge_frames = edge_frames(model, &cut, &meta)?;
@@ -486,7 +411,7 @@ impl StreamingEmbedder {
         }
         let inputs = hops
             .iter()
-            .map(|h| crate::model::plan_input(self.front.as_ref(), channels, h, &mut self.front_frames))
+            .map(|h| plan_input(self.front.as_ref(), channels, h, &mut self.front_frames))
             .collect::<Result<Vec<_>>>()?;
         let mut next = 0;
         let plan_times = crate::profile::profile_state(&mut self.state, runs, || {
@@ -593,8 +518,7 @@ impl StreamingEmbedder {
                 history.drain(..excess);
             }
         }
-        let input =
-            crate::model::plan_input(self.front.as_ref(), channels, &self.input, &mut self.front_frames)?;
+        let input = plan_input(self.front.as_ref(), channels, &self.input, &mut self.front_frames)?;
         let out = self.state.run(tvec!(input.into()))?;
         let frames = out[0].to_plain_array_view::<f32>()?;
         let frames =
@@ -671,8 +595,8 @@ fn run_frames(plan: &Arc<TypedRunnableModel>, channels: usize, input: &[f32]) ->
 /// window of real samples on either side.
 fn edge_frames(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata) -> Result<usize> {
     let (c, w) = (meta.channels, meta.window);
-    let alone = crate::model::optimise(typed_window(model, cut, meta, w)?)?;
-    let within = crate::model::optimise(typed_window(model, cut, meta, 3 * w)?)?;
+    let alone = optimise(typed_window(model, cut, meta, w)?)?;
+    let within = optimise(typed_window(model, cut, meta, 3 * w)?)?;
     let long = probe_signal(3 * w * c, 7);
     // The middle window of each channel.
     let middle: Vec<f32> = long.chunks_exact(3 * w).flat_map(|ch| ch[w..2 * w].iter().copied()).collect();
@@ -690,7 +614,7 @@ fn edge_frames(model: &VigilModel, cut: &FrameCut, meta: &ModelMetadata) -> Resu
 /// Whether the frames of `3 x + 0.7` are 3 times those of `x`, for a test window `x`:
 /// the backbone ignores each channel's mean and scales with the input.
 fn is_homogeneous(typed: TypedModel, meta: &ModelMetadata) -> Result<bool> {
-    let plan = crate::model::optimise(typed)?;
+    let plan = optimise(typed)?;
     let x = probe_signal(meta.channels * meta.window, 0x2545_f491);
     let moved: Vec<f32> = x.iter().map(|v| 3.0 * v + 0.7).collect();
     let (a, b) = (run_frames(&plan, meta.channels, &x)?, run_frames(&plan, meta.channels, &moved)?);
@@ -715,18 +639,6 @@ fn normalise(meta: &ModelMetadata, stats: &SlidingStats, channel: usize, samples
     for x in samples {
         *x = (*x - centre) * inv;
     }
-}
-
-/// Pools frames laid out channel-major (`[channels, frames]`): the mean over time of
-/// each channel, then (mean and max) the maximum over time of each.
-pub(crate) fn pool(values: &[f32], channels: usize, pooling: Pooling) -> Vec<f32> {
-    let frames = values.len() / channels.max(1);
-    let rows = || values.chunks_exact(frames.max(1)).take(channels);
-    let mut out: Vec<f32> = rows().map(vigil_core::dsp::mean).collect();
-    if pooling == Pooling::MeanMax {
-        out.extend(rows().map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max)));
-    }
-    out
 }
 
 #[cfg(test)]

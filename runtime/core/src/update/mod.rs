@@ -126,7 +126,86 @@ pub struct HeadUpdate {
     pub alarm: AlarmPolicy,
 }
 
+/// A head as plain slices, for [`HeadUpdate::from_parts`]: weights row-major
+/// `classes x inputs`, where `classes` is the bias's length and `inputs` the prototype's.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadParts<'a> {
+    /// SHA-256 of the model file whose backbone produces the embeddings.
+    pub model_hash: [u8; 32],
+    /// Version of the head.
+    pub version: u32,
+    /// The dense layer's weights, row-major `classes x inputs`.
+    pub weights: &'a [f32],
+    /// The dense layer's bias, one per class.
+    pub bias: &'a [f32],
+    /// Mean of the embeddings of normal windows.
+    pub prototype_mean: &'a [f32],
+    /// Diagonal variance of the embeddings of normal windows.
+    pub prototype_var: &'a [f32],
+    /// Threshold and alarm configuration.
+    pub alarm: AlarmPolicy,
+    /// Carry the weights as int8 with one scale per class row ([`quantise_rows`]).
+    pub int8: bool,
+}
+
 impl HeadUpdate {
+    /// The one way to build a head update: from its parts, checked ([`HeadUpdate::validate`]),
+    /// with an error naming what exceeds a head update's capacity.
+    pub fn from_parts(parts: HeadParts<'_>) -> Result<Self, CoreError> {
+        let inputs = parts.prototype_mean.len();
+        let classes = parts.bias.len();
+        let capped = |what, max: usize, actual: usize| {
+            if actual > max {
+                Err(CoreError::TooLarge { what, max, actual })
+            } else {
+                Ok(())
+            }
+        };
+        capped("the embedding", MAX_EMBEDDING, inputs)?;
+        capped("the bias", MAX_CLASSES, classes)?;
+        capped("the head", MAX_HEAD_WEIGHTS, parts.weights.len())?;
+        crate::error::check_len(inputs * classes, parts.weights.len())?;
+        let weights = if parts.int8 {
+            quantise_rows(parts.weights, inputs)?
+        } else {
+            HeadWeights::F32(fixed(parts.weights)?)
+        };
+        let update = HeadUpdate {
+            model_hash: parts.model_hash,
+            version: parts.version,
+            inputs: inputs as u16,
+            classes: classes as u8,
+            weights,
+            bias: fixed(parts.bias)?,
+            prototype_mean: fixed(parts.prototype_mean)?,
+            prototype_var: fixed(parts.prototype_var)?,
+            alarm: parts.alarm,
+        };
+        update.validate()?;
+        Ok(update)
+    }
+
+    /// Whether this update fits a device: made for the model whose file hashes to
+    /// `model_hash`, for an embedding of `inputs` values and (when given) `classes`
+    /// classes, and valid ([`HeadUpdate::validate`]). The error is the refusal the device
+    /// answers. The one check every device runs before it applies a head.
+    pub fn fits(
+        &self,
+        model_hash: &[u8; 32],
+        inputs: usize,
+        classes: Option<usize>,
+    ) -> Result<(), NackReason> {
+        if self.model_hash != *model_hash {
+            return Err(NackReason::OtherModel);
+        }
+        let shape =
+            usize::from(self.inputs) == inputs && classes.is_none_or(|c| c == usize::from(self.classes));
+        if !shape || self.validate().is_err() {
+            return Err(NackReason::BadPayload);
+        }
+        Ok(())
+    }
+
     /// Checks that the dimensions agree and every value is finite.
     pub fn validate(&self) -> Result<(), CoreError> {
         let (inputs, classes) = (self.inputs as usize, self.classes as usize);

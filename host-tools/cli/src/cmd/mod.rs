@@ -1,0 +1,312 @@
+//! The subcommands of `vigil`, one file each.
+
+#[cfg(feature = "train")]
+mod adapt_eval;
+mod demo;
+#[cfg(feature = "train")]
+mod evaluate;
+mod export_head;
+mod feature_head;
+mod feed;
+#[cfg(feature = "train")]
+mod fine_tune;
+mod fleet;
+mod keys;
+mod label;
+#[cfg(not(feature = "train"))]
+mod lean;
+#[cfg(feature = "train")]
+mod pretrain;
+mod push;
+#[cfg(feature = "train")]
+mod quantize;
+pub mod report;
+mod reports;
+mod run;
+mod serve;
+#[cfg(feature = "train")]
+mod sim_eval;
+mod simulate;
+mod snapshot;
+mod status;
+#[cfg(feature = "train")]
+mod transfer_eval;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::Duration;
+use vigil_client::client::Client;
+use vigil_runtime::input::{self, InputFormat, SampleSource};
+use vigil_runtime::stream::StreamOptions;
+use vigil_serial::{open_port, DEFAULT_BAUD};
+
+/// A progress bar for `len` steps of `what` (0: a spinner with a count), in one style for
+/// every command.
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len).with_message(what.to_owned());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// How to read a sensor stream (`vigil run`, `vigil serve`).
+#[derive(Debug, Args)]
+pub struct StreamInputArgs {
+    /// Input format: csv, wav, f32le or forwarder [default: from the file extension; csv
+    /// for standard input].
+    #[arg(long, value_parser = parse_format)]
+    format: Option<InputFormat>,
+    /// Sample rate of the input in Hz (overrides what the file says).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Channels in the input (needed for f32le).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Hop between windows, in samples at the model's rate [default: the model's].
+    #[arg(long)]
+    hop: Option<usize>,
+    /// Pace the input at its sample rate, like a live sensor.
+    #[arg(long)]
+    realtime: bool,
+    /// Stream the backbone: only each window's newest hop runs through it, the rest of
+    /// the window's frames are kept from earlier windows. Same scores for the shipped
+    /// model (its frames never see past a window's edge), several times less work per
+    /// window at short hops.
+    #[arg(long)]
+    streamed: bool,
+}
+
+impl StreamInputArgs {
+    /// The `[input]` table of a config file as options.
+    pub fn from_config(input: &vigil_runtime::config::InputConfig, path: &Path) -> Result<Self> {
+        let format = match &input.format {
+            Some(f) => Some(
+                f.parse::<InputFormat>().map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(StreamInputArgs {
+            format,
+            rate: input.rate,
+            channels: input.channels,
+            hop: None,
+            realtime: input.realtime,
+            streamed: false,
+        })
+    }
+
+    /// Opens `input` (a file or `-`) and the options to stream it with.
+    pub fn open(&self, input: &str) -> Result<(Box<dyn SampleSource>, StreamOptions)> {
+        let format = self.format.or_else(|| InputFormat::from_path(input)).unwrap_or(InputFormat::Csv);
+        let source = input::open(input, format, self.channels)?;
+        Ok((
+            source,
+            StreamOptions {
+                hop: self.hop,
+                realtime: self.realtime,
+                rate: self.rate,
+                streamed: self.streamed,
+            },
+        ))
+    }
+}
+
+/// Parses `--format`.
+fn parse_format(name: &str) -> Result<InputFormat, String> {
+    name.parse().map_err(|e: vigil_runtime::RuntimeError| e.to_string())
+}
+
+/// The serial port to a device (host commands).
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Serial port of the device, such as /dev/ttyUSB0.
+    #[arg(long, short)]
+    port: String,
+    /// Baud rate.
+    #[arg(long, default_value_t = DEFAULT_BAUD)]
+    baud: u32,
+    /// Milliseconds to wait for an answer before retrying.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Retries of a request whose answer was lost or corrupted.
+    #[arg(long, default_value_t = 8)]
+    retries: u32,
+}
+
+impl PortArgs {
+    /// Opens the port and wraps it in a protocol client.
+    pub fn connect(&self) -> Result<Client> {
+        let port = open_port(&self.port, self.baud, Duration::from_millis(20))?;
+        let mut client = Client::new(Box::new(port));
+        client.timeout = Duration::from_millis(self.timeout_ms);
+        client.retries = self.retries;
+        Ok(client)
+    }
+
+    /// The port's path.
+    pub fn name(&self) -> &str {
+        &self.port
+    }
+
+    /// The baud rate.
+    pub fn baud_rate(&self) -> u32 {
+        self.baud
+    }
+
+    /// Seconds `bytes` take on the line at this baud rate (8N1: 10 bits per byte).
+    pub fn line_seconds(&self, bytes: u64) -> f64 {
+        bytes as f64 * 10.0 / f64::from(self.baud)
+    }
+}
+
+/// Vigil: predictive-maintenance inference at the edge.
+///
+/// Simulate bearing vibration, pretrain the reference model, and run a model over a
+/// sensor stream to detect and classify developing faults; serve devices over serial
+/// lines, push signed head updates, pull and label reports, and turn them into the
+/// technician's HTML report. Start with `vigil demo`.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a machine healthy, then developing a fault, and watch the shipped model
+    /// catch it (no hardware, no download).
+    Demo(demo::DemoArgs),
+    /// Run a model over a sensor stream and print alarms as they happen.
+    Run(run::RunArgs),
+    /// Measure µs per scored window, full window and streamed, against ONNX Runtime.
+    #[cfg(feature = "train")]
+    Bench(vigil_bench::BenchArgs),
+    #[cfg(not(feature = "train"))]
+    Bench(lean::NeedsTrainer),
+    /// Simulate bearing vibration (healthy or faulty, optionally run to failure).
+    Simulate(simulate::SimulateArgs),
+    /// Train the reference model on the simulated source domain and export it to ONNX.
+    #[cfg(feature = "train")]
+    Pretrain(pretrain::PretrainArgs),
+    #[cfg(not(feature = "train"))]
+    Pretrain(lean::NeedsTrainer),
+    /// Evaluate a model on freshly simulated held-out recordings of the source domain.
+    #[cfg(feature = "train")]
+    SimEval(sim_eval::SimEvalArgs),
+    #[cfg(not(feature = "train"))]
+    SimEval(lean::NeedsTrainer),
+    /// Fine-tune a pretrained model on labelled recordings of one machine line.
+    #[cfg(feature = "train")]
+    FineTune(fine_tune::FineTuneArgs),
+    #[cfg(not(feature = "train"))]
+    FineTune(lean::NeedsTrainer),
+    /// Quantise a model to int8 for tract's integer kernels, calibrated on a dataset.
+    #[cfg(feature = "train")]
+    Quantize(quantize::QuantizeArgs),
+    #[cfg(not(feature = "train"))]
+    Quantize(lean::NeedsTrainer),
+    /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
+    /// condition, anomaly ROC-AUC, false and missed alarms).
+    #[cfg(feature = "train")]
+    Evaluate(evaluate::EvaluateArgs),
+    #[cfg(not(feature = "train"))]
+    Evaluate(lean::NeedsTrainer),
+    /// Compare the envelope-spectrum classifier, the shipped model zero-shot and
+    /// fine-tuned, and the DSP feature backbone on a labelled dataset.
+    #[cfg(feature = "train")]
+    TransferEval(transfer_eval::TransferEvalArgs),
+    #[cfg(not(feature = "train"))]
+    TransferEval(lean::NeedsTrainer),
+    /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
+    /// simulated fleet of machines outside the pretraining range.
+    #[cfg(feature = "train")]
+    AdaptEval(adapt_eval::AdaptEvalArgs),
+    #[cfg(not(feature = "train"))]
+    AdaptEval(lean::NeedsTrainer),
+    /// Run the pipeline and serve the device protocol on a serial port (gateway agent).
+    Serve(serve::ServeArgs),
+    /// Ask a device who it is and what it is doing.
+    Status(status::StatusArgs),
+    /// Push a signed head update to a device.
+    Push(push::PushArgs),
+    /// Make the technician's HTML report (and CSV/JSON) from pulled reports.
+    Report(report::ReportArgs),
+    /// Pull a device's stored anomaly reports.
+    Reports(reports::ReportsArgs),
+    /// Label a device's report with the class a technician found.
+    Label(label::LabelArgs),
+    /// Copy the head a device runs into a .vup file.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Merge the heads that many devices adapted into one signed update.
+    Fleet(fleet::FleetArgs),
+    /// Write a model's head as an unsigned head update (.vup).
+    ExportHead(export_head::ExportHeadArgs),
+    /// Train a head over DSP features for microcontroller nodes, as an unsigned head update.
+    FeatureHead(feature_head::FeatureHeadArgs),
+    /// Stream a recorded signal into a device that has no sensor of its own.
+    Feed(feed::FeedArgs),
+    /// Make an Ed25519 key pair for signing updates.
+    Keygen(keys::KeygenArgs),
+    /// Sign a head update with a secret key.
+    Sign(keys::SignArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Demo(a) => a.run(),
+            Command::Run(a) => a.run(),
+            #[cfg(feature = "train")]
+            Command::Bench(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::Bench(a) => a.run("bench"),
+            Command::Simulate(a) => a.run(),
+            #[cfg(feature = "train")]
+            Command::Pretrain(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::Pretrain(a) => a.run("pretrain"),
+            #[cfg(feature = "train")]
+            Command::SimEval(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::SimEval(a) => a.run("sim-eval"),
+            #[cfg(feature = "train")]
+            Command::FineTune(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::FineTune(a) => a.run("fine-tune"),
+            #[cfg(feature = "train")]
+            Command::Quantize(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::Quantize(a) => a.run("quantize"),
+            #[cfg(feature = "train")]
+            Command::Evaluate(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::Evaluate(a) => a.run("evaluate"),
+            #[cfg(feature = "train")]
+            Command::AdaptEval(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::AdaptEval(a) => a.run("adapt-eval"),
+            #[cfg(feature = "train")]
+            Command::TransferEval(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::TransferEval(a) => a.run("transfer-eval"),
+            Command::Serve(a) => a.run(),
+            Command::Status(a) => a.run(),
+            Command::Push(a) => a.run(),
+            Command::Report(a) => a.run(),
+            Command::Reports(a) => a.run(),
+            Command::Label(a) => a.run(),
+            Command::Snapshot(a) => a.run(),
+            Command::Fleet(a) => a.run(),
+            Command::ExportHead(a) => a.run(),
+            Command::FeatureHead(a) => a.run(),
+            Command::Feed(a) => a.run(),
+            Command::Keygen(a) => a.run(),
+            Command::Sign(a) => a.run(),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `vigil report`: the technician's report from pulled reports.
+
+use crate::report_html::{render, MachineFrequencies, ReportContext};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use vigil_core::bearing::BearingGeometry;
+use vigil_runtime::report_io::{read_jsonl, write_csv, write_jsonl};
+
+/// Turn pulled reports (JSON lines, from `vigil reports pull` or `vigil run --json`) into a
+/// self-contained HTML report with spectra and fault-frequency markers, and/or CSV and JSON.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Reports as JSON lines.
+    #[arg(long)]
+    from: PathBuf,
+    #[command(flatten)]
+    outputs: ReportOutputs,
+}
+
+/// Where reports go and how the HTML marks fault frequencies (shared with `reports pull`).
+#[derive(Debug, Args, Default)]
+pub struct ReportOutputs {
+    /// Write a self-contained HTML report here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Write the reports as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write the reports as JSON lines here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Shaft speed in Hz, for the fault-frequency markers (with --bearing).
+    #[arg(long)]
+    pub shaft_hz: Option<f32>,
+    /// Bearing as BALLS,BALL_DIAMETER,PITCH_DIAMETER[,CONTACT_ANGLE_DEGREES], such as
+    /// 9,7.94,39.04 for a 6205.
+    #[arg(long)]
+    pub bearing: Option<String>,
+}
+
+impl ReportOutputs {
+    /// The machine frequencies from --shaft-hz and --bearing.
+    pub fn machine(&self) -> Result<Option<MachineFrequencies>> {
+        match (self.shaft_hz, &self.bearing) {
+            (None, None) => Ok(None),
+            (Some(shaft_hz), Some(bearing)) => {
+                let geometry = parse_bearing(bearing)?;
+                Ok(Some(MachineFrequencies {
+                    shaft_hz,
+                    faults: geometry.fault_orders().at_shaft_hz(shaft_hz),
+                }))
+            }
+            _ => bail!("fault-frequency markers need both --shaft-hz and --bearing"),
+        }
+    }
+
+    /// Writes every requested output; returns the paths written.
+    pub fn write(
+        &self,
+        reports: &[vigil_core::report::AnomalyReport],
+        ctx: &ReportContext,
+    ) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        if let Some(path) = &self.html {
+            let html = render(reports, ctx)?;
+            std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
+            written.push(path.clone());
+        }
+        if let Some(path) = &self.csv {
+            write_csv(path, reports, &ctx.class_names)?;
+            written.push(path.clone());
+        }
+        if let Some(path) = &self.json {
+            write_jsonl(path, reports, &ctx.class_names)?;
+            written.push(path.clone());
+        }
+        Ok(written)
+    }
+}
+
+pub(crate) fn parse_bearing(text: &str) -> Result<BearingGeometry> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let number = |i: usize, what: &str| -> Result<f32> {
+        parts[i].parse::<f32>().with_context(|| format!("--bearing: {what} `{}` is not a number", parts[i]))
+    };
+    if !(3..=4).contains(&parts.len()) {
+        bail!("--bearing takes BALLS,BALL_DIAMETER,PITCH_DIAMETER[,CONTACT_ANGLE_DEGREES], got `{text}`");
+    }
+    let n_balls = parts[0]
+        .parse::<u16>()
+        .with_context(|| format!("--bearing: ball count `{}` is not a whole number", parts[0]))?;
+    let geometry = BearingGeometry {
+        n_balls,
+        ball_diameter: number(1, "ball diameter")?,
+        pitch_diameter: number(2, "pitch diameter")?,
+        contact_angle: if parts.len() == 4 { number(3, "contact angle")?.to_radians() } else { 0.0 },
+    };
+    if geometry.n_balls == 0
+        || !(geometry.ball_diameter > 0.0 && geometry.ball_diameter < geometry.pitch_diameter)
+    {
+        bail!("--bearing `{text}`: needs at least one ball and a ball diameter below the pitch diameter");
+    }
+    Ok(geometry)
+}
+
+impl ReportArgs {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        let o = &self.outputs;
+        if o.html.is_none() && o.csv.is_none() && o.json.is_none() {
+            bail!("nothing to write: give --html, --csv and/or --json");
+        }
+        let machine = o.machine()?;
+        let (reports, class_names) = read_jsonl(&self.from)?;
+        let ctx = ReportContext {
+            title: format!("Vigil report: {}", file_name(&self.from)),
+            device: source_rows(&self.from, &reports),
+            class_names,
+            machine,
+        };
+        for path in o.write(&reports, &ctx)? {
+            println!("{}", path.display());
+        }
+        Ok(())
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Device rows known from the reports alone.
+pub fn source_rows(from: &Path, reports: &[vigil_core::report::AnomalyReport]) -> Vec<(String, String)> {
+    let mut rows = vec![("source".to_owned(), from.display().to_string())];
+    if let Some(r) = reports.first() {
+        let hash = &vigil_core::hex::encode(&r.model_hash)[..16];
+        rows.push(("model".into(), format!("{hash}...")));
+    }
+    let mut versions: Vec<u32> = reports.iter().map(|r| r.head_version).collect();
+    versions.dedup();
+    if !versions.is_empty() {
+        rows.push((
+            "head versions".into(),
+            versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        ));
+    }
+    rows
+}

@@ -1,0 +1,123 @@
+//! `vigil reports pull`: copies a device's stored reports.
+
+use crate::report_html::ReportContext;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use vigil_runtime::report_io::{csv_line, report_json, CSV_HEADER};
+
+/// Work with a device's stored anomaly reports.
+#[derive(Debug, Args)]
+pub struct ReportsArgs {
+    #[command(subcommand)]
+    command: ReportsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportsCommand {
+    /// Pull stored reports over the serial port, each exactly once and in order.
+    Pull(PullArgs),
+}
+
+/// Output format of pulled reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+struct PullArgs {
+    #[command(flatten)]
+    port: super::PortArgs,
+    /// First report sequence number to pull.
+    #[arg(long, default_value_t = 0)]
+    since: u64,
+    /// Output file [default: standard output].
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Output format [default: from the extension of --output, else jsonl].
+    #[arg(long, value_enum)]
+    format: Option<ReportFormat>,
+    /// Reports asked per request (smaller is more robust on a noisy line).
+    #[arg(long, default_value_t = 16)]
+    batch: u16,
+    #[command(flatten)]
+    outputs: super::report::ReportOutputs,
+}
+
+impl ReportsArgs {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            ReportsCommand::Pull(a) => a.run(),
+        }
+    }
+}
+
+impl PullArgs {
+    fn run(self) -> Result<()> {
+        let format = self.format.unwrap_or(match self.output.as_ref().and_then(|p| p.extension()) {
+            Some(e) if e == "csv" => ReportFormat::Csv,
+            _ => ReportFormat::Jsonl,
+        });
+        let machine = self.outputs.machine()?;
+        let mut client = self.port.connect()?;
+        let info = client.info()?;
+        let classes = info.class_names.clone();
+        let exports =
+            self.outputs.html.is_some() || self.outputs.csv.is_some() || self.outputs.json.is_some();
+        let mut out: Box<dyn Write> = match &self.output {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+            )),
+            None if exports => Box::new(std::io::sink()),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut pulled = Vec::new();
+        if format == ReportFormat::Csv {
+            writeln!(out, "{}", CSV_HEADER)?;
+        }
+        let mut count = 0u64;
+        let mut failed = None;
+        let next = client.pull_reports(self.since, self.batch, |r| {
+            count += 1;
+            let line = match format {
+                ReportFormat::Jsonl => report_json(&r, &classes).to_string(),
+                ReportFormat::Csv => csv_line(&r, &classes),
+            };
+            if failed.is_none() {
+                failed = writeln!(out, "{line}").err();
+            }
+            pulled.push(r);
+        })?;
+        if let Some(e) = failed {
+            return Err(e).context("cannot write the reports");
+        }
+        out.flush()?;
+        eprintln!("pulled {count} report(s); next sequence {next} (retries: {})", client.stats.retries);
+        if exports {
+            let hash = &vigil_core::hex::encode(&info.model_hash)[..16];
+            let ctx = ReportContext {
+                title: format!("Vigil report: {}", info.device),
+                device: vec![
+                    ("device".into(), info.device.clone()),
+                    ("software".into(), info.software.clone()),
+                    ("port".into(), self.port.name().to_owned()),
+                    ("model".into(), format!("{hash}... ({}-d embedding)", info.embedding_dim)),
+                    ("head version".into(), info.head_version.to_string()),
+                    ("classes".into(), classes.join(", ")),
+                ],
+                class_names: classes,
+                machine,
+            };
+            for path in self.outputs.write(&pulled, &ctx)? {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Ok(())
+    }
+}

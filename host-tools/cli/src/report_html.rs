@@ -1,0 +1,253 @@
+//! The field technician's report: one self-contained HTML file (inline CSS and SVG, no
+//! script, no network) with the anomaly score over time, a table of reports and, for the
+//! alarms, the spectrum and envelope spectrum of the window with bearing fault-frequency
+//! markers.
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use vigil_core::bearing::FaultOrders;
+use vigil_core::report::{AnomalyReport, ReportKind, SpectrumBins};
+use vigil_runtime::report_io::{bands_text, class_name, class_probability};
+
+/// Alarms shown with their spectra (the highest-scoring ones); the table lists every report.
+pub const MAX_DETAILED_ALARMS: usize = 12;
+
+/// The machine's characteristic frequencies, for the markers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineFrequencies {
+    /// Shaft speed in Hz.
+    pub shaft_hz: f32,
+    /// BPFO, BPFI, BSF and FTF in Hz at that speed.
+    pub faults: FaultOrders,
+}
+
+impl MachineFrequencies {
+    /// The markers drawn on spectra: fault frequencies and the first three shaft harmonics.
+    pub fn markers(&self) -> Vec<(f32, String)> {
+        let f = self.faults;
+        let mut m = vec![
+            (f.bpfo, "BPFO".to_owned()),
+            (f.bpfi, "BPFI".into()),
+            (f.bsf, "BSF".into()),
+            (f.ftf, "FTF".into()),
+        ];
+        m.extend((1..=3).map(|k| (k as f32 * self.shaft_hz, format!("{k}x"))));
+        m
+    }
+}
+
+/// What the report says besides the reports themselves.
+#[derive(Debug, Clone)]
+pub struct ReportContext {
+    /// Heading of the page.
+    pub title: String,
+    /// Device facts, as (name, value) rows.
+    pub device: Vec<(String, String)>,
+    /// Class names by index.
+    pub class_names: Vec<String>,
+    /// The machine, when known, for fault-frequency markers.
+    pub machine: Option<MachineFrequencies>,
+}
+
+/// Renders the whole page.
+pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> {
+    let mut html = String::with_capacity(64 * 1024);
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
+        escape(&ctx.title),
+        escape(&ctx.title)
+    );
+    html.push_str("<section id=\"device\"><h2>Device</h2><table>");
+    for (k, v) in &ctx.device {
+        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
+    }
+    let alarms = reports.iter().filter(|r| r.kind == ReportKind::AlarmRaised).count();
+    let faults = reports.iter().filter(|r| r.kind == ReportKind::SensorFault).count();
+    let _ = writeln!(
+        html,
+        "<tr><th>reports</th><td>{} ({alarms} alarms, {faults} sensor faults)</td></tr></table></section>",
+        reports.len()
+    );
+
+    html.push_str("<section id=\"score\"><h2>Anomaly score over time</h2>");
+    html.push_str(&score_plot(reports)?);
+    html.push_str("<p class=\"note\">Score of each report against the stream time; the dashed line is the alarm threshold. Red: alarm raised, green: cleared, grey: sensor fault.</p></section>\n");
+
+    html.push_str("<section id=\"alarms\"><h2>Alarms</h2>");
+    let mut detailed: Vec<&AnomalyReport> =
+        reports.iter().filter(|r| r.kind == ReportKind::AlarmRaised && r.spectrum.is_some()).collect();
+    detailed.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let shown = detailed.len().min(MAX_DETAILED_ALARMS);
+    if detailed.len() > shown {
+        let _ = write!(html, "<p class=\"note\">Spectra of the {shown} highest-scoring of {} alarms; every report is in the table below.</p>", detailed.len());
+    }
+    if ctx.machine.is_none() {
+        html.push_str("<p class=\"note\">No machine given: fault-frequency markers need the shaft speed and bearing (<code>--shaft-hz</code>, <code>--bearing</code>).</p>");
+    }
+    let mut detailed = detailed[..shown].to_vec();
+    detailed.sort_by_key(|r| r.sequence);
+    for r in detailed {
+        html.push_str(&alarm_section(r, ctx)?);
+    }
+    if shown == 0 {
+        html.push_str("<p>No alarm with a spectrum snapshot.</p>");
+    }
+    html.push_str("</section>\n");
+
+    html.push_str("<section id=\"reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
+    for r in reports {
+        let class = class_name(r, &ctx.class_names);
+        let p = class_probability(r);
+        let _ = write!(
+            html,
+            "<tr class=\"{:?}\"><td>{}</td><td>{:.2}</td><td>{:?}</td><td>{}</td><td>{p:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            r.kind, r.sequence, r.stream_time_s, r.kind, escape(class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
+        );
+    }
+    html.push_str("</table></section>\n</body></html>\n");
+    Ok(html)
+}
+
+fn alarm_section(r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
+    let class = class_name(r, &ctx.class_names);
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<article class=\"alarm\" id=\"alarm-{}\"><h3>Alarm #{} at {:.2} s: {} (score {:.1}, threshold {:.1})</h3><div class=\"plots\">",
+        r.sequence, r.sequence, r.stream_time_s, escape(class), r.score, r.threshold
+    );
+    let markers = ctx.machine.map(|m| m.markers()).unwrap_or_default();
+    if let Some(s) = &r.spectrum {
+        html.push_str(&spectrum_plot(&s.spectrum, "Spectrum", &markers)?);
+        html.push_str(&spectrum_plot(&s.envelope, "Envelope spectrum", &markers)?);
+    }
+    html.push_str("</div><table class=\"probs\">");
+    for (i, p) in r.probabilities.iter().enumerate() {
+        let name = ctx.class_names.get(i).map_or("?", String::as_str);
+        let _ = write!(
+            html,
+            "<tr><th>{}</th><td><div class=\"bar\" style=\"width:{:.0}px\"></div></td><td>{:.1}%</td></tr>",
+            escape(name),
+            p * 200.0,
+            p * 100.0
+        );
+    }
+    html.push_str("</table><ul class=\"bands\">");
+    for b in &r.top_bands {
+        let _ =
+            write!(html, "<li>{:.0}-{:.0} Hz: {:+.1} dB above normal</li>", b.low_hz, b.high_hz, b.excess_db);
+    }
+    html.push_str("</ul></article>\n");
+    Ok(html)
+}
+
+const WIDTH: u32 = 560;
+const HEIGHT: u32 = 260;
+
+fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw a plot: {e:?}")
+}
+
+fn score_plot(reports: &[AnomalyReport]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH * 2, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let t_max = reports.iter().map(|r| r.stream_time_s as f32).fold(1.0f32, f32::max);
+        let y_max =
+            reports.iter().map(|r| r.score.max(r.threshold)).filter(|v| v.is_finite()).fold(1.0f32, f32::max)
+                * 1.5;
+        let y_min = 0.1f32;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f32..t_max * 1.02, (y_min..y_max).log_scale())
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("stream time (s)")
+            .y_desc("anomaly score")
+            .draw()
+            .map_err(plot_error)?;
+        let mut thresholds: Vec<(f32, f32)> =
+            reports.iter().map(|r| (r.stream_time_s as f32, r.threshold)).collect();
+        if let (Some(first), Some(last)) = (thresholds.first().copied(), thresholds.last().copied()) {
+            thresholds.insert(0, (0.0, first.1));
+            thresholds.push((t_max * 1.02, last.1));
+        }
+        chart
+            .draw_series(DashedLineSeries::new(thresholds, 6, 4, ShapeStyle::from(&BLACK).stroke_width(1)))
+            .map_err(plot_error)?;
+        for (kind, colour) in [
+            (ReportKind::AlarmRaised, RED),
+            (ReportKind::AlarmCleared, GREEN),
+            (ReportKind::SensorFault, RGBColor(128, 128, 128)),
+        ] {
+            let points = reports.iter().filter(|r| r.kind == kind).map(|r| {
+                Circle::new((r.stream_time_s as f32, r.score.clamp(y_min, y_max)), 3, colour.filled())
+            });
+            chart.draw_series(points).map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+fn spectrum_plot(bins: &SpectrumBins, title: &str, markers: &[(f32, String)]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let max_hz = bins.bin_hz * bins.levels.len() as f32;
+        let top = bins.top_db + 3.0;
+        let floor = bins.top_db - 60.0;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f32..max_hz, floor..top)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("Hz")
+            .y_desc("dB")
+            .x_labels(6)
+            .y_labels(5)
+            .draw()
+            .map_err(plot_error)?;
+        let line = (0..bins.levels.len()).map(|i| (bins.centre_hz(i), bins.db(i).max(floor)));
+        chart.draw_series(LineSeries::new(line, BLUE.stroke_width(1))).map_err(plot_error)?;
+        for (k, (hz, label)) in markers.iter().filter(|(hz, _)| *hz > 0.0 && *hz < max_hz).enumerate() {
+            let colour = if label.ends_with('x') { RGBColor(120, 120, 120) } else { RGBColor(200, 60, 0) };
+            chart
+                .draw_series(DashedLineSeries::new([(*hz, floor), (*hz, top)], 3, 3, colour.stroke_width(1)))
+                .map_err(plot_error)?;
+            let y = top - 4.0 - (k % 3) as f32 * 6.0;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (*hz, y),
+                    ("sans-serif", 11).into_font().color(&colour),
+                )))
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// Escapes text for HTML.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc}\
+h3{font-size:1em}table{border-collapse:collapse}th,td{padding:2px 8px;text-align:left;font-size:.9em}\
+table.list tr:nth-child(even){background:#f4f4f4}tr.AlarmRaised td{color:#b00}.plots{display:flex;flex-wrap:wrap;gap:8px}\
+.bar{height:10px;background:#36c}.note{color:#666;font-size:.85em}article.alarm{border-top:1px dashed #ccc;margin-top:1em}";

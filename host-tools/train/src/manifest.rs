@@ -1,0 +1,229 @@
+//! Datasets users bring: a TOML manifest of labelled recordings, cut into windows by the
+//! runtime's own windower (which resamples to the model's rate), split by recording.
+//!
+//! ```toml
+//! # Paths are relative to the manifest.
+//! [[recording]]
+//! path = "baseline_1.csv"   # CSV, WAV or f32le (format from the extension, or `format`)
+//! rate = 97656              # Hz; needed when the file does not say
+//! channels = 1              # needed for f32le
+//! label = "normal"          # one of the model's classes
+//! split = "train"           # train, val or test; recordings without one serve any split
+//! load = 270.0              # operating condition, optional
+//! speed = 25.0              # shaft speed in Hz, optional
+//! machine = "rig-1"         # optional
+//! ```
+//!
+//! A window never mixes recordings, and a recording belongs to one split, so no test
+//! window shares a recording with training.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use vigil_runtime::input::{self, InputFormat};
+use vigil_runtime::model::VigilModel;
+use vigil_runtime::windower::{Window, Windower};
+
+/// One labelled recording of a manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingEntry {
+    /// The file, relative to the manifest.
+    pub path: PathBuf,
+    /// csv, wav or f32le [default: from the extension].
+    pub format: Option<String>,
+    /// Sample rate in Hz, when the file does not say.
+    pub rate: Option<f64>,
+    /// Channels (needed for f32le).
+    pub channels: Option<usize>,
+    /// Class name, one of the model's.
+    pub label: String,
+    /// train, val or test.
+    pub split: Option<String>,
+    /// Load (any unit).
+    pub load: Option<f64>,
+    /// Shaft speed in Hz.
+    pub speed: Option<f64>,
+    /// Machine identifier.
+    pub machine: Option<String>,
+}
+
+impl RecordingEntry {
+    /// The operating condition, for accuracy per condition: machine, load and speed as
+    /// far as given.
+    pub fn condition(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.machine {
+            parts.push(format!("machine {m}"));
+        }
+        if let Some(l) = self.load {
+            parts.push(format!("load {l}"));
+        }
+        if let Some(s) = self.speed {
+            parts.push(format!("speed {s} Hz"));
+        }
+        if parts.is_empty() {
+            "unspecified".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A manifest: its recordings and the folder their paths are relative to.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The recordings, in the order of the file.
+    pub recordings: Vec<RecordingEntry>,
+    /// The manifest file.
+    pub path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    #[serde(default)]
+    recording: Vec<RecordingEntry>,
+}
+
+impl Manifest {
+    /// Reads a manifest.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let file: ManifestFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("manifest {}: {}", path.display(), e.to_string().trim_end()))?;
+        if file.recording.is_empty() {
+            bail!("manifest {} lists no [[recording]]", path.display());
+        }
+        for (i, r) in file.recording.iter().enumerate() {
+            if let Some(split) = &r.split {
+                if !["train", "val", "test"].contains(&split.as_str()) {
+                    bail!(
+                        "manifest {}, recording {} ({}): split `{split}` is not train, val or test",
+                        path.display(),
+                        i + 1,
+                        r.path.display()
+                    );
+                }
+            }
+        }
+        Ok(Manifest { recordings: file.recording, path: path.to_path_buf() })
+    }
+
+    fn resolve(&self, entry: &RecordingEntry) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(&entry.path)
+    }
+
+    /// Names recording `i` in errors.
+    fn entry_name(&self, i: usize) -> String {
+        format!(
+            "manifest {}, recording {} ({})",
+            self.path.display(),
+            i + 1,
+            self.recordings[i].path.display()
+        )
+    }
+}
+
+/// Labelled windows of a model's shape, each knowing its recording.
+#[derive(Debug, Clone, Default)]
+pub struct LabelledWindows {
+    /// The windows, un-normalised, channel-major.
+    pub windows: Vec<Window>,
+    /// Class index of each window (in the model's classes).
+    pub labels: Vec<usize>,
+    /// Index in the manifest of each window's recording.
+    pub recordings: Vec<usize>,
+    /// The operating condition of each window's recording.
+    pub conditions: Vec<String>,
+}
+
+impl LabelledWindows {
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Appends window `i` of `other` with its label, recording and condition.
+    pub fn push_from(&mut self, other: &LabelledWindows, i: usize) {
+        self.windows.push(other.windows[i].clone());
+        self.labels.push(other.labels[i]);
+        self.recordings.push(other.recordings[i]);
+        self.conditions.push(other.conditions[i].clone());
+    }
+}
+
+/// Cuts the recordings of `split` (all when `None`; entries without a split belong to
+/// every split) into windows for `model`, at its window and hop, labelled by their index
+/// in `classes` (the model's, or a new label set).
+pub fn windows_for(
+    model: &VigilModel,
+    manifest: &Manifest,
+    split: Option<&str>,
+    classes: &[String],
+) -> Result<LabelledWindows> {
+    let meta = model.metadata();
+    let mut set = LabelledWindows::default();
+    for (i, entry) in manifest.recordings.iter().enumerate() {
+        if split.is_some_and(|s| entry.split.as_deref().is_some_and(|e| e != s)) {
+            continue;
+        }
+        let name = manifest.entry_name(i);
+        let Some(label) = classes.iter().position(|c| *c == entry.label) else {
+            bail!("{name}: label `{}` is not one of the classes ({})", entry.label, classes.join(", "));
+        };
+        let path = manifest.resolve(entry);
+        let format = match &entry.format {
+            Some(f) => f.parse::<InputFormat>().with_context(|| name.clone())?,
+            None => InputFormat::from_path(&path.to_string_lossy()).unwrap_or(InputFormat::Csv),
+        };
+        let mut source =
+            input::open(&path.to_string_lossy(), format, entry.channels).with_context(|| name.clone())?;
+        let mut samples = Vec::new();
+        let mut chunk = Vec::new();
+        while source.read_chunk(&mut chunk, 1 << 16).with_context(|| name.clone())? {
+            samples.extend_from_slice(&chunk);
+        }
+        let channels = source.channels().unwrap_or(1);
+        if channels != meta.channels {
+            bail!("{name}: {channels} channel(s), the model takes {}", meta.channels);
+        }
+        let Some(rate) = entry.rate.or(source.sample_rate_hz()) else {
+            bail!("{name}: the file does not say its sample rate; add `rate = HZ` to the entry");
+        };
+        let mut windower = Windower::new(channels, rate, meta.sample_rate_hz, meta.window, meta.hop)
+            .with_context(|| {
+                format!("{name}: cannot resample {rate} Hz to the model's {} Hz", meta.sample_rate_hz)
+            })?;
+        let before = set.len();
+        windower.push(&samples, |w| set.windows.push(w));
+        let cut = set.len() - before;
+        if cut == 0 {
+            let seconds = meta.window as f64 / meta.sample_rate_hz;
+            bail!(
+                "{name}: {:.3} s of signal is shorter than one window ({} samples, {seconds:.3} s)",
+                samples.len() as f64 / channels as f64 / rate,
+                meta.window
+            );
+        }
+        set.labels.extend(std::iter::repeat_n(label, cut));
+        set.recordings.extend(std::iter::repeat_n(i, cut));
+        set.conditions.extend(std::iter::repeat_n(entry.condition(), cut));
+    }
+    if set.is_empty() {
+        match split {
+            Some(s) => bail!(
+                "manifest {}: the {s} split is empty (no recording has split = \"{s}\" or none)",
+                manifest.path.display()
+            ),
+            None => bail!("manifest {}: no windows", manifest.path.display()),
+        }
+    }
+    Ok(set)
+}

@@ -1,0 +1,291 @@
+//! The transfer-learning comparison on a labelled dataset (`vigil transfer-eval`,
+//! docs/results-mfpt.md): for N labelled windows per class drawn from the training
+//! recordings, accuracy on the test recordings of
+//!
+//! - the textbook envelope-spectrum classifier: envelope-spectrum levels at BPFO and BPFI
+//!   (harmonics 1 to 3, each relative to the median envelope level) and the nearest
+//!   class centroid on standardised levels;
+//! - the shipped model zero-shot;
+//! - the shipped model with its head fine-tuned (`vigil fine-tune --train head`'s own
+//!   training function, evaluated on the tract embeddings of the test windows);
+//! - the same with the head made of the class means (`--head class-means`);
+//! - the shipped model with its head fitted, then its last two convolutions and head
+//!   trained through the graph (`--train last:2`);
+//! - the same architecture trained from random values on the same windows
+//!   (`--train all --from-scratch`);
+//! - the DSP feature backbone of the microcontroller nodes with a trained head;
+//! - both head-fine-tuned models and the last:2 model quantised to int8 (`vigil
+//!   quantize`'s defaults, calibrated on the training windows).
+//!
+//! Each N is drawn with several seeds; the table gives the mean and the range.
+
+use crate::fine_tune::{
+    embed, fine_tune_graph, fine_tune_head, predictions, shot_indices, take_shots, Embedded,
+};
+use crate::graph::{GraphTraining, Trainable};
+use crate::manifest::{LabelledWindows, Manifest};
+use crate::quantize::{calibration_tensor, quantize, QuantizeOptions};
+use anyhow::{bail, Result};
+use tract_onnx::pb::ModelProto;
+use vigil_core::bearing::BearingGeometry;
+use vigil_core::dsp::{self, Complex32};
+use vigil_core::features::{self, FeatureScratch, FeatureSpec, FEATURE_COUNT, FEATURE_WINDOW};
+use vigil_core::head::argmax;
+use vigil_headfit::linear::{self, HeadKind, TrainOptions};
+use vigil_runtime::model::VigilModel;
+
+/// Envelope high-pass, in Hz: the textbook band starts above the shaft harmonics.
+const ENVELOPE_HIGH_PASS_HZ: f64 = 1000.0;
+
+/// Log envelope-spectrum levels at BPFO and BPFI, harmonics 1-3, over the median level.
+pub fn envelope_levels(
+    window: &[f32],
+    rate: f64,
+    shaft_hz: f64,
+    bearing: &BearingGeometry,
+) -> Result<Vec<f32>> {
+    let n = window.len().next_power_of_two();
+    let mut scratch = vec![Complex32::default(); n];
+    let mut envelope = vec![0.0; window.len()];
+    let mut power = vec![0.0; n / 2];
+    let bin_hz = rate / n as f64;
+    dsp::envelope_spectrum(
+        window,
+        (ENVELOPE_HIGH_PASS_HZ / bin_hz) as usize,
+        &mut scratch,
+        &mut envelope,
+        &mut power,
+    )?;
+    let reach = ((3.5 * f64::from(bearing.fault_orders().bpfi) * shaft_hz) / bin_hz) as usize;
+    let mut sorted: Vec<f32> = power[1..reach.clamp(2, power.len())].to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted[sorted.len() / 2].max(f32::MIN_POSITIVE);
+    let orders = bearing.fault_orders();
+    let mut levels = Vec::with_capacity(6);
+    for order in [orders.bpfo, orders.bpfi] {
+        for harmonic in 1..=3 {
+            let bin = (f64::from(order) * shaft_hz * f64::from(harmonic) / bin_hz).round() as usize;
+            let peak = power[bin.saturating_sub(1)..(bin + 2).min(power.len())]
+                .iter()
+                .copied()
+                .fold(0.0f32, f32::max);
+            levels.push((peak / median).max(1e-6).ln());
+        }
+    }
+    Ok(levels)
+}
+
+/// Nearest class centroid on inputs standardised over the training rows.
+struct NearestCentroid {
+    centroids: Vec<Option<Vec<f32>>>,
+    scale: Vec<f32>,
+}
+
+impl NearestCentroid {
+    fn fit(rows: &[Vec<f32>], labels: &[usize], classes: usize) -> Self {
+        let (_, var) = vigil_headfit::mean_var(rows);
+        let scale: Vec<f32> = var.iter().map(|v| 1.0 / v.sqrt().max(1e-6)).collect();
+        let centroids = (0..classes)
+            .map(|c| {
+                let of: Vec<&Vec<f32>> =
+                    rows.iter().zip(labels).filter(|(_, &l)| l == c).map(|(r, _)| r).collect();
+                (!of.is_empty()).then(|| vigil_headfit::mean_var(&of).0)
+            })
+            .collect();
+        NearestCentroid { centroids, scale }
+    }
+
+    fn predict(&self, row: &[f32]) -> usize {
+        let distance = |c: &Vec<f32>| -> f32 {
+            row.iter().zip(c).zip(&self.scale).map(|((x, m), s)| ((x - m) * s).powi(2)).sum()
+        };
+        let d: Vec<f32> = self.centroids.iter().map(|c| c.as_ref().map_or(f32::INFINITY, distance)).collect();
+        let negated: Vec<f32> = d.iter().map(|v| -v).collect();
+        argmax(&negated).unwrap_or(0)
+    }
+}
+
+/// Rows of one representation of the training and test windows.
+struct Rows {
+    train: Vec<Vec<f32>>,
+    test: Vec<Vec<f32>>,
+}
+
+/// One method's accuracies, one per (N, seed).
+#[derive(Debug, Clone)]
+pub struct MethodResult {
+    /// The method.
+    pub name: String,
+    /// Per N: the accuracy of each seed.
+    pub accuracy: Vec<(usize, Vec<f64>)>,
+}
+
+/// Shaft speed of each window, from its recording's `speed`.
+fn speeds(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
+    set.recordings
+        .iter()
+        .map(|&r| {
+            let entry = &manifest.recordings[r];
+            entry.speed.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "manifest {}, recording {} ({}): needs `speed` (shaft Hz) for the envelope methods",
+                    manifest.path.display(),
+                    r + 1,
+                    entry.path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+fn accuracy(predictions: impl Iterator<Item = usize>, labels: &[usize]) -> f64 {
+    let hits = predictions.zip(labels).filter(|(p, l)| p == *l).count();
+    hits as f64 / labels.len().max(1) as f64
+}
+
+/// Accuracy of `model` on `test` through the runtime (tract backbone, Rust head).
+fn model_accuracy(model: VigilModel, test: &LabelledWindows) -> Result<f64> {
+    Ok(accuracy(predictions(model, test)?.into_iter(), &test.labels))
+}
+
+/// Runs the comparison. `train` and `test` are the manifest's splits, `classes` the
+/// label set, `shots` the values of N, `seeds` the draws per N.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    model: &VigilModel,
+    proto: &ModelProto,
+    manifest: &Manifest,
+    classes: &[String],
+    train: &LabelledWindows,
+    test: &LabelledWindows,
+    bearing: &BearingGeometry,
+    shots: &[usize],
+    seeds: u64,
+    mut progress: impl FnMut(),
+) -> Result<Vec<MethodResult>> {
+    let rate = model.metadata().sample_rate_hz;
+    let (train_speed, test_speed) = (speeds(manifest, train)?, speeds(manifest, test)?);
+    let envelope = |set: &LabelledWindows, speed: &[f64]| -> Result<Vec<Vec<f32>>> {
+        set.windows.iter().zip(speed).map(|(w, &s)| envelope_levels(&w.samples, rate, s, bearing)).collect()
+    };
+    let feature_rows = |set: &LabelledWindows, speed: &[f64]| -> Result<Vec<Vec<f32>>> {
+        let mut scratch = FeatureScratch::new();
+        set.windows
+            .iter()
+            .zip(speed)
+            .map(|(w, &s)| {
+                let spec = FeatureSpec { sample_rate_hz: rate as f32, shaft_hz: s as f32, bearing: *bearing };
+                let mut out = vec![0.0; FEATURE_COUNT];
+                features::extract(&spec, &w.samples[..FEATURE_WINDOW], &mut scratch, &mut out)?;
+                Ok(out)
+            })
+            .collect()
+    };
+    if model.metadata().window < FEATURE_WINDOW {
+        bail!("the model's window is shorter than the feature backbone's {FEATURE_WINDOW} samples");
+    }
+    let env = Rows { train: envelope(train, &train_speed)?, test: envelope(test, &test_speed)? };
+    let feat = Rows { train: feature_rows(train, &train_speed)?, test: feature_rows(test, &test_speed)? };
+    let train_e = embed(model, train, &mut progress)?;
+    let test_e = embed(model, test, &mut progress)?;
+
+    // The model's file name without extension ("bearing-cnn-v1") names its rows.
+    let name = model
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').next())
+        .unwrap_or("model");
+    let row = |what: &str| MethodResult { name: format!("{name}{what}"), accuracy: Vec::new() };
+    let mut results = vec![
+        MethodResult { name: "envelope spectrum, nearest centroid (textbook)".into(), accuracy: Vec::new() },
+        row(" zero-shot"),
+        row(", head fine-tuned"),
+        row(", head as class means"),
+        row(", last:2 fine-tuned"),
+        MethodResult { name: "same CNN from scratch".into(), accuracy: Vec::new() },
+        MethodResult { name: "DSP feature backbone + trained head".into(), accuracy: Vec::new() },
+        row(", head fine-tuned, int8"),
+        row(", head as class means, int8"),
+        row(", last:2 fine-tuned, int8"),
+    ];
+    // Calibration needs no labels: the training windows, as a site would record them.
+    let calibration = calibration_tensor(model.metadata(), &train.windows, 256)?;
+    let int8 = |onnx: &[u8]| -> Result<VigilModel> {
+        let proto = vigil_runtime::onnx::decode_model(onnx, model.path())?;
+        let meta = vigil_runtime::onnx::read_metadata(&proto)?;
+        let q = quantize(&proto, &meta, &calibration, QuantizeOptions::default())?;
+        Ok(VigilModel::from_bytes(&vigil_runtime::onnx::encode_model(&q.proto), model.path())?)
+    };
+    let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
+    // Zero-shot: the shipped classes mapped by name; a class the dataset lacks is wrong.
+    let shipped = &model.metadata().class_names;
+    let head = model.head();
+    let mut logits = vec![0.0; head.classes()];
+    let mut zero_hits = 0usize;
+    for (e, &label) in test_e.rows.iter().zip(&test_e.labels) {
+        head.logits(e, &mut logits)?;
+        let predicted = argmax(&logits).map(|i| shipped[i].as_str());
+        zero_hits += usize::from(predicted == Some(classes[label].as_str()));
+    }
+    let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
+    for &n in shots {
+        let mut per: [Vec<f64>; 10] = Default::default();
+        for seed in 1..=seeds {
+            let index = shot_indices(train, classes, n, seed)?;
+            let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
+            let pick =
+                |rows: &[Vec<f32>]| -> Vec<Vec<f32>> { index.iter().map(|&i| rows[i].clone()).collect() };
+
+            let centroid = NearestCentroid::fit(&pick(&env.train), &labels, classes.len());
+            per[0].push(accuracy(env.test.iter().map(|r| centroid.predict(r)), &test.labels));
+            per[1].push(zero_shot);
+            let shots_e = Embedded { rows: pick(&train_e.rows), labels: labels.clone() };
+            let tuned =
+                fine_tune_head(model, proto, classes, &shots_e, None, TrainOptions::default(), |_, _, _| {})?;
+            per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
+            let means = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
+            let means = linear::fit(&shots_e.rows, &labels, classes.len(), means, |_, _| {})?;
+            per[3].push(means.accuracy(&test_e.rows, &test_e.labels));
+            // Both heads run in f32 on the int8 backbone's embeddings, as the runtime runs
+            // the head of an int8 file.
+            let q_test = embed(&int8(&tuned.onnx)?, test, || {})?;
+            per[7].push(tuned.head.accuracy(&q_test.rows, &q_test.labels));
+            per[8].push(means.accuracy(&q_test.rows, &q_test.labels));
+            let shots = take_shots(train, classes, Some(n), seed)?;
+            for (slot, what, scratch) in [(4, Trainable::Last(2), None), (5, Trainable::All, Some(seed))] {
+                let cfg = GraphTraining {
+                    epochs: if scratch.is_some() { 60 } else { 40 },
+                    lr: 1e-3,
+                    backbone_lr: 1e-4,
+                    weight_decay: 1e-3,
+                    batch: 16,
+                    patience: 8,
+                    seed,
+                };
+                let out = fine_tune_graph(
+                    &tuned.onnx,
+                    model.path(),
+                    &shots,
+                    None,
+                    normal,
+                    what,
+                    scratch,
+                    cfg,
+                    |_, _, _, _| {},
+                )?;
+                per[slot].push(model_accuracy(VigilModel::from_bytes(&out.onnx, model.path())?, test)?);
+                if what == Trainable::Last(2) {
+                    per[9].push(model_accuracy(int8(&out.onnx)?, test)?);
+                }
+            }
+            let feature_head =
+                linear::fit(&pick(&feat.train), &labels, classes.len(), TrainOptions::default(), |_, _| {})?;
+            per[6].push(feature_head.accuracy(&feat.test, &test.labels));
+        }
+        for (r, accs) in results.iter_mut().zip(per) {
+            r.accuracy.push((n, accs));
+        }
+    }
+    Ok(results)
+}

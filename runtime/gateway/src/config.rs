@@ -1,0 +1,193 @@
+//! The gateway agent's configuration file (`/etc/vigil/vigil.toml`), read by
+//! `vigil serve --config`.
+//!
+//! Errors name the file, the key and the line, with the offending line quoted.
+
+use crate::error::{Result, RuntimeError};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// What `vigil serve` runs, as a file (see `packaging/vigil.toml` for every key).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// ONNX model with Vigil metadata.
+    pub model: PathBuf,
+    /// Serial port to serve the protocol on.
+    pub port: String,
+    /// Baud rate of the port.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// State folder: report store, update slots, labels.
+    pub state: PathBuf,
+    /// Public key head updates must be signed with.
+    pub pubkey: PathBuf,
+    /// Device name reported to hosts [default: the host name].
+    pub name: Option<String>,
+    /// The sensor stream to score.
+    pub input: Option<InputConfig>,
+    /// Overrides of the model's alarm policy.
+    pub alarm: Option<AlarmConfig>,
+}
+
+/// The sensor stream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// File, FIFO or `-` for standard input.
+    pub path: String,
+    /// `csv`, `wav`, `f32le` or `forwarder` [default: from the extension].
+    pub format: Option<String>,
+    /// Sample rate in Hz (when the input does not say).
+    pub rate: Option<f64>,
+    /// Channels (needed for f32le).
+    pub channels: Option<usize>,
+    /// Pace a file input at its sample rate.
+    #[serde(default)]
+    pub realtime: bool,
+}
+
+/// Alarm policy overrides; unset keys keep the model's values.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// Anomaly score above which a window counts as abnormal.
+    pub threshold: Option<f32>,
+    /// Abnormal windows among the last `window_n` that raise the alarm.
+    pub raise_k: Option<u8>,
+    /// Length of the recent-window history.
+    pub window_n: Option<u8>,
+    /// The alarm clears below `threshold * clear_ratio`.
+    pub clear_ratio: Option<f32>,
+}
+
+impl AlarmConfig {
+    /// `policy` with these overrides applied.
+    pub fn apply(&self, mut policy: vigil_core::alarm::AlarmPolicy) -> vigil_core::alarm::AlarmPolicy {
+        policy.threshold = self.threshold.unwrap_or(policy.threshold);
+        policy.raise_k = self.raise_k.unwrap_or(policy.raise_k);
+        policy.window_n = self.window_n.unwrap_or(policy.window_n);
+        policy.clear_ratio = self.clear_ratio.unwrap_or(policy.clear_ratio);
+        policy
+    }
+}
+
+fn default_baud() -> u32 {
+    vigil_serial::DEFAULT_BAUD
+}
+
+impl GatewayConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RuntimeError::io(format!("cannot read config {}", path.display()), e))?;
+        let config: GatewayConfig = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(RuntimeError::Config(format!(
+                    "config {}: {}",
+                    path.display(),
+                    e.to_string().trim_end()
+                )))
+            }
+        };
+        config.check(&text, path)?;
+        Ok(config)
+    }
+
+    /// Checks values the types alone do not.
+    fn check(&self, text: &str, path: &Path) -> Result<()> {
+        let at = |key: &str| match line_of(text, key) {
+            Some(n) => format!("config {} line {n}, key `{key}`", path.display()),
+            None => format!("config {}, key `{key}`", path.display()),
+        };
+        if self.port.trim().is_empty() {
+            return Err(RuntimeError::Config(format!(
+                "{}: the serial port is empty; give a device such as /dev/ttyS1",
+                at("port")
+            )));
+        }
+        if self.baud == 0 {
+            return Err(RuntimeError::Config(format!("{}: the baud rate must be positive", at("baud"))));
+        }
+        if let Some(input) = &self.input {
+            if let Some(format) = &input.format {
+                if format.parse::<crate::input::InputFormat>().is_err() {
+                    return Err(RuntimeError::Config(format!(
+                        "{}: `{format}` is not one of csv, wav, f32le, forwarder",
+                        at("format")
+                    )));
+                }
+            }
+            if input.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(RuntimeError::Config(format!(
+                    "{}: the sample rate must be a positive number of Hz",
+                    at("rate")
+                )));
+            }
+        }
+        if let Some(alarm) = &self.alarm {
+            let policy = alarm.apply(vigil_core::alarm::AlarmPolicy {
+                threshold: 1.0,
+                raise_k: 1,
+                window_n: 1,
+                clear_ratio: 1.0,
+            });
+            if let Err(e) = policy.validate() {
+                let key = if matches!(e, vigil_core::CoreError::AlarmWindow { .. }) {
+                    "raise_k"
+                } else {
+                    "threshold"
+                };
+                return Err(RuntimeError::Config(format!("{}: {e}", at(key))));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line where `key = ...` is set, if any.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(&path, text).unwrap();
+        GatewayConfig::load(&path)
+    }
+
+    const GOOD: &str =
+        "model = \"m.onnx\"\nport = \"/dev/ttyS1\"\nstate = \"/var/lib/vigil\"\npubkey = \"k.pub\"\n";
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/vigil.toml");
+        let c = GatewayConfig::load(&path).unwrap();
+        assert_eq!(c.state, PathBuf::from("/var/lib/vigil"));
+        assert_eq!(c.baud, 115_200);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_line() {
+        assert_eq!(load(GOOD).unwrap().port, "/dev/ttyS1");
+        let e = format!("{:#}", load(&format!("{GOOD}baud = \"fast\"\n")).unwrap_err());
+        assert!(e.contains("line 5") && e.contains("baud"), "{e}");
+        let e = format!("{:#}", load(&format!("{GOOD}prot = 1\n")).unwrap_err());
+        assert!(e.contains("line 5") && e.contains("unknown field `prot`"), "{e}");
+        let e = format!("{:#}", load("model = \"m.onnx\"\n").unwrap_err());
+        assert!(e.contains("missing field `port`"), "{e}");
+        let e =
+            format!("{:#}", load(&format!("{GOOD}[input]\npath = \"-\"\nformat = \"mp3\"\n")).unwrap_err());
+        assert!(e.contains("line 7, key `format`"), "{e}");
+        let e = format!("{:#}", load(&format!("{GOOD}[alarm]\nraise_k = 9\nwindow_n = 5\n")).unwrap_err());
+        assert!(e.contains("line 6, key `raise_k`"), "{e}");
+    }
+}
