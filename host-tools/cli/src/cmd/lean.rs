@@ -4,7 +4,8 @@
 use anyhow::{bail, Result};
 use clap::Args;
 
-/// Arguments of a command that this build leaves out; whatever is given is ignored.
+// Arguments of a command that this build leaves out; whatever is given is ignored. (A
+// plain comment: a doc comment here would replace each command's own line in `--help`.)
 #[derive(Debug, Args)]
 pub struct NeedsTrainer {
     #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -12,7 +13,7 @@ pub struct NeedsTrainer {
 }
 
 impl NeedsTrainer {
-    /// Says that `vigil COMMAND` needs the full build, and fails.
+    // Says that `vigil COMMAND` needs the full build, and fails.
     pub fn run(self, command: &str) -> Result<()> {
         bail!(
             "`vigil {command}` needs the full build of vigil, with the trainer: this is the gateway \

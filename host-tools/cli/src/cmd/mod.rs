@@ -185,6 +185,7 @@ enum Command {
     /// Measure µs per scored window, full window and streamed, against ONNX Runtime.
     #[cfg(feature = "train")]
     Bench(vigil_bench::BenchArgs),
+    /// Measure µs per scored window, full window and streamed, against ONNX Runtime (in the full build only).
     #[cfg(not(feature = "train"))]
     Bench(lean::NeedsTrainer),
     /// Simulate bearing vibration (healthy or faulty, optionally run to failure).
@@ -192,39 +193,49 @@ enum Command {
     /// Train the reference model on the simulated source domain and export it to ONNX.
     #[cfg(feature = "train")]
     Pretrain(pretrain::PretrainArgs),
+    /// Train the reference model on the simulated source domain and export it to ONNX (in the full build only).
     #[cfg(not(feature = "train"))]
     Pretrain(lean::NeedsTrainer),
     /// Evaluate a model on freshly simulated held-out recordings of the source domain.
     #[cfg(feature = "train")]
     SimEval(sim_eval::SimEvalArgs),
+    /// Evaluate a model on freshly simulated held-out recordings of the source domain (in the full build only).
     #[cfg(not(feature = "train"))]
     SimEval(lean::NeedsTrainer),
     /// Fine-tune a pretrained model on labelled recordings of one machine line.
     #[cfg(feature = "train")]
     FineTune(fine_tune::FineTuneArgs),
+    /// Fine-tune a pretrained model on labelled recordings of one machine line (in the full build only).
     #[cfg(not(feature = "train"))]
     FineTune(lean::NeedsTrainer),
     /// Quantise a model to int8 for tract's integer kernels, calibrated on a dataset.
     #[cfg(feature = "train")]
     Quantize(quantize::QuantizeArgs),
+    /// Quantise a model to int8 for tract's integer kernels, calibrated on a dataset (in the full build only).
     #[cfg(not(feature = "train"))]
     Quantize(lean::NeedsTrainer),
     /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
     /// condition, anomaly ROC-AUC, false and missed alarms).
     #[cfg(feature = "train")]
     Evaluate(evaluate::EvaluateArgs),
+    /// Evaluate a model on a labelled dataset (accuracy, macro-F1, confusion, per
+    /// condition, anomaly ROC-AUC, false and missed alarms) (in the full build only).
     #[cfg(not(feature = "train"))]
     Evaluate(lean::NeedsTrainer),
     /// Compare the envelope-spectrum classifier, the shipped model zero-shot and
     /// fine-tuned, and the DSP feature backbone on a labelled dataset.
     #[cfg(feature = "train")]
     TransferEval(transfer_eval::TransferEvalArgs),
+    /// Compare the envelope-spectrum classifier, the shipped model zero-shot and
+    /// fine-tuned, and the DSP feature backbone on a labelled dataset (in the full build only).
     #[cfg(not(feature = "train"))]
     TransferEval(lean::NeedsTrainer),
     /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
     /// simulated fleet of machines outside the pretraining range.
     #[cfg(feature = "train")]
     AdaptEval(adapt_eval::AdaptEvalArgs),
+    /// Compare unadapted, site-adapted, label-adapted and fleet-merged heads on a
+    /// simulated fleet of machines outside the pretraining range (in the full build only).
     #[cfg(not(feature = "train"))]
     AdaptEval(lean::NeedsTrainer),
     /// Run the pipeline and serve the device protocol on a serial port (gateway agent).
