@@ -6,7 +6,7 @@
 use crate::{ClientError, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use std::path::Path;
-use vigil_core::adapt::AdaptationStats;
+use vigil_core::adapt::{AdaptationStats, HeadSnapshot};
 use vigil_core::update::{HeadUpdate, UpdateHeader, UpdateKind};
 use vigil_core::wire::Signature;
 
@@ -36,8 +36,9 @@ impl UpdateFile {
     /// [`HeadUpdate`] followed by the device's [`AdaptationStats`] (devices without
     /// adaptation send the head alone).
     pub fn for_snapshot(bytes: Vec<u8>) -> Result<Self> {
-        let (head, _): (HeadUpdate, _) = postcard::take_from_bytes(&bytes)
-            .map_err(ClientError::invalid("the device's snapshot is not a head update"))?;
+        let head = HeadSnapshot::decode(&bytes)
+            .map_err(ClientError::invalid("the device's snapshot is not a head update"))?
+            .head;
         let header = UpdateHeader::for_payload(UpdateKind::Head, head.model_hash, head.version, &bytes);
         Ok(UpdateFile { header, payload: bytes, signature: None })
     }
@@ -45,13 +46,9 @@ impl UpdateFile {
     /// What the device's adaptation learned from, when the payload is a snapshot that
     /// carries it; zero counts otherwise.
     pub fn stats(&self) -> Result<AdaptationStats> {
-        let (_, rest): (HeadUpdate, _) = postcard::take_from_bytes(&self.payload)
-            .map_err(ClientError::invalid("the payload is not a head update"))?;
-        if rest.is_empty() {
-            return Ok(AdaptationStats::default());
-        }
-        postcard::from_bytes(rest)
-            .map_err(ClientError::invalid("the adaptation counts after the head do not decode"))
+        Ok(HeadSnapshot::decode(&self.payload)
+            .map_err(ClientError::invalid("the payload is not a head update with its adaptation counts"))?
+            .stats)
     }
 
     /// Signs the header with `key`.

@@ -15,7 +15,8 @@
 //!   reports as JSON lines and CSV.
 //! * [`agent::GatewayDevice`] and [`slots::FileSlots`] serve the wire protocol of
 //!   `vigil_core::wire` on a serial port (`vigil_serial`): status, signed head updates
-//!   into A/B slots, report pulls and labels; [`config`] reads the gateway's `vigil.toml`.
+//!   into A/B slots, report pulls and labels; [`config`] reads the gateway's `vigil.toml`
+//!   and [`gateway`] assembles the agent that `vigil serve` runs.
 //! * [`builtin`] holds the default model, built into the binary, and the loader every
 //!   command uses.
 //!
@@ -43,6 +44,7 @@ pub mod agent;
 pub mod builtin;
 pub mod config;
 mod error;
+pub mod gateway;
 pub mod input;
 pub mod metadata;
 pub mod model;

@@ -9,7 +9,7 @@ use crate::streaming::StreamingEmbedder;
 use crate::windower::Window;
 use vigil_core::adapt::label::LabelOutcome;
 use vigil_core::adapt::site::SiteEvent;
-use vigil_core::adapt::AdaptationStats;
+use vigil_core::adapt::{AdaptationStats, HeadSnapshot};
 use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::dsp::{self, Complex32};
 use vigil_core::head::{argmax, softmax_in_place};
@@ -177,9 +177,7 @@ impl WindowScorer {
             }
             None => (self.model.head_update(version, false)?, AdaptationStats::default()),
         };
-        let mut bytes = postcard::to_allocvec(&update)?;
-        bytes.extend(postcard::to_allocvec(&stats)?);
-        Ok(bytes)
+        Ok(postcard::to_allocvec(&HeadSnapshot { head: update, stats })?)
     }
 
     /// The model being run.

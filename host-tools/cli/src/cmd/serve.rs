@@ -1,23 +1,14 @@
 //! `vigil serve`: the gateway device agent.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vigil_client::update_file::read_key_hex;
-use vigil_core::adapt::label::LabelConfig;
-use vigil_core::adapt::site::SiteConfig;
-use vigil_core::agent::Agent;
-use vigil_core::update::slots::Slots;
-use vigil_runtime::adaptation::AdaptationSettings;
-use vigil_runtime::agent::GatewayDevice;
 use vigil_runtime::config::{AlarmConfig, GatewayConfig};
-use vigil_runtime::pipeline::Pipeline;
-use vigil_runtime::slots::{FileSlots, GATEWAY_SLOT_CAPACITY};
-use vigil_runtime::stream::{describe, stream_into, windower_for};
-use vigil_serial::{open_port, serve_link, DEFAULT_BAUD};
+use vigil_runtime::gateway::{self, GatewayEvent, GatewaySettings};
+use vigil_runtime::stream::describe;
+use vigil_serial::DEFAULT_BAUD;
 
 /// Run the pipeline on a sensor stream and serve the device protocol on a serial port:
 /// status, signed head updates (A/B slots in the state folder), report pulls, labels and
@@ -97,7 +88,6 @@ struct ServeSettings {
     alarm: Option<AlarmConfig>,
     commission: Option<Duration>,
     false_alarms_per_day: f32,
-    hop: Option<usize>,
 }
 
 impl ServeArgs {
@@ -111,7 +101,6 @@ impl ServeArgs {
                 state: self.state.ok_or_else(|| missing("--state"))?,
                 pubkey: self.pubkey.ok_or_else(|| missing("--pubkey"))?,
                 name: self.name,
-                hop: self.stream.hop,
                 input: self.input.map(|i| (i, self.stream)),
                 alarm: None,
                 commission: self.commission,
@@ -130,7 +119,6 @@ impl ServeArgs {
             state: c.state,
             pubkey: c.pubkey,
             name: c.name,
-            hop: input.as_ref().and_then(|i| i.1.hop),
             input,
             alarm: c.alarm,
             commission: self.commission,
@@ -141,108 +129,45 @@ impl ServeArgs {
     /// Runs the command until the input fails or the process is stopped.
     pub fn run(self) -> Result<()> {
         let s = self.settings()?;
-        let mut model = vigil_runtime::builtin::load_model(s.model.as_deref())?;
-        if let Some(alarm) = &s.alarm {
-            model
-                .set_alarm_policy(alarm.apply(model.metadata().alarm))
-                .context("alarm settings of the config")?;
-        }
-        let public_key = read_key_hex(&s.pubkey)?;
+        let model = vigil_runtime::builtin::load_model(s.model.as_deref())?;
+        let class_names = model.metadata().class_names.clone();
         let input = match &s.input {
-            Some((path, stream)) => {
-                let (source, options) = stream.open(path)?;
-                let windower = windower_for(&model, source.as_ref(), &options)?;
-                Some((source, options, windower))
-            }
+            Some((path, stream)) => Some(stream.open(path)?),
             None => None,
         };
-        let store = vigil_runtime::stream::open_store(&s.state)?;
-        let class_names = model.metadata().class_names.clone();
-        let pipeline = Arc::new(Mutex::new(Pipeline::new(model, Some(store))?));
         let name = s.name.clone().unwrap_or_else(host_name);
-        let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &s.state);
-        let slots = FileSlots::open(&s.state)
-            .with_context(|| format!("cannot use state folder {}", s.state.display()))?;
-        let slots = Slots::open(slots)
-            .with_context(|| format!("cannot read update slots in {}", s.state.display()))?;
-        let mut scratch = vec![0u8; GATEWAY_SLOT_CAPACITY as usize];
-        let mut agent = Agent::new(slots, &mut scratch);
-        if let Some(version) = agent.restore(&mut device).context("cannot restore the committed head")? {
-            println!("restored committed head version {version}");
-        }
-        {
-            let mut p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let settings = s.adaptation(p.scorer().model())?;
-            let said =
-                p.scorer_mut().adapt(settings, Some(&s.state)).context("cannot start site adaptation")?;
-            println!("{said}");
-            if let Some(c) =
-                s.commission.filter(|_| !p.scorer().adaptation().is_some_and(|a| a.site().is_armed()))
-            {
-                println!(
-                    "commissioning for {:.0} s of stream: alarms are armed when it ends",
-                    c.as_secs_f64()
-                );
+        let (port, baud, state) = (s.port.clone(), s.baud, s.state.clone());
+        let settings = GatewaySettings {
+            model,
+            port: s.port,
+            baud: s.baud,
+            public_key: read_key_hex(&s.pubkey)?,
+            state: s.state,
+            name: name.clone(),
+            input,
+            alarm: s.alarm,
+            commission: s.commission,
+            false_alarms_per_day: s.false_alarms_per_day,
+        };
+        gateway::run(settings, move |event| match event {
+            GatewayEvent::Restored { version } => println!("restored committed head version {version}"),
+            GatewayEvent::Adaptation(said) => println!("{said}"),
+            GatewayEvent::Commissioning { seconds } => {
+                println!("commissioning for {seconds:.0} s of stream: alarms are armed when it ends")
             }
-        }
-        let mut port = open_port(&s.port, s.baud, Duration::from_millis(50))?;
-        println!("serving {name} on {} at {} baud; state in {}", s.port, s.baud, s.state.display());
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let scoring = input.map(|(source, options, windower)| {
-            let (pipeline, stop) = (pipeline.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let on_event = |_: &_, r: &_| {
-                    println!("{}", describe(r, &class_names));
-                    Ok(())
-                };
-                let on_window = |o: &vigil_runtime::scorer::WindowOutcome| {
-                    if let Some(threshold) = o.commissioned {
-                        println!(
-                            "commissioned at {:.1} s: alarms armed, threshold {threshold:.2}",
-                            o.end_time_s
-                        );
-                    }
-                    Ok(())
-                };
-                let result =
-                    stream_into::<anyhow::Error>(&pipeline, source, windower, &options, on_event, on_window);
-                match &result {
-                    Ok(s) => println!(
-                        "input ended: {} windows scored, {} alarm(s), {} sensor fault(s); still serving",
-                        s.windows, s.alarms, s.sensor_faults
-                    ),
-                    Err(_) => stop.store(true, Ordering::Relaxed),
-                }
-                result
-            })
-        });
-        serve_link(&mut port, &mut agent, &mut device, &stop)
-            .with_context(|| format!("serial port {} failed", s.port))?;
-        if let Some(handle) = scoring {
-            handle.join().map_err(|_| anyhow::anyhow!("the scoring thread panicked"))??;
-        }
+            GatewayEvent::Serving => {
+                println!("serving {name} on {port} at {baud} baud; state in {}", state.display())
+            }
+            GatewayEvent::Report(r) => println!("{}", describe(r, &class_names)),
+            GatewayEvent::Commissioned { at_s, threshold } => {
+                println!("commissioned at {at_s:.1} s: alarms armed, threshold {threshold:.2}")
+            }
+            GatewayEvent::InputEnded(s) => println!(
+                "input ended: {} windows scored, {} alarm(s), {} sensor fault(s); still serving",
+                s.windows, s.alarms, s.sensor_faults
+            ),
+        })?;
         Ok(())
-    }
-}
-
-impl ServeSettings {
-    /// The adaptation settings for `model` at the stream's hop.
-    fn adaptation(&self, model: &vigil_runtime::model::VigilModel) -> Result<AdaptationSettings> {
-        let meta = model.metadata();
-        let windows_per_s = meta.sample_rate_hz / self.hop.unwrap_or(meta.hop).max(1) as f64;
-        let commission_windows = self.commission.map_or(0.0, |d| d.as_secs_f64() * windows_per_s);
-        let mut site = SiteConfig::new(commission_windows.ceil() as u32, (windows_per_s * 86_400.0) as f32);
-        site.false_alarms_per_day = self.false_alarms_per_day;
-        if self.commission.is_some() && site.commission_windows < 4 {
-            anyhow::bail!("--commission is shorter than 4 windows ({:.2} s)", 4.0 / windows_per_s);
-        }
-        if self.commission.is_none() {
-            site.commission_windows = 4;
-        }
-        site.validate()
-            .map_err(|e| anyhow::anyhow!("--false-alarms-per-day {}: {e}", self.false_alarms_per_day))?;
-        Ok(AdaptationSettings { site, commission: self.commission.is_some(), label: LabelConfig::default() })
     }
 }
 

@@ -22,7 +22,29 @@
 pub mod label;
 pub mod site;
 
+use crate::update::HeadUpdate;
 use serde::{Deserialize, Serialize};
+
+/// A head snapshot as it travels from a device to the host: the head it runs (as a
+/// [`HeadUpdate`]), then what its adaptation learned from. A device without adaptation
+/// sends the head alone; [`HeadSnapshot::decode`] reads both forms. The one definition
+/// of the format (`docs/wire-format.md`, "Head snapshots").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadSnapshot {
+    /// The head, prototype, threshold and alarm policy the device runs.
+    pub head: HeadUpdate,
+    /// What its adaptation learned from (all zero without adaptation).
+    pub stats: AdaptationStats,
+}
+
+impl HeadSnapshot {
+    /// Reads a snapshot's postcard bytes, with or without the trailing counts.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let (head, rest): (HeadUpdate, _) = postcard::take_from_bytes(bytes)?;
+        let stats = if rest.is_empty() { AdaptationStats::default() } else { postcard::from_bytes(rest)? };
+        Ok(HeadSnapshot { head, stats })
+    }
+}
 
 /// What a device's adaptation has learned from, sent after its head snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,198 @@
+//! The gateway agent assembled: a model scoring a sensor stream into the report store on
+//! one thread, and the device protocol served on a serial port on another, sharing one
+//! pipeline (`vigil serve`). What happens is told through a callback, so the caller
+//! decides what a person sees.
+
+use crate::adaptation::AdaptationSettings;
+use crate::agent::GatewayDevice;
+use crate::config::AlarmConfig;
+use crate::error::{Result, RuntimeError};
+use crate::input::SampleSource;
+use crate::model::VigilModel;
+use crate::pipeline::Pipeline;
+use crate::scorer::WindowOutcome;
+use crate::slots::{FileSlots, GATEWAY_SLOT_CAPACITY};
+use crate::stream::{open_store, stream_into, windower_for, StreamOptions, StreamSummary};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vigil_core::adapt::label::LabelConfig;
+use vigil_core::adapt::site::SiteConfig;
+use vigil_core::agent::Agent;
+use vigil_core::report::AnomalyReport;
+use vigil_core::update::slots::Slots;
+use vigil_serial::{open_port, serve_link};
+
+/// Everything a gateway agent runs with.
+pub struct GatewaySettings {
+    /// The model, loaded.
+    pub model: VigilModel,
+    /// Serial port to serve the protocol on.
+    pub port: String,
+    /// Its baud rate.
+    pub baud: u32,
+    /// State folder: report store, update slots, labels, adapted state.
+    pub state: PathBuf,
+    /// The Ed25519 public key head updates must be signed with.
+    pub public_key: [u8; 32],
+    /// The name the device reports to hosts.
+    pub name: String,
+    /// The sensor stream to score, with its options; `None` only serves.
+    pub input: Option<(Box<dyn SampleSource>, StreamOptions)>,
+    /// Overrides of the model's alarm policy.
+    pub alarm: Option<AlarmConfig>,
+    /// Learn the site for this long of stream time before arming alarms.
+    pub commission: Option<Duration>,
+    /// False alarms per day the commissioned threshold aims at.
+    pub false_alarms_per_day: f32,
+}
+
+/// What a running gateway tells its operator.
+#[derive(Debug)]
+pub enum GatewayEvent<'a> {
+    /// The head committed before the restart is active again.
+    Restored {
+        /// Its version.
+        version: u32,
+    },
+    /// What site adaptation resumed or starts from.
+    Adaptation(&'a str),
+    /// Alarms wait until this many seconds of stream have been learned.
+    Commissioning {
+        /// Stream seconds.
+        seconds: f64,
+    },
+    /// The port is open and answering.
+    Serving,
+    /// A report was stored.
+    Report(&'a AnomalyReport),
+    /// Commissioning ended: alarms are armed.
+    Commissioned {
+        /// Stream time at which it ended, in seconds.
+        at_s: f64,
+        /// The calibrated threshold.
+        threshold: f32,
+    },
+    /// The input ended; the port is still served.
+    InputEnded(&'a StreamSummary),
+}
+
+/// Runs the gateway until the serial link or the input fails (the process is stopped
+/// from outside otherwise), calling `on_event` from either thread.
+pub fn run(
+    settings: GatewaySettings,
+    on_event: impl Fn(GatewayEvent<'_>) + Send + Sync + 'static,
+) -> Result<()> {
+    let on_event = Arc::new(on_event);
+    let GatewaySettings {
+        mut model,
+        port,
+        baud,
+        state,
+        public_key,
+        name,
+        input,
+        alarm,
+        commission,
+        false_alarms_per_day,
+    } = settings;
+    if let Some(alarm) = &alarm {
+        model
+            .set_alarm_policy(alarm.apply(model.metadata().alarm))
+            .map_err(|e| RuntimeError::Config(format!("alarm settings of the config: {e}")))?;
+    }
+    let adaptation =
+        adaptation_settings(&model, input.as_ref().and_then(|i| i.1.hop), commission, false_alarms_per_day)?;
+    let input = match input {
+        Some((source, options)) => {
+            let windower = windower_for(&model, source.as_ref(), &options)?;
+            Some((source, options, windower))
+        }
+        None => None,
+    };
+    let store = open_store(&state)?;
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(model, Some(store))?));
+    let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);
+    let in_state = |what: &str, e: &dyn std::fmt::Display| {
+        RuntimeError::Input(format!("cannot {what} in state folder {}: {e}", state.display()))
+    };
+    let slots = FileSlots::open(&state).map_err(|e| in_state("use update slots", &e))?;
+    let slots = Slots::open(slots).map_err(|e| in_state("read update slots", &e))?;
+    let mut scratch = vec![0u8; GATEWAY_SLOT_CAPACITY as usize];
+    let mut agent = Agent::new(slots, &mut scratch);
+    if let Some(version) =
+        agent.restore(&mut device).map_err(|e| in_state("restore the committed head", &e))?
+    {
+        on_event(GatewayEvent::Restored { version });
+    }
+    {
+        let mut p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let said = p.scorer_mut().adapt(adaptation, Some(&state))?;
+        on_event(GatewayEvent::Adaptation(&said));
+        if let Some(c) = commission.filter(|_| !p.scorer().adaptation().is_some_and(|a| a.site().is_armed()))
+        {
+            on_event(GatewayEvent::Commissioning { seconds: c.as_secs_f64() });
+        }
+    }
+    let mut link = open_port(&port, baud, Duration::from_millis(50))?;
+    on_event(GatewayEvent::Serving);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let scoring = input.map(|(source, options, windower)| {
+        let (pipeline, stop, on_event) = (pipeline.clone(), stop.clone(), on_event.clone());
+        std::thread::spawn(move || {
+            let on_report = |_: &WindowOutcome, r: &AnomalyReport| {
+                on_event(GatewayEvent::Report(r));
+                Ok(())
+            };
+            let on_window = |o: &WindowOutcome| {
+                if let Some(threshold) = o.commissioned {
+                    on_event(GatewayEvent::Commissioned { at_s: o.end_time_s, threshold });
+                }
+                Ok(())
+            };
+            let result =
+                stream_into::<RuntimeError>(&pipeline, source, windower, &options, on_report, on_window);
+            match &result {
+                Ok(summary) => on_event(GatewayEvent::InputEnded(summary)),
+                Err(_) => stop.store(true, Ordering::Relaxed),
+            }
+            result
+        })
+    });
+    serve_link(&mut link, &mut agent, &mut device, &stop)
+        .map_err(|e| RuntimeError::io(format!("serial port {port} failed"), e))?;
+    if let Some(handle) = scoring {
+        handle.join().map_err(|_| RuntimeError::Input("the scoring thread panicked".into()))??;
+    }
+    Ok(())
+}
+
+/// The adaptation settings for `model` at the stream's hop: commissioning over
+/// `commission` of stream time (at least 4 windows), the threshold calibrated to
+/// `false_alarms_per_day`.
+fn adaptation_settings(
+    model: &VigilModel,
+    hop: Option<usize>,
+    commission: Option<Duration>,
+    false_alarms_per_day: f32,
+) -> Result<AdaptationSettings> {
+    let meta = model.metadata();
+    let windows_per_s = meta.sample_rate_hz / hop.unwrap_or(meta.hop).max(1) as f64;
+    let commission_windows = commission.map_or(0.0, |d| d.as_secs_f64() * windows_per_s);
+    let mut site = SiteConfig::new(commission_windows.ceil() as u32, (windows_per_s * 86_400.0) as f32);
+    site.false_alarms_per_day = false_alarms_per_day;
+    if commission.is_some() && site.commission_windows < 4 {
+        return Err(RuntimeError::Config(format!(
+            "--commission is shorter than 4 windows ({:.2} s)",
+            4.0 / windows_per_s
+        )));
+    }
+    if commission.is_none() {
+        site.commission_windows = 4;
+    }
+    site.validate()
+        .map_err(|e| RuntimeError::Config(format!("--false-alarms-per-day {false_alarms_per_day}: {e}")))?;
+    Ok(AdaptationSettings { site, commission: commission.is_some(), label: LabelConfig::default() })
+}
