@@ -83,3 +83,28 @@ fn the_arm_build_under_emulation_agrees_with_this_build() {
         "the builds raised different alarms"
     );
 }
+
+/// The aarch64 binary is the gateway build the Debian package installs
+/// (`scripts/package-deb --target aarch64-unknown-linux-gnu`): it serves, runs and
+/// reports, and its training commands say they need the full build.
+#[test]
+fn the_arm_gateway_build_serves_and_reports_but_does_not_train() {
+    let Some(arm) = arm_binary() else { return };
+    let vigil = |args: &[&str]| {
+        Command::new("qemu-aarch64")
+            .args(["-L", "/usr/aarch64-linux-gnu", arm.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for command in ["serve", "run", "status", "reports", "report"] {
+        let out = vigil(&[command, "--help"]);
+        assert!(out.status.success(), "vigil {command} --help: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for command in ["pretrain", "fine-tune"] {
+        let out = vigil(&[command, "--data", "x.toml", "-o", "m.onnx"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "vigil {command} ran in the gateway build");
+        assert!(stderr.contains("needs the full build"), "vigil {command}: {stderr}");
+    }
+}
