@@ -4,24 +4,27 @@ use clap::Parser;
 use std::process::ExitCode;
 use vigil::cmd::Cli;
 
-/// Shows what the libraries log: information on standard output as it is, warnings and
-/// errors on standard error behind `warning:`; debug and trace only with `VIGIL_LOG=debug`.
+/// Shows what Vigil's libraries log: information on standard output as it is, warnings
+/// and errors on standard error behind `warning:`. Other crates' records (tract reports
+/// its CPU detection at info level) and debug records show only with `VIGIL_LOG=debug`,
+/// so standard output stays what the command prints (JSON lines with `--json`).
 struct Console {
     debug: bool,
 }
 
 impl log::Log for Console {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info || self.debug
+        self.debug || (metadata.level() <= log::Level::Info && metadata.target().starts_with("vigil"))
     }
 
     fn log(&self, record: &log::Record<'_>) {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let ours = record.target().starts_with("vigil");
         match record.level() {
-            log::Level::Info => println!("{}", record.args()),
-            log::Level::Warn | log::Level::Error => eprintln!("warning: {}", record.args()),
+            log::Level::Info if ours => println!("{}", record.args()),
+            log::Level::Warn | log::Level::Error if ours => eprintln!("warning: {}", record.args()),
             _ => eprintln!("{}: {}", record.target(), record.args()),
         }
     }
