@@ -36,7 +36,7 @@ pub fn load_model_and_proto(path: Option<&Path>) -> Result<(VigilModel, tract_on
         None => (REFERENCE_MODEL.to_vec(), PathBuf::from(REFERENCE_MODEL_NAME)),
     };
     let model = VigilModel::from_bytes(&bytes, &name).map_err(|e| cannot_load(&name, e))?;
-    let proto = crate::onnx::decode_model(&bytes, &name)?;
+    let proto = model.proto().clone();
     Ok((model, proto, bytes.len()))
 }
 
