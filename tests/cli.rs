@@ -152,7 +152,45 @@ fn nan_samples_raise_a_sensor_fault_and_the_run_goes_on() {
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains("SENSOR FAULT"), "{stdout}");
     let summary = stdout.lines().last().unwrap();
-    assert!(summary.contains("sensor fault(s)") && !summary.contains(" 0 sensor fault(s)"), "{summary}");
+    assert!(summary.contains("skipped as sensor faults") && !summary.contains(" 0 window(s)"), "{summary}");
+    // One dropout, one report; the run scores on after it.
+    assert_eq!(stdout.matches("SENSOR FAULT").count(), 1, "{stdout}");
+}
+
+/// Each way a signal can fail to be a measurement, as `vigil run` reports it: the reason
+/// in words, no bearing alarm, no NaN score.
+#[test]
+fn each_sensor_fault_is_reported_with_its_reason_not_as_a_bearing_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = |i: usize| ((i as f32) * 0.37).sin() * 0.3 + ((i as f32) * 1.91).sin() * 0.1;
+    type Case = (&'static str, fn(usize, f32) -> f32, &'static str);
+    let cases: [Case; 7] = [
+        ("flat", |_, _| 0.0, "the signal is flat"),
+        ("constant", |_, _| 0.42, "the signal is flat"),
+        ("stuck", |i, _| (((i / 8) as f32) * 0.37).sin(), "the samples repeat"),
+        ("clipped", |_, v| v.clamp(-0.2, 0.2), "clipped at a constant extreme"),
+        ("spiky", |i, v| if i % 1500 == 17 { 1e30 } else { v }, "spikes beyond the sensor's range"),
+        ("nan", |i, v| if i % 3 == 0 { f32::NAN } else { v }, "NaN or infinite samples"),
+        ("huge", |_, v| v * 1e20, "beyond the sensor's range"),
+    ];
+    for (name, corrupt, reason) in cases {
+        let path = dir.path().join(format!("{name}.csv"));
+        let mut s = String::from("# sample_rate_hz=16000\n");
+        for i in 0..32_000 {
+            s.push_str(&format!("{}\n", corrupt(i, live(i))));
+        }
+        std::fs::write(&path, s).unwrap();
+        let o = run(&path, &[]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{name}: {stderr}");
+        let faults: Vec<&str> = stdout.lines().filter(|l| l.starts_with("SENSOR FAULT")).collect();
+        assert_eq!(faults.len(), 1, "{name}: one report for the episode\n{stdout}");
+        assert!(faults[0].contains(reason), "{name}: {}", faults[0]);
+        assert!(!stdout.contains("ALARM") && !stdout.contains("score NaN"), "{name}:\n{stdout}");
+    }
+    // The range is the user's to set: the spikes pass under a range that admits them.
+    let o = run(&dir.path().join("huge.csv"), &["--range-g", "1e25"]);
+    assert!(!text(&o).0.contains("SENSOR FAULT"), "{}", text(&o).0);
 }
 
 fn assert_fails_with(o: Output, needle: &str) {

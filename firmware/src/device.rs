@@ -48,6 +48,7 @@ impl<'m, C: Clock> FirmwareDevice<'m, C> {
     /// A device running `monitor`'s feature backbone.
     pub fn new(identity: Identity, monitor: &'m mut Monitor, clock: C) -> Self {
         let model_hash = monitor.spec().model_hash();
+        monitor.set_normal_class(vigil_core::report::normal_class_of(identity.class_names) as u8);
         FirmwareDevice { identity, monitor, model_hash, clock }
     }
 

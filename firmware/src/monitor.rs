@@ -9,7 +9,8 @@ use vigil_core::features::{
     POWER_BANDS,
 };
 use vigil_core::head::{argmax, softmax_in_place, HeadRef, PrototypeRef};
-use vigil_core::report::{top_bands_by_excess, AnomalyReport, BandContribution, ReportKind};
+use vigil_core::report::{alarm_class, top_bands_by_excess, AnomalyReport, BandContribution, ReportKind};
+use vigil_core::sensor::{SensorCheck, SensorLimits, SensorWatch};
 use vigil_core::update::{HeadUpdate, HeadWeights};
 use vigil_core::wire::NackReason;
 use vigil_core::{CoreError, MAX_CLASSES, MAX_TOP_BANDS};
@@ -134,7 +135,7 @@ const EMPTY_REPORT: StoredReport = StoredReport {
 pub struct Counters {
     /// Windows scored.
     pub windows_scored: u64,
-    /// Windows skipped for non-finite samples.
+    /// Windows skipped as sensor faults (one report per episode).
     pub sensor_faults: u64,
     /// Reports overwritten in the ring before anyone pulled them.
     pub reports_overwritten: u64,
@@ -153,7 +154,10 @@ pub struct Monitor {
     scratch: FeatureScratch,
     features: [f32; FEATURE_COUNT],
     head: Option<ActiveHead>,
+    /// Index of the healthy class, which an alarm never names.
+    normal_class: u8,
     alarm: Option<AlarmState>,
+    sensor: SensorWatch,
     last_score: f32,
     ring: [StoredReport; REPORT_RING],
     /// Bit `i` set: ring slot `i` holds a report.
@@ -185,7 +189,9 @@ impl Monitor {
             scratch: FeatureScratch::new(),
             features: [0.0; FEATURE_COUNT],
             head: None,
+            normal_class: 0,
             alarm: None,
+            sensor: SensorWatch::new(SensorLimits::DEFAULT),
             last_score: 0.0,
             ring: [EMPTY_REPORT; REPORT_RING],
             occupied: 0,
@@ -204,6 +210,18 @@ impl Monitor {
     /// The stream the monitor expects.
     pub fn spec(&self) -> &FeatureSpec {
         &self.spec
+    }
+
+    /// Sets the index of the healthy class (0 unless the class names say otherwise).
+    pub fn set_normal_class(&mut self, class: u8) {
+        self.normal_class = class;
+    }
+
+    /// Takes windows beyond `limits` for sensor faults from now on.
+    pub fn set_sensor_limits(&mut self, limits: SensorLimits) -> Result<(), CoreError> {
+        limits.validate()?;
+        self.sensor = SensorWatch::new(limits);
+        Ok(())
     }
 
     /// The head in use, if any.
@@ -281,13 +299,16 @@ impl Monitor {
 
     /// Scores the full window.
     fn score_window(&mut self) {
-        match features::extract(&self.spec, &self.window, &mut self.scratch, &mut self.features) {
-            Ok(()) => {}
-            Err(_) => {
-                self.counters.sensor_faults += 1;
-                self.record(ReportKind::SensorFault, 0.0, None);
-                return;
+        let check = self.sensor.check(&self.window);
+        if let Some(reason) = check.fault() {
+            self.counters.sensor_faults += 1;
+            if matches!(check, SensorCheck::FaultBegan(_)) {
+                self.record(ReportKind::SensorFault, 0.0, reason as u8, None);
             }
+            return;
+        }
+        if features::extract(&self.spec, &self.window, &mut self.scratch, &mut self.features).is_err() {
+            return;
         }
         self.counters.windows_scored += 1;
         let Some(head) = &self.head else { return };
@@ -311,13 +332,18 @@ impl Monitor {
             AlarmTransition::Raised => ReportKind::AlarmRaised,
             AlarmTransition::Cleared => ReportKind::AlarmCleared,
         };
-        self.record(kind, score, Some(probabilities));
+        let scored = &probabilities[..classes];
+        let class = match kind {
+            ReportKind::AlarmRaised => alarm_class(scored, usize::from(self.normal_class)),
+            _ => argmax(scored).unwrap_or(0) as u8,
+        };
+        self.record(kind, score, class, Some(probabilities));
     }
 
-    fn record(&mut self, kind: ReportKind, score: f32, probabilities: Option<[f32; MAX_CLASSES]>) {
+    /// Keeps a report naming `class` (for a sensor fault, the reason's code).
+    fn record(&mut self, kind: ReportKind, score: f32, class: u8, probabilities: Option<[f32; MAX_CLASSES]>) {
         let (classes, head_version) = self.head.as_ref().map_or((0, 0), |h| (h.classes, h.version));
         let probabilities = probabilities.unwrap_or([0.0; MAX_CLASSES]);
-        let class = argmax(&probabilities[..usize::from(classes)]).unwrap_or(0) as u8;
         let mut top_bands = [(0u8, 0.0f32); MAX_TOP_BANDS];
         let mut top_band_count = 0;
         if let (Some(head), ReportKind::AlarmRaised) = (&self.head, kind) {

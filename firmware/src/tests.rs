@@ -13,6 +13,7 @@ use vigil_core::agent::Agent;
 use vigil_core::bearing::BearingGeometry;
 use vigil_core::features::FeatureSpec;
 use vigil_core::report::ReportKind;
+use vigil_core::sensor::SensorFaultReason;
 use vigil_core::update::slots::Slots;
 use vigil_core::update::HeadUpdate;
 use vigil_core::wire::{Message, NackReason};
@@ -211,14 +212,32 @@ fn non_finite_samples_make_a_sensor_fault_report_not_a_score() {
 #[test]
 fn the_report_ring_overwrites_the_oldest_and_counts_it() {
     let mut monitor = Monitor::new(SPEC).unwrap();
-    let nan_window: Vec<u8> = (0..crate::monitor::REPORT_RING + 5)
-        .flat_map(|_| [f32::NAN; 512].into_iter().flat_map(f32::to_le_bytes).collect::<Vec<u8>>())
-        .collect();
-    monitor.samples(0, &[0u8; 2048]).unwrap();
-    monitor.samples(512, &nan_window).unwrap();
-    let faults = monitor.counters().sensor_faults;
-    assert_eq!(faults, crate::monitor::REPORT_RING as u64 + 5);
+    let live = |i: usize| (i as f32 * 0.37).sin();
+    // Episodes of a dropout (half a window of NaN) between stretches of live signal: one
+    // sensor-fault report each.
+    let episodes = crate::monitor::REPORT_RING + 5;
+    let mut samples: Vec<f32> = (0..1024).map(live).collect();
+    for _ in 0..episodes {
+        samples.extend([f32::NAN; 512]);
+        samples.extend((0..1024).map(live));
+    }
+    let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+    monitor.samples(0, &bytes).unwrap();
+    assert_eq!(monitor.next_sequence(), episodes as u64, "one report per dropout");
+    // Each dropout spoils the two windows that overlap it.
+    assert_eq!(monitor.counters().sensor_faults, 2 * episodes as u64);
     assert_eq!(monitor.counters().reports_overwritten, 5);
     assert_eq!(monitor.report_from(0, [0; 32]).unwrap().sequence, 5);
-    assert!(monitor.report_from(faults, [0; 32]).is_none());
+    assert!(monitor.report_from(episodes as u64, [0; 32]).is_none());
+}
+
+#[test]
+fn a_dead_sensor_makes_one_report_with_its_reason_not_a_ring_full() {
+    let mut monitor = Monitor::new(SPEC).unwrap();
+    let bytes: Vec<u8> = [0.0f32; 512 * 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+    monitor.samples(0, &bytes).unwrap();
+    assert_eq!(monitor.counters().sensor_faults, 39);
+    assert_eq!(monitor.next_sequence(), 1);
+    let report = monitor.report_from(0, [0; 32]).unwrap();
+    assert_eq!(report.sensor_fault(), Some(SensorFaultReason::Flat));
 }

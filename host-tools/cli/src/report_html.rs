@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use std::fmt::Write as _;
 use vigil_core::bearing::FaultOrders;
 use vigil_core::report::{AnomalyReport, ReportKind, SpectrumBins};
-use vigil_runtime::report_io::{bands_text, class_name, class_probability};
+use vigil_runtime::report_io::{bands_text, finding_label, finding_probability};
 
 /// Alarms shown with their spectra (the highest-scoring ones); the table lists every report.
 pub const MAX_DETAILED_ALARMS: usize = 12;
@@ -98,12 +98,12 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
 
     html.push_str("<section id=\"reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
     for r in reports {
-        let class = class_name(r, &ctx.class_names);
-        let p = class_probability(r);
+        let class = finding_label(r, &ctx.class_names);
+        let p = finding_probability(r).map_or_else(|| "-".to_string(), |p| format!("{p:.2}"));
         let _ = write!(
             html,
-            "<tr class=\"{:?}\"><td>{}</td><td>{:.2}</td><td>{:?}</td><td>{}</td><td>{p:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
-            r.kind, r.sequence, r.stream_time_s, r.kind, escape(class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
+            "<tr class=\"{:?}\"><td>{}</td><td>{:.2}</td><td>{:?}</td><td>{}</td><td>{p}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            r.kind, r.sequence, r.stream_time_s, r.kind, escape(&class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
         );
     }
     html.push_str("</table></section>\n</body></html>\n");
@@ -111,12 +111,12 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
 }
 
 fn alarm_section(r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
-    let class = class_name(r, &ctx.class_names);
+    let class = finding_label(r, &ctx.class_names);
     let mut html = String::new();
     let _ = write!(
         html,
         "<article class=\"alarm\" id=\"alarm-{}\"><h3>Alarm #{} at {:.2} s: {} (score {:.1}, threshold {:.1})</h3><div class=\"plots\">",
-        r.sequence, r.sequence, r.stream_time_s, escape(class), r.score, r.threshold
+        r.sequence, r.sequence, r.stream_time_s, escape(&class), r.score, r.threshold
     );
     let markers = ctx.machine.map(|m| m.markers()).unwrap_or_default();
     if let Some(s) = &r.spectrum {

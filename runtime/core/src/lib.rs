@@ -43,6 +43,7 @@ pub mod hex;
 pub mod normalise;
 pub mod report;
 pub mod resample;
+pub mod sensor;
 pub mod update;
 pub mod wire;
 

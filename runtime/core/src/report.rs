@@ -1,6 +1,9 @@
 //! Anomaly reports: what a device records when something happens on its stream.
 
+use crate::head::argmax;
+use crate::sensor::SensorFaultReason;
 use crate::{MAX_CLASSES, MAX_TOP_BANDS};
+use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +15,8 @@ pub enum ReportKind {
     AlarmRaised,
     /// The alarm cleared on this window.
     AlarmCleared,
-    /// The window held NaN or infinite samples and was not scored.
+    /// The window was not a measurement (see [`crate::sensor`]) and was not scored; the
+    /// reason is [`AnomalyReport::sensor_fault`].
     SensorFault,
 }
 
@@ -41,7 +45,10 @@ pub struct AnomalyReport {
     pub score: f32,
     /// Threshold in force when the report was made.
     pub threshold: f32,
-    /// Most probable fault class (index into the model's class names).
+    /// For an alarm, the class it names ([`alarm_class`]; [`NO_KNOWN_CLASS`] when the
+    /// window is unlike normal but like no known fault); for a cleared alarm, the likeliest
+    /// class; for a sensor fault, the [`SensorFaultReason`] code. Read it through
+    /// [`AnomalyReport::finding`].
     pub class_index: u8,
     /// Probability of each class.
     pub probabilities: Vec<f32, MAX_CLASSES>,
@@ -53,6 +60,145 @@ pub struct AnomalyReport {
     pub top_bands: Vec<BandContribution, MAX_TOP_BANDS>,
     /// The spectrum and envelope spectrum of the window (alarm reports).
     pub spectrum: Option<SpectrumSnapshot>,
+}
+
+/// The `class_index` of an alarm whose window is unlike normal but whose classifier still
+/// finds it likeliest normal: no known fault pattern.
+pub const NO_KNOWN_CLASS: u8 = u8::MAX;
+
+/// Below this probability the likeliest fault class of an unrecognised anomaly is not
+/// worth naming even as a hint.
+pub const HINT_MIN_PROBABILITY: f32 = 0.2;
+
+/// The class an alarm names, from the classifier's `probabilities` and the index of the
+/// normal class: the likeliest class when it is a fault, [`NO_KNOWN_CLASS`] when the
+/// likeliest is normal (the anomaly score, not the classifier, raised the alarm). The one
+/// rule for gateway and firmware alike.
+pub fn alarm_class(probabilities: &[f32], normal_class: usize) -> u8 {
+    match argmax(probabilities) {
+        Some(top) if top != normal_class => top as u8,
+        _ => NO_KNOWN_CLASS,
+    }
+}
+
+/// The index of the class named `normal` in comma-separated class names (0 when none is).
+pub fn normal_class_of(class_names: &str) -> usize {
+    class_names.split(',').position(|n| n.trim() == "normal").unwrap_or(0)
+}
+
+/// What a report says it found, as derived from its fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Finding {
+    /// An alarm on a known fault pattern.
+    Fault {
+        /// The class's index.
+        class: u8,
+        /// The classifier's probability of it.
+        probability: f32,
+    },
+    /// An alarm on a window unlike this machine's normal that matches no known fault.
+    Unrecognised {
+        /// The likeliest other class and its probability, when at least
+        /// [`HINT_MIN_PROBABILITY`].
+        hint: Option<(u8, f32)>,
+    },
+    /// The alarm cleared.
+    Cleared,
+    /// The window was not a measurement.
+    SensorFault(Option<SensorFaultReason>),
+}
+
+impl AnomalyReport {
+    /// What the report found.
+    pub fn finding(&self) -> Finding {
+        let p = |i: u8| self.probabilities.get(usize::from(i)).copied().unwrap_or(0.0);
+        match self.kind {
+            ReportKind::AlarmCleared => Finding::Cleared,
+            ReportKind::SensorFault => Finding::SensorFault(self.sensor_fault()),
+            ReportKind::AlarmRaised if self.class_index != NO_KNOWN_CLASS => {
+                Finding::Fault { class: self.class_index, probability: p(self.class_index) }
+            }
+            ReportKind::AlarmRaised => {
+                // The likeliest class is normal, so the runner-up is the likeliest fault.
+                let top = argmax(&self.probabilities);
+                let runner_up = (0..self.probabilities.len())
+                    .filter(|&i| Some(i) != top)
+                    .max_by(|&a, &b| self.probabilities[a].total_cmp(&self.probabilities[b]))
+                    .map(|i| i as u8);
+                let hint = runner_up.map(|i| (i, p(i))).filter(|&(_, q)| q >= HINT_MIN_PROBABILITY);
+                Finding::Unrecognised { hint }
+            }
+        }
+    }
+
+    /// The reason of a sensor-fault report (`None` for other reports, or a reason this
+    /// build does not know).
+    pub fn sensor_fault(&self) -> Option<SensorFaultReason> {
+        (self.kind == ReportKind::SensorFault)
+            .then(|| SensorFaultReason::from_code(self.class_index))
+            .flatten()
+    }
+
+    /// The report in one line for people, with the model's class names
+    /// (`names(i)` is class `i`'s name, if known).
+    pub fn describe<'a, N: Fn(u8) -> Option<&'a str>>(&'a self, names: N) -> Description<'a, N> {
+        Description { report: self, names }
+    }
+}
+
+/// A report as one line of text: see [`AnomalyReport::describe`].
+pub struct Description<'a, N> {
+    report: &'a AnomalyReport,
+    names: N,
+}
+
+impl<'a, N: Fn(u8) -> Option<&'a str>> fmt::Display for Description<'a, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.report;
+        let name = |i: u8| (self.names)(i).unwrap_or("?");
+        let at = (r.sequence, r.stream_time_s);
+        match r.finding() {
+            Finding::Fault { class, probability } => write!(
+                f,
+                "ALARM #{} at {:.2} s: {} (p={probability:.2}), score {:.1} > threshold {:.1}",
+                at.0,
+                at.1,
+                name(class),
+                r.score,
+                r.threshold
+            )?,
+            Finding::Unrecognised { hint } => {
+                write!(
+                    f,
+                    "ALARM #{} at {:.2} s: anomaly, unlike this machine's normal; no known fault pattern",
+                    at.0, at.1
+                )?;
+                if let Some((class, p)) = hint {
+                    write!(f, " (nearest: {}, p={p:.2})", name(class))?;
+                }
+                write!(f, ", score {:.1} > threshold {:.1}", r.score, r.threshold)?;
+            }
+            Finding::Cleared => {
+                return write!(
+                    f,
+                    "cleared #{} at {:.2} s: score {:.1} back under {:.1}",
+                    at.0, at.1, r.score, r.threshold
+                )
+            }
+            Finding::SensorFault(reason) => {
+                let why = reason.map_or("a sensor fault this build does not know", |r| r.explanation());
+                return write!(f, "SENSOR FAULT #{} at {:.2} s: {why}; not scored", at.0, at.1);
+            }
+        }
+        if !r.top_bands.is_empty() {
+            f.write_str("; top bands: ")?;
+            for (i, b) in r.top_bands.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                write!(f, "{sep}{:.0}-{:.0} Hz {:+.1} dB", b.low_hz, b.high_hz, b.excess_db)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Most bins of a [`SpectrumBins`].
@@ -191,5 +337,66 @@ mod tests {
         assert_eq!(top[1].low_hz, 5000.0);
         assert_eq!(top[2].low_hz, 1000.0);
         assert!(top_band_contributions(&[], &[], 8000.0).is_empty());
+    }
+
+    fn alarm(kind: ReportKind, probabilities: &[f32], normal: usize) -> AnomalyReport {
+        AnomalyReport {
+            sequence: 7,
+            kind,
+            stream_time_s: 12.5,
+            score: 31.0,
+            threshold: 20.0,
+            class_index: alarm_class(probabilities, normal),
+            probabilities: probabilities.iter().copied().collect(),
+            model_hash: [0; 32],
+            head_version: 1,
+            top_bands: Vec::new(),
+            spectrum: None,
+        }
+    }
+
+    fn text(r: &AnomalyReport) -> std::string::String {
+        let names = ["normal", "outer_race", "inner_race", "ball"];
+        r.describe(|i| names.get(usize::from(i)).copied()).to_string()
+    }
+
+    #[test]
+    fn an_alarm_names_a_fault_only_when_the_classifier_finds_one() {
+        let r = alarm(ReportKind::AlarmRaised, &[0.05, 0.9, 0.03, 0.02], 0);
+        assert_eq!(r.finding(), Finding::Fault { class: 1, probability: 0.9 });
+        assert_eq!(text(&r), "ALARM #7 at 12.50 s: outer_race (p=0.90), score 31.0 > threshold 20.0");
+        // Sure the window is normal, yet the score is anomalous: no fault is named.
+        let r = alarm(ReportKind::AlarmRaised, &[1.0, 0.0, 0.0, 0.0], 0);
+        assert_eq!(r.class_index, NO_KNOWN_CLASS);
+        assert_eq!(r.finding(), Finding::Unrecognised { hint: None });
+        assert_eq!(
+            text(&r),
+            "ALARM #7 at 12.50 s: anomaly, unlike this machine's normal; no known fault pattern, \
+             score 31.0 > threshold 20.0"
+        );
+        assert!(!text(&r).contains("p=0.00"));
+        // A runner-up fault worth a hint.
+        let r = alarm(ReportKind::AlarmRaised, &[0.5, 0.1, 0.1, 0.3], 0);
+        assert_eq!(r.finding(), Finding::Unrecognised { hint: Some((3, 0.3)) });
+        assert!(text(&r).contains("no known fault pattern (nearest: ball, p=0.30)"), "{}", text(&r));
+        // The normal class need not be first.
+        assert_eq!(alarm_class(&[0.1, 0.8, 0.1], 1), NO_KNOWN_CLASS);
+        assert_eq!(alarm_class(&[0.7, 0.2, 0.1], 1), 0);
+        assert_eq!(normal_class_of("outer,inner, normal"), 2);
+        assert_eq!(normal_class_of("a,b"), 0);
+    }
+
+    #[test]
+    fn a_sensor_fault_says_why() {
+        let mut r = alarm(ReportKind::SensorFault, &[], 0);
+        r.class_index = SensorFaultReason::Flat as u8;
+        assert_eq!(r.finding(), Finding::SensorFault(Some(SensorFaultReason::Flat)));
+        assert_eq!(
+            text(&r),
+            "SENSOR FAULT #7 at 12.50 s: the signal is flat (a dead or disconnected sensor); not scored"
+        );
+        // Reports from devices that knew only one reason carry code 0.
+        r.class_index = 0;
+        assert_eq!(r.sensor_fault(), Some(SensorFaultReason::NotFinite));
     }
 }

@@ -6,6 +6,7 @@
 use crate::error::{Result, RuntimeError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use vigil_core::sensor::SensorLimits;
 
 /// What `vigil serve` runs, as a file (see `packaging/vigil.toml` for every key).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -45,6 +46,9 @@ pub struct InputConfig {
     /// Pace a file input at its sample rate.
     #[serde(default)]
     pub realtime: bool,
+    /// Largest magnitude the sensor measures, in the stream's units (g); samples beyond
+    /// it make a sensor-fault report [default: 500].
+    pub range_g: Option<f32>,
 }
 
 /// Alarm policy overrides; unset keys keep the model's values.
@@ -118,6 +122,12 @@ impl GatewayConfig {
                         at("format")
                     )));
                 }
+            }
+            if input.range_g.is_some_and(|r| !(r.is_finite() && r > SensorLimits::DEFAULT.flat_g)) {
+                return Err(RuntimeError::Config(format!(
+                    "{}: the sensor's range must be a positive number of g, such as 50",
+                    at("range_g")
+                )));
             }
             if input.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(RuntimeError::Config(format!(

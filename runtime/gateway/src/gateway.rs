@@ -112,7 +112,11 @@ pub fn run(
         None => None,
     };
     let store = open_store(&state)?;
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(model, Some(store))?));
+    let mut pipeline = Pipeline::new(model, Some(store))?;
+    if let Some((_, options, _)) = &input {
+        pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
+    }
+    let pipeline = Arc::new(Mutex::new(pipeline));
     let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);
     let in_state = |what: &str, e: &dyn std::fmt::Display| {
         RuntimeError::Input(format!("cannot {what} in state folder {}: {e}", state.display()))

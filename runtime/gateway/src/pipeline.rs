@@ -6,7 +6,6 @@ use crate::scorer::{WindowOutcome, WindowScorer};
 use crate::store::ReportStore;
 use crate::windower::Window;
 use vigil_core::alarm::AlarmTransition;
-use vigil_core::report::ReportKind;
 
 /// Counts since the pipeline started.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -15,7 +14,7 @@ pub struct PipelineCounts {
     pub windows: u64,
     /// Alarms raised.
     pub alarms: u64,
-    /// Windows skipped for non-finite samples.
+    /// Windows skipped as sensor faults.
     pub sensor_faults: u64,
     /// Anomaly score of the last scored window.
     pub last_score: f32,
@@ -46,10 +45,10 @@ impl Pipeline {
         if outcome.transition == AlarmTransition::Raised {
             self.counts.alarms += 1;
         }
+        if outcome.sensor_fault.is_some() {
+            self.counts.sensor_faults += 1;
+        }
         if let Some(report) = &outcome.report {
-            if report.kind == ReportKind::SensorFault {
-                self.counts.sensor_faults += 1;
-            }
             if let Some(store) = self.store.as_mut() {
                 store.append(report)?;
             }

@@ -3,16 +3,40 @@
 use crate::error::{Result, RuntimeError};
 use serde::Deserialize;
 use std::path::Path;
-use vigil_core::report::{AnomalyReport, BandContribution, ReportKind, SpectrumSnapshot};
+use vigil_core::report::{AnomalyReport, BandContribution, Finding, ReportKind, SpectrumSnapshot};
 
-/// The name of the report's class (`?` when `class_names` does not cover it).
-pub fn class_name<'a>(report: &AnomalyReport, class_names: &'a [String]) -> &'a str {
-    class_names.get(usize::from(report.class_index)).map_or("?", String::as_str)
+/// What the report found, in a table cell: the fault class's name, `no known pattern`,
+/// the likeliest class of a cleared alarm, or `sensor: <reason>`.
+pub fn finding_label(report: &AnomalyReport, class_names: &[String]) -> String {
+    let name = |i: u8| class_names.get(usize::from(i)).map_or("?", String::as_str).to_string();
+    match report.finding() {
+        Finding::Fault { class, .. } => name(class),
+        Finding::Unrecognised { .. } => "no known pattern".into(),
+        Finding::Cleared => name(report.class_index),
+        Finding::SensorFault(reason) => format!("sensor: {}", reason.map_or("unknown", |r| r.name())),
+    }
 }
 
-/// The probability the head gave the report's class.
-pub fn class_probability(report: &AnomalyReport) -> f32 {
-    report.probabilities.get(usize::from(report.class_index)).copied().unwrap_or(0.0)
+/// The probability the head gave the class an alarm names (none for other findings).
+pub fn finding_probability(report: &AnomalyReport) -> Option<f32> {
+    match report.finding() {
+        Finding::Fault { probability, .. } => Some(probability),
+        _ => None,
+    }
+}
+
+/// The class name of the report's `class_index`, when that index is a class.
+fn indexed_class<'a>(report: &AnomalyReport, class_names: &'a [String]) -> Option<&'a String> {
+    match report.finding() {
+        Finding::Fault { .. } | Finding::Cleared => class_names.get(usize::from(report.class_index)),
+        Finding::Unrecognised { .. } | Finding::SensorFault(_) => None,
+    }
+}
+
+/// One line describing a report, for people (the wording every Vigil device shares:
+/// [`AnomalyReport::describe`]).
+pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
+    report.describe(|i| class_names.get(usize::from(i)).map(String::as_str)).to_string()
 }
 
 /// The report's top bands as people read them: `3000-3500 Hz +17.5 dB, ...`.
@@ -33,8 +57,9 @@ pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json
         "stream_time_s": report.stream_time_s,
         "score": report.score,
         "threshold": report.threshold,
-        "class": class_names.get(usize::from(report.class_index)),
+        "class": indexed_class(report, class_names),
         "class_index": report.class_index,
+        "finding": finding_label(report, class_names),
         "probabilities": report.probabilities.as_slice(),
         "model_hash": vigil_core::hex::encode(&report.model_hash),
         "head_version": report.head_version,
@@ -108,7 +133,7 @@ pub const CSV_HEADER: &str =
 
 /// One report as a CSV line (lists inside a cell are `;`-separated).
 pub fn csv_line(r: &AnomalyReport, classes: &[String]) -> String {
-    let class = class_name(r, classes);
+    let class = finding_label(r, classes);
     let probs: Vec<String> = r.probabilities.iter().map(|p| format!("{p:.4}")).collect();
     let bands: Vec<String> = r
         .top_bands

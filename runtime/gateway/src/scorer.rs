@@ -14,9 +14,10 @@ use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::dsp::{self, Complex32};
 use vigil_core::head::{argmax, softmax_in_place};
 use vigil_core::report::{
-    top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot, ENVELOPE_HIGH_PASS_HZ,
-    ENVELOPE_MAX_HZ,
+    alarm_class, top_band_contributions, AnomalyReport, ReportKind, SpectrumBins, SpectrumSnapshot,
+    ENVELOPE_HIGH_PASS_HZ, ENVELOPE_MAX_HZ,
 };
+use vigil_core::sensor::{SensorCheck, SensorFaultReason, SensorLimits, SensorWatch};
 use vigil_core::update::{HeadParts, HeadUpdate};
 
 /// What scoring one window produced.
@@ -26,8 +27,11 @@ pub struct WindowOutcome {
     pub index: u64,
     /// Time of the window's end, in seconds since the stream began.
     pub end_time_s: f64,
-    /// `None` when the window held non-finite samples and was skipped.
+    /// `None` when the window was not a measurement and was skipped.
     pub scored: Option<WindowScore>,
+    /// Why the window was skipped as a sensor fault (the report comes with the first
+    /// window of each episode only).
+    pub sensor_fault: Option<SensorFaultReason>,
     /// What the alarm did on this window.
     pub transition: AlarmTransition,
     /// The report this window produced, if any (alarm raised or cleared, sensor fault).
@@ -61,6 +65,7 @@ pub struct WindowScorer {
     envelope: Vec<f32>,
     adaptation: Option<Adaptation>,
     streamer: Option<StreamingEmbedder>,
+    sensor: SensorWatch,
 }
 
 impl WindowScorer {
@@ -82,8 +87,22 @@ impl WindowScorer {
             envelope: Vec::new(),
             adaptation: None,
             streamer: None,
+            sensor: SensorWatch::new(SensorLimits::DEFAULT),
             model,
         })
+    }
+
+    /// Takes windows beyond `limits` for sensor faults from now on.
+    pub fn set_sensor_limits(&mut self, limits: SensorLimits) -> Result<()> {
+        limits.validate().map_err(|_| {
+            RuntimeError::Config(format!(
+                "sensor limits must be finite and positive with flat_g below range_g, got range_g {} \
+                 and flat_g {}",
+                limits.range_g, limits.flat_g
+            ))
+        })?;
+        self.sensor = SensorWatch::new(limits);
+        Ok(())
     }
 
     /// From now on, windows that follow one another at `hop` samples share their
@@ -241,12 +260,19 @@ impl WindowScorer {
             index: window.index,
             end_time_s: window.end_time_s,
             scored: None,
+            sensor_fault: None,
             transition: AlarmTransition::None,
             report: None,
             commissioned: None,
         };
-        if !window.is_finite() {
-            outcome.report = Some(self.report(ReportKind::SensorFault, window, None)?);
+        let check = self.sensor.check(&window.samples);
+        outcome.sensor_fault = check.fault();
+        if let SensorCheck::FaultBegan(reason) = check {
+            let mut report = self.report(ReportKind::SensorFault, window, None)?;
+            report.class_index = reason as u8;
+            outcome.report = Some(report);
+        }
+        if outcome.sensor_fault.is_some() {
             return Ok(outcome);
         }
         let (embedding, mut probabilities) = self.embed_and_classify(window)?;
@@ -280,17 +306,6 @@ impl WindowScorer {
         }
         outcome.scored = Some(score);
         Ok(outcome)
-    }
-
-    /// The fault class to report: the most probable class other than "normal" (an alarm
-    /// claims a fault even when the head's top class is normal).
-    fn fault_class(&self, probabilities: &[f32]) -> usize {
-        let normal = self.model.metadata().normal_class;
-        let mut masked = probabilities.to_vec();
-        if masked.len() > 1 {
-            masked[normal] = f32::NEG_INFINITY;
-        }
-        argmax(&masked).unwrap_or(0)
     }
 
     /// Spectrum and envelope spectrum of the first channel of the normalised window;
@@ -334,9 +349,9 @@ impl WindowScorer {
         if let Some(score) = score {
             report.score = score.anomaly;
             report.class_index = match kind {
-                ReportKind::AlarmRaised => self.fault_class(&score.probabilities),
-                _ => score.class_index,
-            } as u8;
+                ReportKind::AlarmRaised => alarm_class(&score.probabilities, meta.normal_class),
+                _ => score.class_index as u8,
+            };
             for &p in &score.probabilities {
                 // Capacity is MAX_CLASSES and the head has at most that many classes.
                 let _ = report.probabilities.push(p);

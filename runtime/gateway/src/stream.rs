@@ -5,14 +5,14 @@ use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
 use crate::model::VigilModel;
 use crate::pipeline::Pipeline;
-use crate::report_io::{bands_text, class_name, class_probability};
 use crate::scorer::WindowOutcome;
 use crate::store::{FsyncPolicy, ReportStore};
 use crate::windower::Windower;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use vigil_core::report::{AnomalyReport, ReportKind};
+use vigil_core::report::AnomalyReport;
+use vigil_core::sensor::SensorLimits;
 
 /// How to run a stream.
 #[derive(Debug, Clone)]
@@ -25,6 +25,20 @@ pub struct StreamOptions {
     pub rate: Option<f64>,
     /// Run only each window's newest hop through the backbone (`crate::streaming`).
     pub streamed: bool,
+    /// What a window must respect to be scored rather than reported as a sensor fault.
+    pub sensor: SensorLimits,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            hop: None,
+            realtime: false,
+            rate: None,
+            streamed: false,
+            sensor: SensorLimits::DEFAULT,
+        }
+    }
 }
 
 /// Counts at the end of a stream.
@@ -38,7 +52,7 @@ pub struct StreamSummary {
     pub windows: u64,
     /// Alarms raised.
     pub alarms: u64,
-    /// Windows skipped because of non-finite samples.
+    /// Windows skipped as sensor faults.
     pub sensor_faults: u64,
     /// Wall-clock time spent.
     pub wall_seconds: f64,
@@ -100,6 +114,7 @@ pub fn run_stream<E: From<RuntimeError>>(
     };
     let hop = options.hop.unwrap_or(model.metadata().hop);
     let mut pipeline = Pipeline::new(model, store)?;
+    pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
     if options.streamed {
         let streamer = pipeline.scorer_mut().stream(hop)?;
         if let Some(why) = streamer.inexact_reason() {
@@ -184,28 +199,4 @@ pub fn stream_into<E: From<RuntimeError>>(
 /// The error for a stream with no samples.
 fn empty_input() -> RuntimeError {
     RuntimeError::Input("the input is empty: no samples to score".into())
-}
-
-/// One line describing a report, for people.
-pub fn describe(report: &AnomalyReport, class_names: &[String]) -> String {
-    let class = class_name(report, class_names);
-    let p = class_probability(report);
-    match report.kind {
-        ReportKind::AlarmRaised => format!(
-            "ALARM #{} at {:.2} s: {class} (p={p:.2}), score {:.1} > threshold {:.1}; top bands: {}",
-            report.sequence,
-            report.stream_time_s,
-            report.score,
-            report.threshold,
-            bands_text(report)
-        ),
-        ReportKind::AlarmCleared => format!(
-            "cleared #{} at {:.2} s: score {:.1} back under {:.1}",
-            report.sequence, report.stream_time_s, report.score, report.threshold
-        ),
-        ReportKind::SensorFault => format!(
-            "SENSOR FAULT #{} at {:.2} s: window holds NaN or infinite samples; skipped",
-            report.sequence, report.stream_time_s
-        ),
-    }
 }

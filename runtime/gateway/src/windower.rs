@@ -12,24 +12,13 @@ pub struct Window {
     pub index: u64,
     /// Time of the window's last sample, in seconds since the stream began.
     pub end_time_s: f64,
-    /// Whether every sample was finite when the window was made.
-    finite: bool,
 }
 
 impl Window {
-    /// A window of `samples` (`channels * len`, channel-major); scans them once for
-    /// NaN and infinities.
+    /// A window of `samples` (`channels * len`, channel-major). Whether they are a
+    /// measurement at all is the scorer's first check ([`vigil_core::sensor`]).
     pub fn new(samples: Vec<f32>, index: u64, end_time_s: f64) -> Self {
-        // A fold without early exit vectorises; a NaN is rare.
-        let finite = samples.iter().fold(true, |ok, v| ok & v.is_finite());
-        Window { samples, index, end_time_s, finite }
-    }
-
-    /// Whether every sample is finite (a NaN or infinity marks a sensor fault), as the
-    /// samples were when the window was made. The [`Windower`] checks each sample once
-    /// as it arrives, not once per window that holds it.
-    pub fn is_finite(&self) -> bool {
-        self.finite
+        Window { samples, index, end_time_s }
     }
 }
 
@@ -47,8 +36,6 @@ pub struct Windower {
     buffers: Vec<Vec<f32>>,
     /// Samples still to drop before the next window starts (when `hop > len`).
     skip: usize,
-    /// Frames at the end of the buffers in which every channel's sample is finite.
-    finite_run: usize,
     /// Model-rate samples produced so far per channel.
     produced: u64,
     emitted: u64,
@@ -78,7 +65,6 @@ impl Windower {
             resampled: vec![Vec::new(); channels],
             buffers: vec![Vec::with_capacity(len + hop); channels],
             skip: 0,
-            finite_run: 0,
             produced: 0,
             emitted: 0,
         })
@@ -126,12 +112,8 @@ impl Windower {
             for buf in &mut self.buffers {
                 buf.pop();
             }
-            // Skipping happens only with the buffers emptied by a window (hop > len).
-            self.finite_run = 0;
             return;
         }
-        let finite = self.buffers.iter().all(|b| b.last().is_some_and(|v| v.is_finite()));
-        self.finite_run = if finite { self.finite_run + 1 } else { 0 };
         if self.buffers[0].len() < self.len {
             return;
         }
@@ -143,7 +125,6 @@ impl Windower {
             samples,
             index: self.emitted,
             end_time_s: self.produced as f64 / self.model_rate,
-            finite: self.finite_run >= self.len,
         });
         self.emitted += 1;
         let drop = self.hop.min(self.len);
@@ -162,25 +143,6 @@ mod tests {
         let mut out = Vec::new();
         w.push(x, |win| out.push(win));
         out
-    }
-
-    #[test]
-    fn a_window_is_finite_unless_one_sample_is_nan_or_infinite() {
-        let window = |samples: Vec<f32>| Window::new(samples, 0, 0.0);
-        let extremes = [0.0, -0.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE / 2.0, 1e30, -1e-30];
-        for len in [1, 7, 8, 9, 3072] {
-            let mut samples: Vec<f32> = (0..len).map(|i| extremes[i % extremes.len()]).collect();
-            assert!(window(samples.clone()).is_finite(), "{len} finite samples");
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                for at in [0, len / 2, len - 1] {
-                    let keep = samples[at];
-                    samples[at] = bad;
-                    assert!(!window(samples.clone()).is_finite(), "{bad} at {at} of {len}");
-                    samples[at] = keep;
-                }
-            }
-        }
-        assert!(window(Vec::new()).is_finite());
     }
 
     #[test]
@@ -220,31 +182,5 @@ mod tests {
         let wins = collect(&mut w, &x);
         let firsts: Vec<f32> = wins.iter().map(|w| w.samples[0]).collect();
         assert_eq!(firsts, vec![0., 5., 10.]);
-    }
-
-    #[test]
-    fn the_windower_marks_exactly_the_windows_that_hold_a_bad_sample() {
-        // Two channels; NaN and infinities at the start, in overlaps, in skipped samples
-        // (hop > len) and on one channel only. Each window's mark must equal a scan of
-        // its samples.
-        let mut x: Vec<f32> = (0..400).map(|i| (i as f32 * 0.3).sin()).collect();
-        for (at, bad) in [(0, f32::NAN), (61, f32::INFINITY), (62, f32::NAN), (250, f32::NEG_INFINITY)] {
-            x[at] = bad;
-        }
-        for (len, hop) in [(8, 3), (8, 8), (4, 9), (16, 1)] {
-            let mut w = Windower::new(2, 100.0, 100.0, len, hop).unwrap();
-            let wins = collect(&mut w, &x);
-            assert!(wins.iter().any(|w| !w.is_finite()) && wins.iter().any(Window::is_finite));
-            for win in &wins {
-                let scanned = Window::new(win.samples.clone(), win.index, win.end_time_s);
-                assert_eq!(win.is_finite(), scanned.is_finite(), "len {len} hop {hop} window {}", win.index);
-            }
-        }
-        // Resampled streams carry a NaN into the windows the resampler spreads it over.
-        let mut w = Windower::new(1, 300.0, 100.0, 32, 8).unwrap();
-        for win in collect(&mut w, &x) {
-            let scanned = Window::new(win.samples.clone(), win.index, win.end_time_s);
-            assert_eq!(win.is_finite(), scanned.is_finite(), "resampled window {}", win.index);
-        }
     }
 }

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use vigil_core::report::ReportKind;
 use vigil_runtime::input::SampleSource;
-use vigil_runtime::report_io::report_json;
-use vigil_runtime::stream::{describe, run_stream, StreamOptions};
+use vigil_runtime::report_io::{describe, finding_label, report_json};
+use vigil_runtime::stream::{run_stream, StreamOptions};
 use vigil_sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 
 /// Simulate a pump that runs healthy and then develops an outer-race bearing fault, run
@@ -107,7 +107,7 @@ impl DemoArgs {
         let summary = run_stream::<anyhow::Error>(
             model,
             Box::new(source),
-            &StreamOptions { hop: None, realtime: false, rate: None, streamed: false },
+            &StreamOptions::default(),
             Some(&self.out),
             |_, report| {
                 writeln!(jsonl, "{}", report_json(report, &names))?;
@@ -118,8 +118,7 @@ impl DemoArgs {
                     if rel < 0.0 {
                         false_alarms += 1;
                     } else if first_alarm.is_none() {
-                        let class = names.get(usize::from(report.class_index)).cloned().unwrap_or_default();
-                        first_alarm = Some((rel, class));
+                        first_alarm = Some((rel, finding_label(report, &names)));
                     }
                 }
                 Ok(())

@@ -38,6 +38,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::Duration;
 use vigil_client::client::Client;
+use vigil_core::sensor::SensorLimits;
 use vigil_runtime::input::{self, InputFormat, SampleSource};
 use vigil_runtime::stream::StreamOptions;
 use vigil_serial::{open_port, DEFAULT_BAUD};
@@ -77,6 +78,11 @@ pub struct StreamInputArgs {
     /// window at short hops.
     #[arg(long)]
     streamed: bool,
+    /// Largest magnitude the sensor measures, in the input's units (g). Windows with
+    /// samples beyond it, and flat, stuck, clipped or NaN windows, are reported as sensor
+    /// faults (once per episode) and not scored.
+    #[arg(long, default_value_t = SensorLimits::DEFAULT.range_g, value_name = "G")]
+    range_g: f32,
 }
 
 impl StreamInputArgs {
@@ -95,6 +101,7 @@ impl StreamInputArgs {
             hop: None,
             realtime: input.realtime,
             streamed: false,
+            range_g: input.range_g.unwrap_or(SensorLimits::DEFAULT.range_g),
         })
     }
 
@@ -109,6 +116,7 @@ impl StreamInputArgs {
                 realtime: self.realtime,
                 rate: self.rate,
                 streamed: self.streamed,
+                sensor: SensorLimits { range_g: self.range_g, ..SensorLimits::DEFAULT },
             },
         ))
     }

@@ -4,14 +4,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
-use vigil_runtime::report_io::report_json;
-use vigil_runtime::stream::{describe, peak_rss_bytes, run_stream};
+use vigil_runtime::report_io::{describe, report_json};
+use vigil_runtime::stream::{peak_rss_bytes, run_stream};
 
 /// Run a model over a sensor stream (file or standard input), printing alarms as they
 /// happen and a summary at the end.
 ///
-/// Windows with NaN or infinite samples are skipped and reported as sensor faults; the
-/// run goes on.
+/// Windows that are not a measurement (NaN or infinite samples, a flat or stuck signal,
+/// clipping, samples beyond --range-g) are skipped and reported as sensor faults, once per
+/// episode with the reason; the run goes on.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// ONNX model with Vigil metadata [default: the built-in reference model, bearing-cnn-v3].
@@ -77,7 +78,7 @@ impl RunArgs {
         } else {
             writeln!(
                 out,
-                "summary: {} windows scored over {:.1} s of signal, {} alarm(s), {} sensor fault(s); \
+                "summary: {} windows scored over {:.1} s of signal, {} alarm(s), {} window(s) skipped as sensor faults; \
                  {:.2} s wall time, {:.0}x real time{}",
                 summary.windows,
                 summary.stream_seconds,

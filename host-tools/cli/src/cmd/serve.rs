@@ -7,7 +7,7 @@ use std::time::Duration;
 use vigil_client::update_file::read_key_hex;
 use vigil_runtime::config::{AlarmConfig, GatewayConfig};
 use vigil_runtime::gateway::{self, GatewayEvent, GatewaySettings};
-use vigil_runtime::stream::describe;
+use vigil_runtime::report_io::describe;
 use vigil_serial::DEFAULT_BAUD;
 
 /// Run the pipeline on a sensor stream and serve the device protocol on a serial port:
@@ -149,7 +149,8 @@ impl ServeArgs {
             commission: s.commission,
             false_alarms_per_day: s.false_alarms_per_day,
         };
-        gateway::run(settings, move |event| match event {
+        gateway::run(settings, move |event| {
+            match event {
             GatewayEvent::Restored { version } => println!("restored committed head version {version}"),
             GatewayEvent::Adaptation(said) => println!("{said}"),
             GatewayEvent::Commissioning { seconds } => {
@@ -163,9 +164,10 @@ impl ServeArgs {
                 println!("commissioned at {at_s:.1} s: alarms armed, threshold {threshold:.2}")
             }
             GatewayEvent::InputEnded(s) => println!(
-                "input ended: {} windows scored, {} alarm(s), {} sensor fault(s); still serving",
+                "input ended: {} windows scored, {} alarm(s), {} window(s) skipped as sensor faults; still serving",
                 s.windows, s.alarms, s.sensor_faults
             ),
+        }
         })?;
         Ok(())
     }

@@ -46,7 +46,10 @@ impl StatusArgs {
         );
         println!("head     version {}", status.head_version);
         println!("uptime   {} s", status.uptime_s);
-        println!("scored   {} windows, {} sensor fault(s)", status.windows_scored, status.sensor_faults);
+        println!(
+            "scored   {} windows, {} skipped as sensor faults",
+            status.windows_scored, status.sensor_faults
+        );
         println!("alarm    {alarm} (last score {:.2}, threshold {:.2})", status.last_score, status.threshold);
         println!("reports  next sequence {}", status.next_report);
         if let Some(u) = status.update {
