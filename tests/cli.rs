@@ -745,6 +745,48 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     );
 }
 
+/// Labels Vigil cannot trust are refused before any training: no healthy class (alarms
+/// would be inverted), a class named twice, a recording labelled twice or in two splits,
+/// rates and decay that are not finite.
+#[test]
+fn fine_tuning_refuses_labels_and_settings_it_cannot_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let entry = |label: &str, split: &str| {
+        format!("[[recording]]\npath = \"a.csv\"\nlabel = \"{label}\"\nsplit = \"{split}\"\n")
+    };
+    let good = manifest(
+        "good.toml",
+        &(entry("normal", "train") + &entry("outer_race", "train").replace("a.csv", "b.csv")),
+    );
+    let out = dir.path().join("never.onnx");
+    let tune = |data: &Path, extra: &[&str]| {
+        let common = ["fine-tune", "--data", data.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        vigil(&[&common[..], extra].concat())
+    };
+    assert_fails_with(
+        tune(&good, &["--classes", "outer_race,inner_race"]),
+        "include no healthy class `normal`",
+    );
+    assert_fails_with(
+        tune(&good, &["--classes", "healthy,outer_race", "--normal-class", "normal"]),
+        "include no healthy class `normal`",
+    );
+    assert_fails_with(tune(&good, &["--classes", "normal,outer_race,normal"]), "names `normal` twice");
+    assert_fails_with(tune(&good, &["--lr", "NaN"]), "--lr");
+    assert_fails_with(tune(&good, &["--weight-decay=-1"]), "--weight-decay must be a finite number");
+    assert_fails_with(tune(&good, &["--backbone-lr", "inf"]), "--backbone-lr must be a finite positive");
+    let twice = manifest("twice.toml", &(entry("normal", "train") + &entry("outer_race", "train")));
+    assert_fails_with(tune(&twice, &[]), "labelled `normal` there and `outer_race` here");
+    let leak = manifest("leak.toml", &(entry("normal", "train") + &entry("normal", "val")));
+    assert_fails_with(tune(&leak, &[]), "in split `train` there and `val` here");
+    assert!(!out.exists(), "nothing is written when the input is refused");
+}
+
 #[test]
 fn transfer_eval_compares_the_methods_on_a_small_dataset() {
     let dir = tempfile::tempdir().unwrap();

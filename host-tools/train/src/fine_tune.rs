@@ -101,13 +101,15 @@ pub struct Validation {
 }
 
 /// Trains the head on `train` (validating on `val`, keeping the step of lowest validation
-/// loss), recomputes the
-/// prototype and threshold from the normal training windows, and writes them with the
-/// head and `classes` into a copy of `proto`.
+/// loss), recomputes the prototype and threshold from the windows of class `normal` (an
+/// index into `classes`), and writes them with the head and `classes` into a copy of
+/// `proto`.
+#[allow(clippy::too_many_arguments)]
 pub fn fine_tune_head(
     model: &VigilModel,
     proto: &ModelProto,
     classes: &[String],
+    normal: usize,
     train: &Embedded,
     val: Option<&Embedded>,
     options: TrainOptions,
@@ -136,7 +138,9 @@ pub fn fine_tune_head(
         }
         None => (head, None),
     };
-    let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
+    if normal >= classes.len() {
+        bail!("the healthy class index {normal} is not one of the {} classes", classes.len());
+    }
     let mut new_meta = meta.clone();
     calibrate(&mut new_meta, train, normal)?;
     let resized = classes != meta.class_names.as_slice();

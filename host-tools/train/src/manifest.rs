@@ -108,7 +108,33 @@ impl Manifest {
                 }
             }
         }
-        Ok(Manifest { recordings: file.recording, path: path.to_path_buf() })
+        let manifest = Manifest { recordings: file.recording, path: path.to_path_buf() };
+        manifest.check_each_recording_once()?;
+        Ok(manifest)
+    }
+
+    /// Refuses a file listed twice: with two labels it contradicts itself, in two splits
+    /// it would validate or test on what it trained on.
+    fn check_each_recording_once(&self) -> Result<()> {
+        for (i, r) in self.recordings.iter().enumerate() {
+            let Some(first) = self.recordings[..i].iter().position(|p| p.path == r.path) else { continue };
+            let p = &self.recordings[first];
+            let why = if p.label != r.label {
+                format!("labelled `{}` there and `{}` here; one recording has one label", p.label, r.label)
+            } else if p.split != r.split {
+                let split = |s: &Option<String>| s.clone().unwrap_or_else(|| "no split".into());
+                format!(
+                    "in split `{}` there and `{}` here; a recording in two splits validates or tests \
+                     on what it trained on",
+                    split(&p.split),
+                    split(&r.split)
+                )
+            } else {
+                "listed twice; list each recording once".into()
+            };
+            bail!("{}: also recording {} ({}): {why}", self.entry_name(i), first + 1, p.path.display());
+        }
+        Ok(())
     }
 
     fn resolve(&self, entry: &RecordingEntry) -> PathBuf {

@@ -241,8 +241,16 @@ pub fn run(
             per[0].push(accuracy(env.test.iter().map(|r| centroid.predict(r)), &test.labels));
             per[1].push(zero_shot);
             let shots_e = Embedded { rows: pick(&train_e.rows), labels: labels.clone() };
-            let tuned =
-                fine_tune_head(model, proto, classes, &shots_e, None, TrainOptions::default(), |_, _, _| {})?;
+            let tuned = fine_tune_head(
+                model,
+                proto,
+                classes,
+                normal,
+                &shots_e,
+                None,
+                TrainOptions::default(),
+                |_, _, _| {},
+            )?;
             per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
             let means = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
             let means = linear::fit(&shots_e.rows, &labels, classes.len(), means, |_, _| {})?;

@@ -71,9 +71,15 @@ pub struct FineTuneArgs {
     #[arg(long, default_value_t = 0.0)]
     val_split: f64,
     /// New label set, comma-separated, replacing the model's classes (the head is
-    /// resized; name the healthy class `normal`).
+    /// resized). One of them must be the healthy class: `normal`, or the one
+    /// --normal-class names.
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
+    /// The healthy class among --classes: its windows set the normal-state prototype and
+    /// the threshold, and an alarm never names it [default: `normal`; without --classes,
+    /// the model's own healthy class].
+    #[arg(long, value_name = "NAME")]
+    normal_class: Option<String>,
     /// Seed of the shot draw and the validation hold-out.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -120,7 +126,13 @@ impl FineTuneArgs {
         let epochs = self.epochs.unwrap_or(if graph_mode.is_some() { 40 } else { 600 });
         let lr = self.lr.unwrap_or(if graph_mode.is_some() { 1e-3 } else { 0.5 });
         if epochs == 0 || !(lr.is_finite() && lr > 0.0) || self.batch == 0 {
-            bail!("--epochs, --lr and --batch must be positive");
+            bail!("--epochs, --lr and --batch must be positive (finite numbers for --lr)");
+        }
+        if self.backbone_lr.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
+            bail!("--backbone-lr must be a finite positive number, such as 0.0001");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("--weight-decay must be a finite number, 0 or more (such as 0.001)");
         }
         let (model, proto, _) = vigil_runtime::builtin::load_model_and_proto(self.model.as_deref())?;
         let classes = self.classes.clone().unwrap_or_else(|| model.metadata().class_names.clone());
@@ -130,6 +142,26 @@ impl FineTuneArgs {
         {
             bail!("--classes needs 1 to {} non-empty names", vigil_core::MAX_CLASSES);
         }
+        if let Some((i, c)) = classes.iter().enumerate().find(|(i, c)| classes[..*i].contains(c)) {
+            bail!(
+                "--classes names `{c}` twice (positions {} and {}); each class once",
+                classes.iter().position(|x| x == c).unwrap_or(0) + 1,
+                i + 1
+            );
+        }
+        let normal_name = match (&self.normal_class, &self.classes) {
+            (Some(name), _) => name.clone(),
+            (None, Some(_)) => "normal".to_string(),
+            (None, None) => model.metadata().class_names[model.metadata().normal_class].clone(),
+        };
+        let Some(normal) = classes.iter().position(|c| *c == normal_name) else {
+            bail!(
+                "the classes ({}) include no healthy class `{normal_name}`: without one, Vigil cannot \
+                 tell a fault from normal running and every alarm would be inverted. Name the \
+                 healthy class `normal` in --classes and the manifest, or pass --normal-class NAME",
+                classes.join(", ")
+            );
+        };
         let manifest = Manifest::load(&self.data)?;
         let train = windows_for(&model, &manifest, Some("train"), &classes)?;
         let has_val = manifest.recordings.iter().any(|r| r.split.as_deref() == Some("val"));
@@ -179,6 +211,7 @@ impl FineTuneArgs {
             &model,
             &proto,
             &classes,
+            normal,
             &train_e,
             val_e.as_ref(),
             options,
@@ -215,7 +248,7 @@ impl FineTuneArgs {
                 patience: 8,
                 seed: self.seed,
             };
-            return self.through_graph(&outcome.onnx, &model, &classes, &train, val.as_ref(), what, cfg);
+            return self.through_graph(&outcome.onnx, &model, normal, &train, val.as_ref(), what, cfg);
         }
         std::fs::write(&self.output, &outcome.onnx)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
@@ -253,13 +286,14 @@ impl FineTuneArgs {
         Ok(())
     }
 
-    /// Trains `what` through the graph of `start` (the head already fitted) and writes it.
+    /// Trains `what` through the graph of `start` (the head already fitted, class `normal`
+    /// healthy) and writes it.
     #[allow(clippy::too_many_arguments)]
     fn through_graph(
         &self,
         start: &[u8],
         model: &vigil_runtime::model::VigilModel,
-        classes: &[String],
+        normal: usize,
         train: &LabelledWindows,
         val: Option<&LabelledWindows>,
         what: Trainable,
@@ -268,7 +302,6 @@ impl FineTuneArgs {
         let started = Instant::now();
         let pb =
             super::progress_bar(cfg.epochs as u64, &format!("{} through the graph (candle)", self.train));
-        let normal = classes.iter().position(|c| c == "normal").unwrap_or(0);
         let reinitialise = self.from_scratch.then_some(self.seed);
         let outcome = fine_tune_graph(
             start,
