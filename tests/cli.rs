@@ -134,6 +134,67 @@ fn moderate_outer_race_fault_is_classed_outer_race() {
     assert_eq!(class, "outer_race", "{stdout}");
 }
 
+/// Commissioning in `vigil run`: a machine beyond the pretraining range (faster shaft,
+/// hotter sensor, noisier site) is learned from the first 30 s of its stream or from a
+/// healthy recording; afterwards a healthy stream stays within the configured false-alarm
+/// rate (margin: twice the expected count, at least 3) and a fault that starts later is
+/// caught.
+#[test]
+fn commissioning_learns_a_new_machine_then_alarms_at_the_configured_rate_and_on_its_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = ["--shaft-hz", "55", "--gain", "3", "--noise", "0.12"];
+    let healthy =
+        simulate(dir.path(), "healthy.wav", &[&machine[..], &["--seconds", "600", "--seed", "21"]].concat());
+    let per_day = 240.0;
+    let o = run(&healthy, &["--commission", "30s", "--false-alarms-per-day", "240", "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let summary = &summary["summary"];
+    let commissioned = &summary["commissioned"];
+    assert!(commissioned["windows"].as_u64().unwrap() >= 460, "{summary}");
+    let allowed = (2.0 * per_day * 570.0 / 86_400.0f64).max(3.0);
+    let alarms = summary["alarms"].as_f64().unwrap();
+    assert!(alarms <= allowed, "{alarms} false alarms in 570 s armed, allowed {allowed}: {summary}");
+
+    let fault = simulate(
+        dir.path(),
+        "fault.wav",
+        &[
+            &machine[..],
+            &[
+                "--seconds",
+                "120",
+                "--fault",
+                "outer-race",
+                "--severity",
+                "0.4",
+                "--onset",
+                "60",
+                "--seed",
+                "22",
+            ],
+        ]
+        .concat(),
+    );
+    for how in [&["--commission", "30s"][..], &["--baseline", healthy.to_str().unwrap()][..]] {
+        let (stdout, stderr) = text(&run(&fault, &[how, &["--json"]].concat()));
+        let (delay, class) = first_alarm_after(&stdout, 60.0)
+            .unwrap_or_else(|| panic!("{how:?}: no alarm\n{stdout}\n{stderr}"));
+        assert!((0.0..20.0).contains(&delay), "{how:?}: alarm {delay} s after onset\n{stdout}");
+        assert_eq!(class, "outer_race", "{how:?}");
+    }
+    let (stdout, _) = text(&run(&fault, &["--baseline", healthy.to_str().unwrap()]));
+    assert!(stdout.contains("commissioned on 9374 healthy windows (600.0 s): threshold"), "{stdout}");
+
+    assert_fails_with(run(&fault, &["--commission", "0.01s"]), "shorter than 4 windows");
+    assert_fails_with(run(&fault, &["--baseline", "no-such.wav"]), "baseline no-such.wav");
+    assert_fails_with(
+        run(&fault, &["--commission", "30s", "--false-alarms-per-day", "0"]),
+        "--false-alarms-per-day",
+    );
+}
+
 #[test]
 fn nan_samples_raise_a_sensor_fault_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,6 +578,12 @@ fn the_adaptation_experiment_runs_end_to_end_on_a_small_fleet() {
     }
     // Rollback keeps the replay buffer whole, whatever the machine.
     assert!(stdout.contains("replay accuracy fell at most 0.0 percentage points"), "{stdout}");
+    // The site is commissioned for one false alarm a day: over 30 s of healthy stream the
+    // expected count is 0.0003, so the margin is less than one alarm (any alarm here would
+    // be 120 per hour, the bearing-cnn-v3 figure before the calibration was 224.7).
+    let site = stdout.lines().find(|l| l.starts_with("| site-adapted |")).unwrap();
+    let per_hour: f64 = site.split('|').nth(2).unwrap().trim().parse().unwrap();
+    assert_eq!(per_hour, 0.0, "{site}");
 }
 
 /// A manifest of `entries` (TOML bodies of [[recording]] tables) in `dir`.

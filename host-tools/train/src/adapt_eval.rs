@@ -24,9 +24,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use vigil_client::fleet;
 use vigil_core::adapt::label::{LabelAdapter, LabelConfig, LabelOutcome};
-use vigil_core::adapt::site::{SiteAdapter, SiteConfig};
+use vigil_core::adapt::site::SiteAdapter;
 use vigil_core::alarm::{AlarmPolicy, AlarmState, AlarmTransition};
 use vigil_core::head::{argmax, softmax_in_place, HeadRef, PrototypeRef};
+use vigil_runtime::adaptation::AdaptationSettings;
 use vigil_runtime::metadata::ModelMetadata;
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::windower::Windower;
@@ -399,9 +400,9 @@ pub fn run(
     let normal = meta.normal_class;
     let (hop, window, rate) = (meta.hop, meta.window, meta.sample_rate_hz);
     let end_s = |i: usize| (i * hop + window) as f64 / rate;
-    let windows_per_day = (rate / hop as f64 * 86_400.0) as f32;
     let commission_windows = data.first().map_or(0, |d| d.commission.len()) as u32;
-    let site_config = SiteConfig::new(commission_windows, windows_per_day);
+    // The gateway's own settings for this model and commissioning, one false alarm a day.
+    let site_config = AdaptationSettings::for_windows(model, None, Some(commission_windows), 1.0)?.site;
 
     // Label adaptation on every machine, then the fleet merge of the adapted heads.
     let label_config = LabelConfig::default();

@@ -8,10 +8,12 @@
 //! starts adapting afresh from that head.
 
 use crate::error::{Result, RuntimeError};
+use crate::model::VigilModel;
 use crate::slots::FileSlots;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vigil_core::adapt::label::{LabelAdapter, LabelConfig, LabelOutcome, LabelProgress};
 use vigil_core::adapt::site::{SiteAdapter, SiteConfig, SiteEvent};
 use vigil_core::adapt::AdaptationStats;
@@ -40,6 +42,59 @@ pub struct AdaptationSettings {
     pub commission: bool,
     /// How labels change the head.
     pub label: LabelConfig,
+}
+
+impl AdaptationSettings {
+    /// The settings for `model` at the stream's hop (the model's when `None`):
+    /// commissioning over `commission` of stream time (at least 4 windows), the threshold
+    /// calibrated to `false_alarms_per_day`. Without `commission`, alarms are armed from
+    /// the start with the model's prototype and threshold.
+    pub fn for_stream(
+        model: &VigilModel,
+        hop: Option<usize>,
+        commission: Option<Duration>,
+        false_alarms_per_day: f32,
+    ) -> Result<AdaptationSettings> {
+        let windows_per_s = windows_per_s(model, hop);
+        let windows = commission.map(|d| (d.as_secs_f64() * windows_per_s).ceil() as u32);
+        Self::for_windows(model, hop, windows, false_alarms_per_day)
+    }
+
+    /// As [`AdaptationSettings::for_stream`], commissioning over `commission_windows`.
+    pub fn for_windows(
+        model: &VigilModel,
+        hop: Option<usize>,
+        commission_windows: Option<u32>,
+        false_alarms_per_day: f32,
+    ) -> Result<AdaptationSettings> {
+        let windows_per_s = windows_per_s(model, hop);
+        let commission = commission_windows.is_some();
+        // Windows that overlap share their samples and rise over a threshold together: the
+        // stream offers one independent chance of a false alarm per window length, not per
+        // hop (see vigil_core::adapt::site).
+        let meta = model.metadata();
+        let overlap = (meta.window as f64 / hop.unwrap_or(meta.hop).max(1) as f64).max(1.0);
+        let independent_per_day = (windows_per_s * 86_400.0 / overlap) as f32;
+        let mut site = SiteConfig::new(commission_windows.unwrap_or(4), independent_per_day);
+        site.false_alarms_per_day = false_alarms_per_day;
+        if site.commission_windows < 4 {
+            return Err(RuntimeError::Config(format!(
+                "commissioning is shorter than 4 windows ({:.2} s of healthy signal): {} window(s)",
+                4.0 / windows_per_s,
+                site.commission_windows
+            )));
+        }
+        site.validate().map_err(|e| {
+            RuntimeError::Config(format!("--false-alarms-per-day {false_alarms_per_day}: {e}"))
+        })?;
+        Ok(AdaptationSettings { site, commission, label: LabelConfig::default() })
+    }
+}
+
+/// Windows per second of stream at `hop` (the model's when `None`).
+fn windows_per_s(model: &VigilModel, hop: Option<usize>) -> f64 {
+    let meta = model.metadata();
+    meta.sample_rate_hz / hop.unwrap_or(meta.hop).max(1) as f64
 }
 
 /// What is saved.

@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vigil_core::adapt::label::LabelConfig;
-use vigil_core::adapt::site::SiteConfig;
 use vigil_core::agent::Agent;
 use vigil_core::report::AnomalyReport;
 use vigil_core::update::slots::Slots;
@@ -102,8 +100,12 @@ pub fn run(
             .set_alarm_policy(alarm.apply(model.metadata().alarm))
             .map_err(|e| RuntimeError::Config(format!("alarm settings of the config: {e}")))?;
     }
-    let adaptation =
-        adaptation_settings(&model, input.as_ref().and_then(|i| i.1.hop), commission, false_alarms_per_day)?;
+    let adaptation = AdaptationSettings::for_stream(
+        &model,
+        input.as_ref().and_then(|i| i.1.hop),
+        commission,
+        false_alarms_per_day,
+    )?;
     let input = match input {
         Some((source, options)) => {
             let windower = windower_for(&model, source.as_ref(), &options)?;
@@ -171,32 +173,4 @@ pub fn run(
         handle.join().map_err(|_| RuntimeError::Input("the scoring thread panicked".into()))??;
     }
     Ok(())
-}
-
-/// The adaptation settings for `model` at the stream's hop: commissioning over
-/// `commission` of stream time (at least 4 windows), the threshold calibrated to
-/// `false_alarms_per_day`.
-fn adaptation_settings(
-    model: &VigilModel,
-    hop: Option<usize>,
-    commission: Option<Duration>,
-    false_alarms_per_day: f32,
-) -> Result<AdaptationSettings> {
-    let meta = model.metadata();
-    let windows_per_s = meta.sample_rate_hz / hop.unwrap_or(meta.hop).max(1) as f64;
-    let commission_windows = commission.map_or(0.0, |d| d.as_secs_f64() * windows_per_s);
-    let mut site = SiteConfig::new(commission_windows.ceil() as u32, (windows_per_s * 86_400.0) as f32);
-    site.false_alarms_per_day = false_alarms_per_day;
-    if commission.is_some() && site.commission_windows < 4 {
-        return Err(RuntimeError::Config(format!(
-            "--commission is shorter than 4 windows ({:.2} s)",
-            4.0 / windows_per_s
-        )));
-    }
-    if commission.is_none() {
-        site.commission_windows = 4;
-    }
-    site.validate()
-        .map_err(|e| RuntimeError::Config(format!("--false-alarms-per-day {false_alarms_per_day}: {e}")))?;
-    Ok(AdaptationSettings { site, commission: commission.is_some(), label: LabelConfig::default() })
 }

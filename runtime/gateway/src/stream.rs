@@ -1,6 +1,7 @@
 //! Runs a sample stream through the gateway pipeline: windowing, scoring, alarms, the
 //! report store. Shared by `vigil run` and `vigil demo`.
 
+use crate::adaptation::AdaptationSettings;
 use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
 use crate::model::VigilModel;
@@ -27,6 +28,8 @@ pub struct StreamOptions {
     pub streamed: bool,
     /// What a window must respect to be scored rather than reported as a sensor fault.
     pub sensor: SensorLimits,
+    /// How the stream learns its machine before alarms are armed, if it does.
+    pub commissioning: Option<Commissioning>,
 }
 
 impl Default for StreamOptions {
@@ -37,8 +40,55 @@ impl Default for StreamOptions {
             rate: None,
             streamed: false,
             sensor: SensorLimits::DEFAULT,
+            commissioning: None,
         }
     }
+}
+
+/// Learning a machine's normal state before arming alarms: the site adaptation of
+/// `vigil serve --commission` ([`crate::adaptation`]), from healthy recordings or from the
+/// first part of the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commissioning {
+    /// Where the healthy windows come from.
+    pub from: CommissionFrom,
+    /// False alarms per day the calibrated threshold aims at.
+    pub false_alarms_per_day: f32,
+}
+
+/// Where commissioning's healthy windows come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommissionFrom {
+    /// The first part of the stream, this long; alarms are disarmed meanwhile.
+    Stream(Duration),
+    /// Healthy recordings, every window of them, scored before the stream.
+    Baseline(Vec<BaselineFile>),
+}
+
+/// A healthy recording to commission on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineFile {
+    /// The file.
+    pub path: String,
+    /// Its format.
+    pub format: crate::input::InputFormat,
+    /// Its channels, when the format does not say (f32le).
+    pub channels: Option<usize>,
+    /// Its sample rate, when the file does not say.
+    pub rate: Option<f64>,
+}
+
+/// What commissioning learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Commissioned {
+    /// Windows it learned from.
+    pub windows: u64,
+    /// Seconds of healthy signal they span.
+    pub seconds: f64,
+    /// The threshold it calibrated.
+    pub threshold: f32,
+    /// The model's own threshold, for comparison.
+    pub model_threshold: f32,
 }
 
 /// Counts at the end of a stream.
@@ -56,6 +106,8 @@ pub struct StreamSummary {
     pub sensor_faults: u64,
     /// Wall-clock time spent.
     pub wall_seconds: f64,
+    /// What commissioning learned, when it ended during this run.
+    pub commissioned: Option<Commissioned>,
 }
 
 impl StreamSummary {
@@ -105,7 +157,7 @@ pub fn run_stream<E: From<RuntimeError>>(
     options: &StreamOptions,
     reports: Option<&Path>,
     on_event: impl FnMut(&WindowOutcome, &AnomalyReport) -> Result<(), E>,
-    on_window: impl FnMut(&WindowOutcome) -> Result<(), E>,
+    mut on_window: impl FnMut(&WindowOutcome) -> Result<(), E>,
 ) -> Result<StreamSummary, E> {
     let (windower, rate) = windower_for(&model, source.as_ref(), options)?;
     let store = match reports {
@@ -113,16 +165,89 @@ pub fn run_stream<E: From<RuntimeError>>(
         None => None,
     };
     let hop = options.hop.unwrap_or(model.metadata().hop);
+    let model_threshold = model.metadata().alarm.threshold;
+    let baseline = match &options.commissioning {
+        Some(Commissioning { from: CommissionFrom::Baseline(files), .. }) => {
+            Some(baseline_windows(&model, files, options)?)
+        }
+        _ => None,
+    };
+    let adaptation = match (&options.commissioning, &baseline) {
+        (Some(c), Some((windows, _))) => {
+            let windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
+            Some(AdaptationSettings::for_windows(&model, Some(hop), Some(windows), c.false_alarms_per_day)?)
+        }
+        (Some(Commissioning { from: CommissionFrom::Stream(d), false_alarms_per_day }), None) => {
+            Some(AdaptationSettings::for_stream(&model, Some(hop), Some(*d), *false_alarms_per_day)?)
+        }
+        _ => None,
+    };
     let mut pipeline = Pipeline::new(model, store)?;
     pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
+    if let Some(settings) = adaptation {
+        pipeline.scorer_mut().adapt(settings, None)?;
+    }
+    let mut commissioned = None;
+    if let Some((windows, seconds)) = baseline {
+        for w in &windows {
+            if let Some(threshold) = pipeline.process(w)?.commissioned {
+                let windows = windows.len() as u64;
+                commissioned = Some(Commissioned { windows, seconds, threshold, model_threshold });
+            }
+        }
+        if commissioned.is_none() {
+            return Err(RuntimeError::Input(format!(
+                "the baseline's {} windows did not complete commissioning (sensor faults are not \
+                 learned from); give a longer healthy recording",
+                windows.len()
+            ))
+            .into());
+        }
+    }
     if options.streamed {
         let streamer = pipeline.scorer_mut().stream(hop)?;
         if let Some(why) = streamer.inexact_reason() {
             log::warn!("streamed scores of this model approximate its full-window scores: {why}");
         }
     }
+    let windows_per_s = pipeline.scorer().model().metadata().sample_rate_hz / hop.max(1) as f64;
     let pipeline = Mutex::new(pipeline);
-    stream_into(&pipeline, source, (windower, rate), options, on_event, on_window)
+    let mut summary = stream_into(&pipeline, source, (windower, rate), options, on_event, |o| {
+        if let (Some(threshold), None) = (o.commissioned, commissioned) {
+            let windows = o.index + 1;
+            let seconds = windows as f64 / windows_per_s;
+            commissioned = Some(Commissioned { windows, seconds, threshold, model_threshold });
+        }
+        on_window(o)
+    })?;
+    summary.commissioned = commissioned;
+    Ok(summary)
+}
+
+/// Every window of the healthy recordings `files`, cut as the stream's will be, and the
+/// seconds of signal they hold. Errors name the file.
+fn baseline_windows(
+    model: &VigilModel,
+    files: &[BaselineFile],
+    options: &StreamOptions,
+) -> Result<(Vec<crate::windower::Window>, f64)> {
+    let mut windows = Vec::new();
+    let mut seconds = 0.0;
+    for file in files {
+        let named = |e: RuntimeError| RuntimeError::Input(format!("baseline {}: {e}", file.path));
+        let mut source = crate::input::open(&file.path, file.format, file.channels).map_err(named)?;
+        let file_options = StreamOptions { rate: file.rate, ..options.clone() };
+        let (mut windower, rate) = windower_for(model, source.as_ref(), &file_options).map_err(named)?;
+        let channels = source.channels().unwrap_or(1);
+        let mut chunk = Vec::new();
+        let mut frames = 0u64;
+        while source.read_chunk(&mut chunk, 65_536).map_err(named)? {
+            frames += (chunk.len() / channels) as u64;
+            windower.push(&chunk, |w| windows.push(w));
+        }
+        seconds += frames as f64 / rate;
+    }
+    Ok((windows, seconds))
 }
 
 /// The most memory this process has held resident (VmHWM), where the system says (Linux).

@@ -105,9 +105,19 @@ impl StreamInputArgs {
         })
     }
 
+    /// The format `input` is read in: --format, else from its extension, else CSV.
+    pub fn format_of(&self, input: &str) -> InputFormat {
+        self.format.or_else(|| InputFormat::from_path(input)).unwrap_or(InputFormat::Csv)
+    }
+
+    /// --channels.
+    pub fn channels(&self) -> Option<usize> {
+        self.channels
+    }
+
     /// Opens `input` (a file or `-`) and the options to stream it with.
     pub fn open(&self, input: &str) -> Result<(Box<dyn SampleSource>, StreamOptions)> {
-        let format = self.format.or_else(|| InputFormat::from_path(input)).unwrap_or(InputFormat::Csv);
+        let format = self.format_of(input);
         let source = input::open(input, format, self.channels)?;
         Ok((
             source,
@@ -117,9 +127,29 @@ impl StreamInputArgs {
                 rate: self.rate,
                 streamed: self.streamed,
                 sensor: SensorLimits { range_g: self.range_g, ..SensorLimits::DEFAULT },
+                commissioning: None,
             },
         ))
     }
+}
+
+/// Parses `90s`, `10m`, `1h`, `2d` or a number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("`{text}` is not a duration such as 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use s, m, h or d")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Parses `--format`.

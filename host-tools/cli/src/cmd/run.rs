@@ -5,7 +5,9 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use vigil_runtime::report_io::{describe, report_json};
-use vigil_runtime::stream::{peak_rss_bytes, run_stream};
+use vigil_runtime::stream::{
+    peak_rss_bytes, run_stream, BaselineFile, CommissionFrom, Commissioning, StreamOptions,
+};
 
 /// Run a model over a sensor stream (file or standard input), printing alarms as they
 /// happen and a summary at the end.
@@ -32,14 +34,56 @@ pub struct RunArgs {
     /// Also print every window's anomaly score and class probabilities (JSON lines).
     #[arg(long)]
     trace: bool,
+    /// Learn this machine's normal state from the first part of the stream (such as 30s
+    /// or 10m), alarms disarmed meanwhile, then arm them with a threshold calibrated to
+    /// --false-alarms-per-day: the commissioning of `vigil serve --commission`. The
+    /// machine must be healthy while it runs.
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION", conflicts_with = "baseline")]
+    commission: Option<std::time::Duration>,
+    /// Learn this machine's normal state from healthy recordings first (every window of
+    /// them; repeat the option for several), then score the input armed. They are read
+    /// with the input's --format and --channels; their rate from the file, else
+    /// --baseline-rate.
+    #[arg(long, value_name = "FILE")]
+    baseline: Vec<String>,
+    /// Sample rate of the --baseline recordings when the files do not say [default: --rate].
+    #[arg(long, value_name = "HZ")]
+    baseline_rate: Option<f64>,
+    /// False alarms per day the commissioned threshold aims at (with --commission or
+    /// --baseline).
+    #[arg(long, default_value_t = 1.0, value_name = "N")]
+    false_alarms_per_day: f32,
 }
 
 impl RunArgs {
+    /// The commissioning the options ask for, if any.
+    fn commissioning(&self, opts: &StreamOptions) -> Result<Option<Commissioning>> {
+        if !(self.false_alarms_per_day.is_finite() && self.false_alarms_per_day > 0.0) {
+            anyhow::bail!("--false-alarms-per-day must be a positive number, such as 1");
+        }
+        let from = match (&self.commission, self.baseline.is_empty()) {
+            (Some(d), _) => CommissionFrom::Stream(*d),
+            (None, false) => CommissionFrom::Baseline(
+                self.baseline
+                    .iter()
+                    .map(|path| {
+                        let format = self.stream.format_of(path);
+                        let rate = self.baseline_rate.or(opts.rate);
+                        BaselineFile { path: path.clone(), format, channels: self.stream.channels(), rate }
+                    })
+                    .collect(),
+            ),
+            (None, true) => return Ok(None),
+        };
+        Ok(Some(Commissioning { from, false_alarms_per_day: self.false_alarms_per_day }))
+    }
+
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         let model = vigil_runtime::builtin::load_model(self.model.as_deref())?;
         let class_names = model.metadata().class_names.clone();
-        let (source, opts) = self.stream.open(&self.input)?;
+        let (source, mut opts) = self.stream.open(&self.input)?;
+        opts.commissioning = self.commissioning(&opts)?;
         let json = self.json;
         let trace = self.trace;
         let out = std::cell::RefCell::new(std::io::stdout().lock());
@@ -65,6 +109,14 @@ impl RunArgs {
         let summary =
             run_stream::<anyhow::Error>(model, source, &opts, self.reports.as_deref(), on_report, on_window)?;
         let mut out = out.into_inner();
+        if let (false, Some(c)) = (json, &summary.commissioned) {
+            writeln!(
+                out,
+                "commissioned on {} healthy windows ({:.1} s): threshold {:.2} (the model's: {:.2}), \
+                 calibrated to {} false alarm(s) per day",
+                c.windows, c.seconds, c.threshold, c.model_threshold, self.false_alarms_per_day
+            )?;
+        }
         if json {
             let s = serde_json::json!({
                 "summary": {
@@ -72,6 +124,11 @@ impl RunArgs {
                     "sensor_faults": summary.sensor_faults, "stream_seconds": summary.stream_seconds,
                     "wall_seconds": summary.wall_seconds, "realtime_factor": summary.realtime_factor(),
                     "peak_rss_bytes": peak_rss_bytes(),
+                    "commissioned": summary.commissioned.map(|c| serde_json::json!({
+                        "windows": c.windows, "seconds": c.seconds, "threshold": c.threshold,
+                        "model_threshold": c.model_threshold,
+                        "false_alarms_per_day": self.false_alarms_per_day,
+                    })),
                 }
             });
             writeln!(out, "{s}")?;

@@ -50,30 +50,11 @@ pub struct ServeArgs {
     /// --false-alarms-per-day. Without it, alarms are armed from the start with the
     /// model's prototype. A site commissioned before (state in STATE/adapted) is resumed,
     /// not commissioned again; delete that folder to start over.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = super::parse_duration)]
     commission: Option<Duration>,
     /// False alarms per day the commissioned threshold aims at.
     #[arg(long, default_value_t = 1.0)]
     false_alarms_per_day: f32,
-}
-
-/// Parses `90s`, `10m`, `1h`, `2d` or a number of seconds.
-fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-    let value: f64 =
-        number.trim().parse().map_err(|_| format!("`{text}` is not a duration such as 90s, 10m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use s, m, h or d")),
-    };
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("`{text}` must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// The settings `vigil serve` runs with, from its options or its config file.

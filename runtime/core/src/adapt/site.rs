@@ -5,12 +5,20 @@
 //!
 //! 1. **Learning** (the first half of commissioning): every window's embedding goes into
 //!    a running mean and variance (Welford), which become the site's prototype.
+//!    Its variances are shrunk towards their average ([`shrink_variance`]), so that a
+//!    dimension that barely moved during learning cannot dominate every later score.
 //! 2. **Calibrating** (the second half): every window is scored against that prototype
 //!    and its score counted in a log-scale histogram ([`ScoreHistogram`]). At the end the
-//!    threshold becomes the score that a window exceeds with probability `p`, where `p`
-//!    is chosen so that the k-of-n alarm policy raises about `false_alarms_per_day` on
-//!    independent windows: a raise needs this window and `k - 1` of the `n - 1` before it
-//!    above threshold, so the rate per window is about `C(n-1, k-1) p^k`.
+//!    threshold becomes the score that a window exceeds with probability
+//!    `p = false_alarms_per_day / windows_per_day`, counting one window per window
+//!    length: overlapping windows share most of their samples, so their scores rise and
+//!    fall together and a k-of-n policy gives no independent-windows discount; any
+//!    excursion over the threshold may become an alarm.
+//!    Such a `p` (one in millions) lies far beyond the highest of a few hundred scores, so
+//!    the threshold is extrapolated from the tail: the scores above the 90th percentile
+//!    `u` are taken as exponential with the mean excess `b` they show, and the threshold
+//!    is `u + b ln(0.1 / p)` ([`ScoreHistogram::tail_quantile`]), never below the highest
+//!    score seen.
 //! 3. **Armed**: alarms count. A window whose head says "normal" with probability at
 //!    least `confident_normal`, whose score is below `quiet_fraction` of the threshold and
 //!    that arrives while no alarm is active moves the prototype by `momentum` (an
@@ -103,6 +111,38 @@ impl ScoreHistogram {
     }
 }
 
+/// Share of the scores whose excesses [`ScoreHistogram::tail_quantile`] fits.
+const TAIL_SHARE: f32 = 0.1;
+/// Fewest scores in the tail for a fit.
+const TAIL_MIN: u32 = 5;
+
+impl ScoreHistogram {
+    /// The score a window exceeds with probability `exceed`, extrapolated from the
+    /// histogram's tail: the scores above the upper [`TAIL_SHARE`] quantile `u`, taken as
+    /// exponential with their mean excess `b`, give `u + b ln(share / exceed)`. `None`
+    /// with fewer than [`TAIL_MIN`] scores in the tail, or when `exceed` is not below
+    /// the tail's share (the plain quantile answers then).
+    pub fn tail_quantile(&self, exceed: f32) -> Option<f32> {
+        let u = self.upper_quantile(TAIL_SHARE)?;
+        let first = Self::bin(u);
+        let (mut count, mut excess) = (0u32, 0.0f32);
+        for bin in first..SCORE_BINS {
+            let n = self.counts[bin];
+            if n > 0 {
+                // The bin's geometric centre.
+                let centre = libm::exp2f(LOWEST_OCTAVE + (bin as f32 + 0.5) / BINS_PER_OCTAVE);
+                count += n;
+                excess += n as f32 * (centre - u).max(0.0);
+            }
+        }
+        let share = count as f32 / self.total as f32;
+        if count < TAIL_MIN || !(exceed > 0.0 && exceed < share) {
+            return None;
+        }
+        Some(u + excess / count as f32 * libm::logf(share / exceed))
+    }
+}
+
 /// How a site adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -112,7 +152,9 @@ pub struct SiteConfig {
     pub commission_windows: u32,
     /// Target false alarms per day once armed.
     pub false_alarms_per_day: f32,
-    /// Windows the stream produces per day (sample rate / hop x 86,400).
+    /// Independent windows the stream produces per day: windows that overlap rise and
+    /// fall together, so a gateway counts one per window length (sample rate / window x
+    /// 86,400), not one per hop.
     pub windows_per_day: f32,
     /// Least probability of the normal class for a window to move the prototype.
     pub confident_normal: f32,
@@ -160,18 +202,30 @@ impl SiteConfig {
         Ok(())
     }
 
-    /// The probability with which one window may exceed the threshold so that `policy`
-    /// raises about `false_alarms_per_day` on independent windows.
-    pub fn window_exceedance(&self, policy: &AlarmPolicy) -> f32 {
-        let per_window = self.false_alarms_per_day / self.windows_per_day;
-        let k = u32::from(policy.raise_k.max(1));
-        let ways = binomial(u32::from(policy.window_n.max(1)) - 1, k - 1) as f32;
-        libm::powf(per_window / ways, 1.0 / k as f32).min(1.0)
+    /// The probability with which one window may exceed the threshold: every excursion
+    /// over it may start an alarm (see the module docs for why the k-of-n policy earns
+    /// no discount on overlapping windows).
+    pub fn window_exceedance(&self) -> f32 {
+        (self.false_alarms_per_day / self.windows_per_day).min(1.0)
     }
 }
 
-fn binomial(n: u32, k: u32) -> u64 {
-    (0..u64::from(k)).fold(1u64, |acc, i| acc * (u64::from(n) - i) / (i + 1))
+/// Share of the average variance every dimension's variance is pulled towards.
+pub const VARIANCE_SHRINKAGE: f32 = 0.1;
+
+/// Shrinks per-dimension variances towards their average: `(1 - s) v_d + s mean(v)`. A few
+/// hundred healthy windows leave some dimensions nearly constant (a feature that happened
+/// not to fire); divided by their tiny variance, the first window where it fires would
+/// score in the millions. Shrinking keeps every dimension's variance a sane fraction of the
+/// others, as covariance estimates from few samples are regularised.
+pub fn shrink_variance(var: &mut [f32]) {
+    if var.is_empty() {
+        return;
+    }
+    let mean = var.iter().sum::<f32>() / var.len() as f32;
+    for v in var.iter_mut() {
+        *v = (1.0 - VARIANCE_SHRINKAGE) * *v + VARIANCE_SHRINKAGE * mean;
+    }
 }
 
 /// Where a site is in its life.
@@ -358,6 +412,7 @@ impl SiteAdapter {
                 if self.in_phase >= self.config.commission_windows / 2 {
                     let denominator = (self.in_phase - 1).max(1) as f32;
                     self.var.iter_mut().for_each(|s| *s /= denominator);
+                    shrink_variance(&mut self.var);
                     self.phase = SitePhase::Calibrating;
                     self.in_phase = 0;
                 }
@@ -368,8 +423,14 @@ impl SiteAdapter {
                 if self.in_phase < self.config.commission_windows - self.config.commission_windows / 2 {
                     return Ok(SiteEvent::None);
                 }
-                let exceed = self.config.window_exceedance(&self.policy);
-                if let Some(threshold) = self.histogram.upper_quantile(exceed) {
+                let exceed = self.config.window_exceedance();
+                let seen = self.histogram.upper_quantile(exceed);
+                let extrapolated = self.histogram.tail_quantile(exceed);
+                let highest = match (seen, extrapolated) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(threshold) = highest {
                     self.policy.threshold = threshold;
                 }
                 self.phase = SitePhase::Armed;
@@ -426,11 +487,23 @@ mod tests {
     }
 
     #[test]
-    fn exceedance_matches_the_k_of_n_rate() {
+    fn exceedance_is_the_false_alarm_rate_per_window() {
         let config = SiteConfig::new(100, 86_400.0);
-        let p = config.window_exceedance(&policy());
-        // C(4, 2) p^3 = 1 / 86,400.
-        assert!((6.0 * p * p * p * 86_400.0 - 1.0).abs() < 1e-3, "{p}");
+        assert!((config.window_exceedance() * 86_400.0 - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn the_tail_extrapolates_an_exponential_quantile() {
+        // Exponential scores of mean 1: P(x > t) = e^-t, so the 1e-6 quantile is 13.8,
+        // far beyond the largest of 2,000 scores (about 8).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut h = ScoreHistogram::new();
+        for _ in 0..2000 {
+            h.add(-libm::logf(1.0 - rng.gen::<f32>()));
+        }
+        let t = h.tail_quantile(1e-6).unwrap();
+        assert!((11.0..17.0).contains(&t), "{t}");
+        assert_eq!(h.tail_quantile(0.5), None, "within the data, the plain quantile answers");
     }
 
     #[test]
@@ -439,8 +512,8 @@ mod tests {
         let shipped_mean = [0.0f32; 4];
         let shipped_var = [1.0f32; 4];
         let shipped = PrototypeRef::new(&shipped_mean, &shipped_var).unwrap();
-        // 864 windows a day and one false alarm a day: p = (1/864/6)^(1/3) = 5.8%.
-        let config = SiteConfig::new(4000, 864.0);
+        // 86.4 windows a day and one false alarm a day: p = 1/86.4 = 1.2%.
+        let config = SiteConfig::new(4000, 86.4);
         let mut site = SiteAdapter::commission(config, shipped, policy()).unwrap();
         let site_mean = [5.0f32, -3.0, 2.0, 10.0];
         let window = |rng: &mut rand::rngs::StdRng| -> [f32; 4] {
@@ -462,9 +535,9 @@ mod tests {
         }
         let above = (0..20_000).filter(|_| site.score(&window(&mut rng)).unwrap() > threshold).count();
         let rate = above as f32 / 20_000.0;
-        assert!((0.04..0.08).contains(&rate), "exceedance {rate}, threshold {threshold}");
+        assert!((0.004..0.024).contains(&rate), "exceedance {rate}, threshold {threshold}");
         // The shipped prototype would have alarmed on every window of this site.
-        assert!(shipped.score(&window(&mut rng)).unwrap() > 10.0 * threshold);
+        assert!(shipped.score(&window(&mut rng)).unwrap() > 3.0 * threshold, "{threshold}");
     }
 
     #[test]
