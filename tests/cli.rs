@@ -812,6 +812,73 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
     );
 }
 
+/// The anomaly side of a fine-tuned model comes from every healthy window, not from the
+/// shots: with 4 labelled windows per class the prototype and threshold are fitted on all
+/// the manifest's healthy windows and `--baseline` recordings, and a held-out healthy
+/// recording raises no alarm while a fault does. Too few healthy windows are said.
+#[test]
+fn fine_tuning_fits_the_normal_state_on_every_healthy_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let recordings = [
+        ("normal", "normal", "train"),
+        ("outer-race", "outer_race", "train"),
+        ("normal", "normal", "train"),
+        ("outer-race", "outer_race", "train"),
+    ];
+    let machine = ["--shaft-hz", "45", "--gain", "1.5", "--severity", "0.4"];
+    let four = [&machine[..], &["--seconds", "4"]].concat();
+    let (m, _) = simulated_manifest(dir.path(), &recordings, 60, &four, "");
+    let baseline = simulate(dir.path(), "baseline.wav", &[&four[..], &["--seed", "70"]].concat());
+    let out = dir.path().join("tuned.onnx");
+    let tune = |extra: &[&str]| {
+        let common =
+            ["fine-tune", "--data", m.to_str().unwrap(), "--classes", "normal,outer_race", "--shots", "4"];
+        ok(&[&common[..], extra, &["-o", out.to_str().unwrap()]].concat())
+    };
+    // Two 4 s healthy recordings at hop 1,024 give 122 windows; the baseline 61 more.
+    let said = tune(&[]);
+    assert!(said.contains("prototype and threshold from 122 healthy windows"), "{said}");
+    let said = tune(&["--baseline", baseline.to_str().unwrap()]);
+    assert!(said.contains("prototype and threshold from 183 healthy windows"), "{said}");
+    let held_out =
+        simulate(dir.path(), "held-out.wav", &[&machine[..], &["--seconds", "30", "--seed", "71"]].concat());
+    let (stdout, _) = text(&run_model(&out, &held_out, &[]));
+    assert!(stdout.contains(" 0 alarm(s)"), "{stdout}");
+    let fault = simulate(
+        dir.path(),
+        "fault.wav",
+        &[&machine[..], &["--seconds", "20", "--fault", "outer-race", "--onset", "10", "--seed", "72"]]
+            .concat(),
+    );
+    let (stdout, _) = text(&run_model(&out, &fault, &["--json"]));
+    let (delay, class) = first_alarm_after(&stdout, 10.0).unwrap_or_else(|| panic!("no alarm\n{stdout}"));
+    assert!((0.0..5.0).contains(&delay) && class == "outer_race", "{delay} {class}\n{stdout}");
+
+    // One short healthy recording: the command goes on and says what is missing.
+    let few = manifest(
+        dir.path(),
+        "few.toml",
+        &[
+            "path = \"r0.csv\"\nlabel = \"normal\"\nsplit = \"train\"".into(),
+            "path = \"r1.csv\"\nlabel = \"outer_race\"\nsplit = \"train\"".into(),
+        ],
+    );
+    let o = vigil(&[
+        "fine-tune",
+        "--data",
+        few.to_str().unwrap(),
+        "--classes",
+        "normal,outer_race",
+        "--shots",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("only 61 healthy windows") && stderr.contains("at least 100"), "{stderr}");
+}
+
 /// Labels Vigil cannot trust are refused before any training: no healthy class (alarms
 /// would be inverted), a class named twice, a recording labelled twice or in two splits,
 /// rates and decay that are not finite.

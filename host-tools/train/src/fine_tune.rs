@@ -11,9 +11,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use tract_onnx::pb::ModelProto;
+use vigil_core::adapt::site::{shrink_variance, ScoreHistogram};
 use vigil_core::head::PrototypeRef;
 use vigil_headfit::linear::{self, LinearHead, TrainOptions};
 use vigil_headfit::{mean_var, quantile};
+use vigil_runtime::adaptation::independent_windows_per_day;
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::onnx::{encode_model, resize_initializer, set_output_width, write_metadata};
 use vigil_runtime::scorer::WindowScorer;
@@ -79,6 +81,8 @@ pub fn take_shots(
 pub struct HeadOutcome {
     /// The trained head (over raw embeddings).
     pub head: LinearHead,
+    /// How the prototype and threshold were set.
+    pub calibration: Calibration,
     /// The fine-tuned model, encoded.
     pub onnx: Vec<u8>,
     /// Relative change of the head weights, `|W' - W| / |W|` (`None` when resized).
@@ -100,16 +104,36 @@ pub struct Validation {
     pub step: usize,
 }
 
+/// The healthy side of a fine-tuning: which class is healthy, every healthy window there is
+/// (not only the shots), and the false-alarm rate the threshold is set for.
+#[derive(Debug)]
+pub struct HealthySide<'a, H> {
+    /// Index of the healthy class in the classes.
+    pub normal: usize,
+    /// The healthy windows ([`LabelledWindows`]) or their embeddings ([`HealthyEmbeddings`]).
+    pub healthy: &'a H,
+    /// False alarms per day the threshold is calibrated to.
+    pub false_alarms_per_day: f32,
+}
+
+// By hand: a derive would ask `H: Copy`, and only the reference is copied.
+impl<H> Clone for HealthySide<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for HealthySide<'_, H> {}
+
 /// Trains the head on `train` (validating on `val`, keeping the step of lowest validation
-/// loss), recomputes the prototype and threshold from the windows of class `normal` (an
-/// index into `classes`), and writes them with the head and `classes` into a copy of
-/// `proto`.
+/// loss), recomputes the prototype and threshold from every healthy window ([`calibrate`]),
+/// and writes them with the head and `classes` into a copy of `proto`.
 #[allow(clippy::too_many_arguments)]
 pub fn fine_tune_head(
     model: &VigilModel,
     proto: &ModelProto,
     classes: &[String],
-    normal: usize,
+    side: HealthySide<'_, HealthyEmbeddings>,
     train: &Embedded,
     val: Option<&Embedded>,
     options: TrainOptions,
@@ -138,11 +162,12 @@ pub fn fine_tune_head(
         }
         None => (head, None),
     };
+    let normal = side.normal;
     if normal >= classes.len() {
         bail!("the healthy class index {normal} is not one of the {} classes", classes.len());
     }
     let mut new_meta = meta.clone();
-    calibrate(&mut new_meta, train, normal)?;
+    let calibration = calibrate(&mut new_meta, side.healthy, side.false_alarms_per_day)?;
     let resized = classes != meta.class_names.as_slice();
     new_meta.class_names = classes.to_vec();
     new_meta.normal_class = normal;
@@ -158,28 +183,123 @@ pub fn fine_tune_head(
         let norm: f64 = old.iter().map(|a| f64::from(*a).powi(2)).sum();
         (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
     });
-    Ok(HeadOutcome { head, onnx: encode_model(&proto), weight_change, validation })
+    Ok(HeadOutcome { head, onnx: encode_model(&proto), weight_change, validation, calibration })
 }
 
-/// Sets the prototype (mean and variance of the normal rows of `train`) and the threshold
-/// (twice the 97.5th percentile of their scores) of `meta`; leaves them when fewer than two
-/// rows are normal.
+/// Healthy windows' embeddings, each with the recording it came from: what the anomaly
+/// side of a model (prototype and threshold) is fitted on.
+#[derive(Debug, Clone, Default)]
+pub struct HealthyEmbeddings {
+    /// One embedding per healthy window, in stream order within each recording.
+    pub rows: Vec<Vec<f32>>,
+    /// Index of each window's recording.
+    pub recordings: Vec<usize>,
+}
+
+impl HealthyEmbeddings {
+    /// Embeds the windows of `set` labelled `normal`.
+    pub fn of(
+        model: &VigilModel,
+        set: &LabelledWindows,
+        normal: usize,
+        mut progress: impl FnMut(),
+    ) -> Result<Self> {
+        let mut scorer = WindowScorer::new(model.clone(), 0)?;
+        let mut out = HealthyEmbeddings::default();
+        for ((window, &label), &recording) in set.windows.iter().zip(&set.labels).zip(&set.recordings) {
+            if label == normal {
+                out.rows.push(scorer.embed_and_classify(window)?.0);
+                out.recordings.push(recording);
+                progress();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Splits each recording in two, in stream order: its first half to learn the
+    /// prototype, its second half to calibrate the threshold on windows the prototype has
+    /// not seen (overlapping neighbours would flatter an interleaved split).
+    fn halves(&self) -> (Vec<&Vec<f32>>, Vec<&Vec<f32>>) {
+        let (mut learn, mut calibrate) = (Vec::new(), Vec::new());
+        let mut recordings: Vec<usize> = self.recordings.clone();
+        recordings.sort_unstable();
+        recordings.dedup();
+        for r in recordings {
+            let rows: Vec<&Vec<f32>> =
+                self.rows.iter().zip(&self.recordings).filter(|(_, &i)| i == r).map(|(row, _)| row).collect();
+            let half = rows.len().div_ceil(2);
+            learn.extend_from_slice(&rows[..half]);
+            calibrate.extend_from_slice(&rows[half..]);
+        }
+        (learn, calibrate)
+    }
+}
+
+/// Healthy windows below which the threshold cannot be calibrated to a false-alarm rate:
+/// the tail fit needs 5 scores above the 90th percentile of the calibrating half.
+pub const MIN_HEALTHY_WINDOWS: usize = 100;
+
+/// What [`calibrate`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// Healthy windows used.
+    pub windows: usize,
+    /// The threshold set.
+    pub threshold: f32,
+    /// Why the threshold is only a rough guess, when too few healthy windows exist.
+    pub too_few: Option<String>,
+}
+
+/// Sets `meta`'s normal-state prototype and anomaly threshold from healthy windows, the
+/// way a site commissions ([`vigil_core::adapt::site`]): each recording's first half gives
+/// the mean and variance (shrunk towards the average variance), its second half the
+/// scores, whose tail sets the threshold a window exceeds `false_alarms_per_day` times a
+/// day at the model's hop. With fewer than [`MIN_HEALTHY_WINDOWS`], every window gives the
+/// prototype and the threshold is twice their 97.5th percentile, and the outcome says so.
 pub fn calibrate(
     meta: &mut vigil_runtime::metadata::ModelMetadata,
-    train: &Embedded,
-    normal: usize,
-) -> Result<()> {
-    let normal_rows: Vec<&Vec<f32>> =
-        train.rows.iter().zip(&train.labels).filter(|(_, &l)| l == normal).map(|(r, _)| r).collect();
-    if normal_rows.len() >= 2 {
-        let (mean, var) = mean_var(&normal_rows);
-        let prototype = PrototypeRef::new(&mean, &var).map_err(|e| anyhow::anyhow!("prototype: {e}"))?;
-        let scores = normal_rows.iter().map(|r| prototype.score(r)).collect::<Result<Vec<_>, _>>()?;
-        meta.alarm.threshold = 2.0 * quantile(scores, 0.975).max(f32::MIN_POSITIVE);
-        meta.prototype_mean = mean;
-        meta.prototype_var = var;
+    healthy: &HealthyEmbeddings,
+    false_alarms_per_day: f32,
+) -> Result<Calibration> {
+    let n = healthy.rows.len();
+    if n < 2 {
+        bail!(
+            "{n} healthy window(s): the normal-state prototype needs at least 2 and a calibrated \
+             threshold {MIN_HEALTHY_WINDOWS}; add recordings labelled with the healthy class, or \
+             pass --baseline FILE"
+        );
     }
-    Ok(())
+    let (learn, calibrate_rows) = if n >= MIN_HEALTHY_WINDOWS {
+        healthy.halves()
+    } else {
+        let all: Vec<&Vec<f32>> = healthy.rows.iter().collect();
+        (all.clone(), all)
+    };
+    let (mean, mut var) = mean_var(&learn);
+    shrink_variance(&mut var);
+    let prototype = PrototypeRef::new(&mean, &var).map_err(|e| anyhow::anyhow!("prototype: {e}"))?;
+    let scores = calibrate_rows.iter().map(|r| prototype.score(r)).collect::<Result<Vec<_>, _>>()?;
+    let (threshold, too_few) = if n >= MIN_HEALTHY_WINDOWS {
+        let mut histogram = ScoreHistogram::new();
+        scores.iter().for_each(|&s| histogram.add(s));
+        let exceed = false_alarms_per_day as f64 / independent_windows_per_day(meta, None);
+        let threshold = histogram.threshold_for(exceed as f32).unwrap_or(f32::MIN_POSITIVE);
+        (threshold, None)
+    } else {
+        let seconds_per_window = meta.hop as f64 / meta.sample_rate_hz;
+        let why = format!(
+            "only {n} healthy windows; a threshold calibrated to a false-alarm rate needs at least \
+             {MIN_HEALTHY_WINDOWS} (about {:.0} s of healthy signal at this model's hop), so it is \
+             twice the 97.5th percentile of their scores, a rough guess. Add healthy recordings to \
+             the manifest or pass --baseline FILE",
+            MIN_HEALTHY_WINDOWS as f64 * seconds_per_window
+        );
+        (2.0 * quantile(scores, 0.975).max(f32::MIN_POSITIVE), Some(why))
+    };
+    meta.alarm.threshold = threshold;
+    meta.prototype_mean = mean;
+    meta.prototype_var = var;
+    Ok(Calibration { windows: n, threshold, too_few })
 }
 
 /// Reloads the written model in tract and returns the largest difference between the
@@ -234,6 +354,8 @@ pub struct GraphOutcome {
     pub validation: Option<(f32, f32, usize)>,
     /// Largest logit difference between the written model in tract and the trainer.
     pub parity: f32,
+    /// How the prototype and threshold were set with the new backbone.
+    pub calibration: Calibration,
 }
 
 /// `windows` normalised as the runtime does, one `Vec` per window.
@@ -270,7 +392,7 @@ pub fn fine_tune_graph(
     path: &Path,
     train: &LabelledWindows,
     val: Option<&LabelledWindows>,
-    normal: usize,
+    side: HealthySide<'_, LabelledWindows>,
     what: super::graph::Trainable,
     reinitialise: Option<u64>,
     cfg: super::graph::GraphTraining,
@@ -297,8 +419,8 @@ pub fn fine_tune_graph(
     let changes = graph.write_into(&mut proto)?;
     // The backbone changed: the prototype and threshold are recomputed in tract.
     let retrained = VigilModel::from_bytes(&encode_model(&proto), path)?;
-    let embedded = embed(&retrained, train, || {})?;
-    calibrate(&mut meta, &embedded, normal)?;
+    let healthy = HealthyEmbeddings::of(&retrained, side.healthy, side.normal, || {})?;
+    let calibration = calibrate(&mut meta, &healthy, side.false_alarms_per_day)?;
     write_metadata(&mut proto, &meta);
     let onnx = encode_model(&proto);
     let written = VigilModel::from_bytes(&onnx, path)?;
@@ -310,5 +432,5 @@ pub fn fine_tune_graph(
         let theirs = full.run(window)?;
         parity = theirs.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(parity, f32::max);
     }
-    Ok(GraphOutcome { onnx, changes, validation, parity })
+    Ok(GraphOutcome { onnx, changes, validation, parity, calibration })
 }

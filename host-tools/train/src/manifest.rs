@@ -137,6 +137,32 @@ impl Manifest {
         Ok(())
     }
 
+    /// The recordings labelled `label` outside the test split, followed by `extra` healthy
+    /// recordings (paths as given on the command line; `rate` when a file does not say
+    /// its own): every healthy window a fine-tuning may learn the normal state from.
+    pub fn healthy(&self, label: &str, extra: &[PathBuf], rate: Option<f64>) -> Manifest {
+        let here = std::env::current_dir().unwrap_or_default();
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut recordings: Vec<RecordingEntry> = self
+            .recordings
+            .iter()
+            .filter(|r| r.label == label && r.split.as_deref() != Some("test"))
+            .map(|r| RecordingEntry { path: base.join(&r.path), ..r.clone() })
+            .collect();
+        recordings.extend(extra.iter().map(|path| RecordingEntry {
+            path: here.join(path),
+            format: None,
+            rate,
+            channels: None,
+            label: label.to_string(),
+            split: None,
+            load: None,
+            speed: None,
+            machine: None,
+        }));
+        Manifest { recordings, path: here.join("healthy recordings") }
+    }
+
     fn resolve(&self, entry: &RecordingEntry) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join(&entry.path)
     }

@@ -21,6 +21,7 @@
 
 use crate::fine_tune::{
     embed, fine_tune_graph, fine_tune_head, predictions, shot_indices, take_shots, Embedded,
+    HealthyEmbeddings, HealthySide,
 };
 use crate::graph::{GraphTraining, Trainable};
 use crate::manifest::{LabelledWindows, Manifest};
@@ -229,6 +230,16 @@ pub fn run(
         zero_hits += usize::from(predicted == Some(classes[label].as_str()));
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
+    // The anomaly side is fitted on every healthy training window, as fine-tune does.
+    let mut healthy = HealthyEmbeddings::default();
+    for ((row, &label), &recording) in train_e.rows.iter().zip(&train_e.labels).zip(&train.recordings) {
+        if label == normal {
+            healthy.rows.push(row.clone());
+            healthy.recordings.push(recording);
+        }
+    }
+    let embedded_side = HealthySide { normal, healthy: &healthy, false_alarms_per_day: 1.0 };
+    let windows_side = HealthySide { normal, healthy: train, false_alarms_per_day: 1.0 };
     for &n in shots {
         let mut per: [Vec<f64>; 10] = Default::default();
         for seed in 1..=seeds {
@@ -245,7 +256,7 @@ pub fn run(
                 model,
                 proto,
                 classes,
-                normal,
+                embedded_side,
                 &shots_e,
                 None,
                 TrainOptions::default(),
@@ -276,7 +287,7 @@ pub fn run(
                     model.path(),
                     &shots,
                     None,
-                    normal,
+                    windows_side,
                     what,
                     scratch,
                     cfg,

@@ -69,12 +69,7 @@ impl AdaptationSettings {
     ) -> Result<AdaptationSettings> {
         let windows_per_s = windows_per_s(model, hop);
         let commission = commission_windows.is_some();
-        // Windows that overlap share their samples and rise over a threshold together: the
-        // stream offers one independent chance of a false alarm per window length, not per
-        // hop (see vigil_core::adapt::site).
-        let meta = model.metadata();
-        let overlap = (meta.window as f64 / hop.unwrap_or(meta.hop).max(1) as f64).max(1.0);
-        let independent_per_day = (windows_per_s * 86_400.0 / overlap) as f32;
+        let independent_per_day = independent_windows_per_day(model.metadata(), hop) as f32;
         let mut site = SiteConfig::new(commission_windows.unwrap_or(4), independent_per_day);
         site.false_alarms_per_day = false_alarms_per_day;
         if site.commission_windows < 4 {
@@ -89,6 +84,17 @@ impl AdaptationSettings {
         })?;
         Ok(AdaptationSettings { site, commission, label: LabelConfig::default() })
     }
+}
+
+/// Independent chances of a false alarm per day for `meta`'s model at `hop` (the model's
+/// when `None`): windows that overlap share their samples and rise over a threshold
+/// together, so a stream offers one per window length, not one per hop (see
+/// `vigil_core::adapt::site`). A threshold meant for N false alarms a day is the score a
+/// window exceeds with probability N over this.
+pub fn independent_windows_per_day(meta: &crate::metadata::ModelMetadata, hop: Option<usize>) -> f64 {
+    let hop = hop.unwrap_or(meta.hop).max(1) as f64;
+    let overlap = (meta.window as f64 / hop).max(1.0);
+    meta.sample_rate_hz / hop * 86_400.0 / overlap
 }
 
 /// Windows per second of stream at `hop` (the model's when `None`).

@@ -5,7 +5,9 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 use vigil_headfit::linear::{HeadKind, TrainOptions};
-use vigil_train::fine_tune::{embed, fine_tune_graph, fine_tune_head, parity, take_shots};
+use vigil_train::fine_tune::{
+    embed, fine_tune_graph, fine_tune_head, parity, take_shots, Calibration, HealthyEmbeddings, HealthySide,
+};
 use vigil_train::graph::{GraphTraining, Trainable};
 use vigil_train::manifest::{windows_for, LabelledWindows, Manifest};
 
@@ -80,12 +82,37 @@ pub struct FineTuneArgs {
     /// the model's own healthy class].
     #[arg(long, value_name = "NAME")]
     normal_class: Option<String>,
+    /// More healthy recordings of the machine (repeatable). The normal-state prototype
+    /// and the anomaly threshold are fitted on every healthy window: the manifest's
+    /// recordings of the healthy class outside the test split (all of them, not only the
+    /// --shots) and these.
+    #[arg(long, value_name = "FILE")]
+    baseline: Vec<PathBuf>,
+    /// Sample rate of the --baseline files when they do not say.
+    #[arg(long, value_name = "HZ")]
+    baseline_rate: Option<f64>,
+    /// False alarms per day the anomaly threshold is calibrated to (needs at least 100
+    /// healthy windows; with fewer the threshold is a rough guess and the command says so).
+    #[arg(long, default_value_t = 1.0, value_name = "N")]
+    false_alarms_per_day: f32,
     /// Seed of the shot draw and the validation hold-out.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Output ONNX file.
     #[arg(long, short)]
     output: PathBuf,
+}
+
+/// Says how the anomaly side was fitted, and warns when it is a rough guess.
+fn report_calibration(c: &Calibration, false_alarms_per_day: f32) {
+    match &c.too_few {
+        None => println!(
+            "normal state: prototype and threshold from {} healthy windows, threshold {:.2} \
+             (calibrated to {false_alarms_per_day} false alarm(s) per day)",
+            c.windows, c.threshold
+        ),
+        Some(why) => log::warn!("normal state: {why}; threshold {:.2}", c.threshold),
+    }
 }
 
 /// Moves every `1/fraction`-th training recording (seeded order) into validation.
@@ -131,6 +158,9 @@ impl FineTuneArgs {
         if self.backbone_lr.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
             bail!("--backbone-lr must be a finite positive number, such as 0.0001");
         }
+        if !(self.false_alarms_per_day.is_finite() && self.false_alarms_per_day > 0.0) {
+            bail!("--false-alarms-per-day must be a positive number, such as 1");
+        }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             bail!("--weight-decay must be a finite number, 0 or more (such as 0.001)");
         }
@@ -171,6 +201,8 @@ impl FineTuneArgs {
             hold_out(train, self.val_split, self.seed)
         };
         let train = take_shots(&train, &classes, self.shots, self.seed)?;
+        let healthy_manifest = manifest.healthy(&normal_name, &self.baseline, self.baseline_rate);
+        let healthy_windows = windows_for(&model, &healthy_manifest, None, &classes)?;
         let present: Vec<&String> =
             classes.iter().enumerate().filter(|(c, _)| train.labels.contains(c)).map(|(_, n)| n).collect();
         if present.len() < 2 {
@@ -179,18 +211,22 @@ impl FineTuneArgs {
 
         let started = Instant::now();
         let pb = super::progress_bar(
-            (train.len() + val.as_ref().map_or(0, LabelledWindows::len)) as u64,
+            (train.len() + val.as_ref().map_or(0, LabelledWindows::len) + healthy_windows.len()) as u64,
             "backbone (tract)",
         );
         let train_e = embed(&model, &train, || pb.inc(1))?;
         let val_e = val.as_ref().map(|v| embed(&model, v, || pb.inc(1))).transpose()?;
+        let healthy = HealthyEmbeddings::of(&model, &healthy_windows, normal, || pb.inc(1))?;
         pb.finish_and_clear();
         let backbone_s = started.elapsed().as_secs_f64();
         println!(
-            "backbone pass: {} training and {} validation windows in {backbone_s:.1} s",
+            "backbone pass: {} training, {} validation and {} healthy windows in {backbone_s:.1} s",
             train_e.rows.len(),
-            val_e.as_ref().map_or(0, |v| v.rows.len())
+            val_e.as_ref().map_or(0, |v| v.rows.len()),
+            healthy.rows.len()
         );
+        let embedded_side =
+            HealthySide { normal, healthy: &healthy, false_alarms_per_day: self.false_alarms_per_day };
 
         let kind = self.head;
         let options = match graph_mode {
@@ -211,7 +247,7 @@ impl FineTuneArgs {
             &model,
             &proto,
             &classes,
-            normal,
+            embedded_side,
             &train_e,
             val_e.as_ref(),
             options,
@@ -248,8 +284,14 @@ impl FineTuneArgs {
                 patience: 8,
                 seed: self.seed,
             };
-            return self.through_graph(&outcome.onnx, &model, normal, &train, val.as_ref(), what, cfg);
+            let side = HealthySide {
+                normal,
+                healthy: &healthy_windows,
+                false_alarms_per_day: self.false_alarms_per_day,
+            };
+            return self.through_graph(&outcome.onnx, &model, side, &train, val.as_ref(), what, cfg);
         }
+        report_calibration(&outcome.calibration, self.false_alarms_per_day);
         std::fs::write(&self.output, &outcome.onnx)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
         let check: Vec<_> = train.windows.iter().take(16).cloned().collect();
@@ -293,7 +335,7 @@ impl FineTuneArgs {
         &self,
         start: &[u8],
         model: &vigil_runtime::model::VigilModel,
-        normal: usize,
+        side: HealthySide<'_, LabelledWindows>,
         train: &LabelledWindows,
         val: Option<&LabelledWindows>,
         what: Trainable,
@@ -308,7 +350,7 @@ impl FineTuneArgs {
             model.path(),
             train,
             val,
-            normal,
+            side,
             what,
             reinitialise,
             cfg,
@@ -331,6 +373,7 @@ impl FineTuneArgs {
             }
             None => {}
         }
+        report_calibration(&outcome.calibration, side.false_alarms_per_day);
         std::fs::write(&self.output, &outcome.onnx)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
         let windows = train.len().min(16);

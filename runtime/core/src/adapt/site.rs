@@ -141,6 +141,16 @@ impl ScoreHistogram {
         }
         Some(u + excess / count as f32 * libm::logf(share / exceed))
     }
+
+    /// The alarm threshold a window exceeds with probability `exceed`: the tail's
+    /// extrapolation ([`ScoreHistogram::tail_quantile`]), never below the score the
+    /// histogram itself shows exceeded that often ([`ScoreHistogram::upper_quantile`]).
+    /// `None` for an empty histogram. The one rule for site commissioning and for the
+    /// threshold a fine-tuned model ships with.
+    pub fn threshold_for(&self, exceed: f32) -> Option<f32> {
+        let seen = self.upper_quantile(exceed)?;
+        Some(self.tail_quantile(exceed).map_or(seen, |t| t.max(seen)))
+    }
 }
 
 /// How a site adapts.
@@ -423,14 +433,7 @@ impl SiteAdapter {
                 if self.in_phase < self.config.commission_windows - self.config.commission_windows / 2 {
                     return Ok(SiteEvent::None);
                 }
-                let exceed = self.config.window_exceedance();
-                let seen = self.histogram.upper_quantile(exceed);
-                let extrapolated = self.histogram.tail_quantile(exceed);
-                let highest = match (seen, extrapolated) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                if let Some(threshold) = highest {
+                if let Some(threshold) = self.histogram.threshold_for(self.config.window_exceedance()) {
                     self.policy.threshold = threshold;
                 }
                 self.phase = SitePhase::Armed;
