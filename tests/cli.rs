@@ -352,6 +352,46 @@ fn reports_accumulate_across_runs_with_continuing_sequence_numbers() {
     assert_eq!(seqs, (0..stored.len() as u64).collect::<Vec<_>>());
 }
 
+/// The campaign's report-store findings: one flipped byte in the first of three records
+/// used to make the next run truncate the store to its header and number its alarm #0
+/// again; two writers used to write every number twice.
+#[test]
+fn a_corrupt_record_loses_only_itself_and_a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let signal = simulate(
+        dir.path(),
+        "f.wav",
+        &["--seconds", "20", "--fault", "outer-race", "--severity", "0.6", "--onset", "5"],
+    );
+    let reports = dir.path().join("reports");
+    let run_into = || run(&signal, &["--reports", reports.to_str().unwrap()]);
+    for _ in 0..3 {
+        let o = run_into();
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    let before = vigil_runtime::store::ReportStore::read_all(&reports).unwrap();
+    assert!(before.len() >= 3, "{before:?}");
+    let path = reports.join(vigil_runtime::store::FILE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8 + 20] ^= 0x40; // inside the first record's payload
+    std::fs::write(&path, &bytes).unwrap();
+    let o = run_into();
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("held no valid record") && stderr.contains("reports.quarantine"), "{stderr}");
+    let after = vigil_runtime::store::ReportStore::read_all(&reports).unwrap();
+    let seqs: Vec<u64> = after.iter().map(|r| r.sequence).collect();
+    // Every intact record is kept; the new ones are numbered above all ever seen.
+    assert_eq!(&seqs[..before.len() - 1], &(1..before.len() as u64).collect::<Vec<_>>()[..], "{seqs:?}");
+    assert!(seqs[before.len() - 1..].iter().all(|&s| s >= before.len() as u64), "{seqs:?}");
+
+    let held =
+        vigil_runtime::store::ReportStore::open(&reports, vigil_runtime::store::FsyncPolicy::Never).unwrap();
+    assert_fails_with(run_into(), &format!("in use by process {}", std::process::id()));
+    drop(held);
+    assert_eq!(vigil_runtime::store::ReportStore::read_all(&reports).unwrap().len(), after.len());
+}
+
 #[test]
 fn a_stream_at_another_rate_is_resampled_and_still_alarms() {
     let dir = tempfile::tempdir().unwrap();
