@@ -392,6 +392,33 @@ fn a_corrupt_record_loses_only_itself_and_a_second_writer_is_refused() {
     assert_eq!(vigil_runtime::store::ReportStore::read_all(&reports).unwrap().len(), after.len());
 }
 
+/// The campaign's input findings: a rate typo scored a thousand times too much signal or
+/// nothing at all and exited 0; a 10-sample file exited 0; a byte-order mark or spaces
+/// around `=` lost the rate; `--rate` overrode the file's own rate without a word.
+#[test]
+fn input_typos_and_spreadsheet_quirks_are_caught_or_understood() {
+    let dir = tempfile::tempdir().unwrap();
+    let body: String = (0..32_000).map(|i| format!("{}\n", ((i as f32) * 0.37).sin() * 0.3)).collect();
+    let bom = dir.path().join("bom.csv");
+    std::fs::write(&bom, format!("\u{feff}# sample_rate_hz = 16000\n{body}")).unwrap();
+    let (stdout, stderr) = text(&run(&bom, &[]));
+    assert!(stdout.contains("30 windows scored over 2.0 s"), "{stdout}{stderr}");
+    assert_fails_with(run(&bom, &["--rate", "16"]), "did you mean 16000 Hz?");
+    assert_fails_with(run(&bom, &["--rate", "1e12"]), "outside what a vibration sensor delivers");
+    let (_, stderr) = text(&run(&bom, &["--rate", "8000"]));
+    assert!(stderr.contains("--rate 8000 Hz overrides the 16000 Hz the input states"), "{stderr}");
+    let short = dir.path().join("short.csv");
+    std::fs::write(&short, "# sample_rate_hz=16000\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n").unwrap();
+    assert_fails_with(run(&short, &[]), "shorter than one window of the model (2048 samples");
+    let timed = dir.path().join("timed.csv");
+    std::fs::write(&timed, "# sample_rate_hz=16000\ntime,accel\n0,0.1\n1,0.2\n").unwrap();
+    let (stdout, stderr) = text(&run(&timed, &[]));
+    assert!(
+        stdout.contains("taken as 2 channel(s), one per column; a time or index column counts"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_stream_at_another_rate_is_resampled_and_still_alarms() {
     let dir = tempfile::tempdir().unwrap();

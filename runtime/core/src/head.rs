@@ -33,6 +33,12 @@ impl<'a> HeadRef<'a> {
         Ok(HeadRef { weights, bias, dim, classes })
     }
 
+    /// A head of no classes over no inputs: every `logits` call on it fails with a
+    /// length error (a stand-in where a checked head cannot be rebuilt, never a panic).
+    pub fn empty() -> HeadRef<'static> {
+        HeadRef { weights: &[], bias: &[], dim: 0, classes: 0 }
+    }
+
     /// Embedding dimension `D`.
     pub fn dim(&self) -> usize {
         self.dim

@@ -141,7 +141,8 @@ impl TextSource {
                 continue;
             }
             if let Some(comment) = t.strip_prefix('#') {
-                if let Some(v) = comment.trim().strip_prefix("sample_rate_hz=") {
+                let setting = comment.split_once('=').map(|(k, v)| (k.trim(), v));
+                if let Some(("sample_rate_hz", v)) = setting {
                     let rate: f64 = v.trim().parse().map_err(|_| {
                         RuntimeError::Input(format!(
                             "{}: line {}: cannot read sample rate `{}`",
@@ -156,7 +157,14 @@ impl TextSource {
             }
             let cells: Vec<&str> = split_cells(t);
             if self.allow_header && cells.iter().all(|c| c.parse::<f32>().is_err()) {
-                self.channels.get_or_insert(cells.len());
+                let channels = *self.channels.get_or_insert(cells.len());
+                let log_level = if channels > 1 { log::Level::Info } else { log::Level::Debug };
+                log::log!(
+                    log_level,
+                    "{}: header line `{t}` taken as {channels} channel(s), one per column; a time or \
+                     index column counts as one (drop it, or give --channels)",
+                    self.name
+                );
                 continue;
             }
             self.channels.get_or_insert(cells.len());
@@ -171,9 +179,16 @@ impl TextSource {
             None => Ok(None),
             Some(line) => {
                 self.line_no += 1;
-                Ok(Some(line.map_err(|e| {
+                let mut line = line.map_err(|e| {
                     RuntimeError::io(format!("{}: line {}: cannot read", self.name, self.line_no), e)
-                })?))
+                })?;
+                if self.line_no == 1 {
+                    // A byte-order mark, as spreadsheet exports write.
+                    if let Some(rest) = line.strip_prefix('\u{feff}') {
+                        line = rest.to_string();
+                    }
+                }
+                Ok(Some(line))
             }
         }
     }

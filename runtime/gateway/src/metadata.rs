@@ -173,7 +173,30 @@ impl ModelMetadata {
         if self.prototype_mean.len() != self.prototype_var.len() {
             return Err(bad("prototype.var", "must have as many values as prototype.mean"));
         }
-        self.alarm.validate().map_err(|e| bad("alarm.threshold", &e.to_string()))?;
+        let first = |values: &[f32], ok: fn(f32) -> bool| values.iter().position(|&v| !ok(v));
+        if let Some(i) = first(&self.prototype_mean, f32::is_finite) {
+            return Err(bad(
+                "prototype.mean",
+                &format!("value {i} is {}; must be finite", self.prototype_mean[i]),
+            ));
+        }
+        if let Some(i) = first(&self.prototype_var, |v| v.is_finite() && v >= 0.0) {
+            return Err(bad(
+                "prototype.var",
+                &format!(
+                    "value {i} is {}; a variance must be finite and not negative",
+                    self.prototype_var[i]
+                ),
+            ));
+        }
+        let a = &self.alarm;
+        if !(a.threshold.is_finite() && a.threshold > 0.0) {
+            return Err(bad("alarm.threshold", &format!("is {}; must be a positive number", a.threshold)));
+        }
+        if !(a.clear_ratio > 0.0 && a.clear_ratio <= 1.0) {
+            return Err(bad("alarm.clear_ratio", &format!("is {}; must be in (0, 1]", a.clear_ratio)));
+        }
+        self.alarm.validate().map_err(|e| bad("alarm.raise_k", &e.to_string()))?;
         Ok(())
     }
 }
@@ -283,5 +306,29 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("value 1 (`x`)"), "{e}");
         let e = ModelMetadata::from_props([("producer", "x")]).unwrap_err();
         assert!(e.to_string().contains("no Vigil metadata"), "{e}");
+    }
+
+    /// The campaign's finding: a negative or NaN `prototype.var` passed the load and
+    /// panicked at the first window ("entered unreachable code"); NaN elsewhere gave
+    /// alarms scored NaN; `clear_ratio` NaN was reported under the threshold's key.
+    #[test]
+    fn values_that_would_score_nan_or_panic_are_refused_under_their_own_key() {
+        let with = |key: &str, value: &str| {
+            let mut props = sample().to_props();
+            props.iter_mut().filter(|(k, _)| k == key).for_each(|(_, v)| *v = value.into());
+            ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .unwrap_err()
+                .to_string()
+        };
+        for (key, value, says) in [
+            ("vigil.prototype.var", "1,-0.5,1", "value 1 is -0.5"),
+            ("vigil.prototype.var", "1,NaN,1", "value 1 is NaN"),
+            ("vigil.prototype.mean", "inf,0,1", "value 0 is inf"),
+            ("vigil.alarm.clear_ratio", "NaN", "is NaN"),
+            ("vigil.alarm.threshold", "-1", "is -1"),
+        ] {
+            let e = with(key, value);
+            assert!(e.contains(key) && e.contains(says), "{key}={value}: {e}");
+        }
     }
 }

@@ -60,6 +60,14 @@ impl VigilModel {
         }
         let dim = weight.dims[1];
         HeadRef::new(&weight.values, &bias.values, dim, classes)?;
+        for (name, values) in [(&meta.head_weight, &weight.values), (&meta.head_bias, &bias.values)] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(RuntimeError::Initializer {
+                    name: name.clone(),
+                    problem: format!("value {i} is {}; a head needs finite weights", values[i]),
+                });
+            }
+        }
         if meta.prototype_mean.len() != dim {
             return Err(RuntimeError::Metadata {
                 key: "vigil.prototype.mean".into(),
@@ -110,13 +118,15 @@ impl VigilModel {
     pub fn head(&self) -> HeadRef<'_> {
         // Checked in `from_bytes`, so this cannot fail.
         HeadRef::new(&self.head_weights, &self.head_bias, self.dim, self.meta.class_names.len())
-            .unwrap_or_else(|_| unreachable!("head shape checked at load"))
+            .unwrap_or_else(|_| HeadRef::empty())
     }
 
     /// The normal-state prototype as shipped in the model.
     pub fn prototype(&self) -> PrototypeRef<'_> {
+        // Checked at load (ModelMetadata::validate: equal lengths, finite, var >= 0); an
+        // empty prototype scores every window 0 rather than panic should that change.
         PrototypeRef::new(&self.meta.prototype_mean, &self.meta.prototype_var)
-            .unwrap_or_else(|_| unreachable!("prototype checked at load"))
+            .unwrap_or_else(|_| PrototypeRef::empty())
     }
 
     /// The running head, prototype and alarm policy as a head update for this model.

@@ -91,6 +91,12 @@ pub struct Commissioned {
     pub model_threshold: f32,
 }
 
+/// Lowest stream rate accepted, in Hz: below it no bearing frequency can be seen, and a
+/// typo (`--rate 16` for 16 kHz) would score a thousand times too much signal.
+pub const MIN_RATE_HZ: f64 = 100.0;
+/// Highest stream rate accepted, in Hz.
+pub const MAX_RATE_HZ: f64 = 10e6;
+
 /// Counts at the end of a stream.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StreamSummary {
@@ -142,6 +148,21 @@ pub fn windower_for(
     };
     if !(rate.is_finite() && rate > 0.0) {
         return Err(RuntimeError::StreamMismatch(format!("sample rate {rate} Hz is not a positive number")));
+    }
+    if !(MIN_RATE_HZ..=MAX_RATE_HZ).contains(&rate) {
+        let hint =
+            if rate < MIN_RATE_HZ { format!("; did you mean {} Hz?", rate * 1000.0) } else { String::new() };
+        return Err(RuntimeError::StreamMismatch(format!(
+            "sample rate {rate} Hz is outside what a vibration sensor delivers ({MIN_RATE_HZ} Hz to \
+             {MAX_RATE_HZ:e} Hz); rates are in Hz{hint}"
+        )));
+    }
+    if let (Some(given), Some(stated)) = (options.rate, source.sample_rate_hz()) {
+        if (given - stated).abs() > 1e-9 * stated {
+            log::warn!(
+                "--rate {given} Hz overrides the {stated} Hz the input states; the stream is read at {given} Hz"
+            );
+        }
     }
     let windower =
         Windower::new(channels, rate, meta.sample_rate_hz, meta.window, options.hop.unwrap_or(meta.hop))?;
@@ -313,6 +334,18 @@ pub fn stream_into<E: From<RuntimeError>>(
         return Err(empty_input().into());
     }
     let after = lock()?.counts();
+    if after.windows + after.sensor_faults == before.windows + before.sensor_faults {
+        let meta_window = lock()?.scorer().model().metadata().window;
+        let model_rate = lock()?.scorer().model().metadata().sample_rate_hz;
+        return Err(RuntimeError::Input(format!(
+            "the input holds {} frame(s) ({:.3} s at {rate} Hz), shorter than one window of the model \
+             ({meta_window} samples, {:.3} s): nothing was scored",
+            summary.frames,
+            summary.frames as f64 / rate,
+            meta_window as f64 / model_rate
+        ))
+        .into());
+    }
     summary.windows = after.windows - before.windows;
     summary.alarms = after.alarms - before.alarms;
     summary.sensor_faults = after.sensor_faults - before.sensor_faults;
