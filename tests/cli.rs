@@ -419,6 +419,23 @@ fn input_typos_and_spreadsheet_quirks_are_caught_or_understood() {
     );
 }
 
+/// The campaign's finding: `reports pull -o pulled.jsonl --since 30` overwrote a file of
+/// 39 reports with 9. It is refused before the port is touched.
+#[test]
+fn pulling_reports_never_overwrites_a_file_of_reports_unasked() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("pulled.jsonl");
+    std::fs::write(&kept, "{\"sequence\":0}\n").unwrap();
+    let o = vigil(&["reports", "pull", "--port", "/dev/null", "-o", kept.to_str().unwrap(), "--since", "30"]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("already holds 15 bytes of reports; pass --append") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "{\"sequence\":0}\n");
+}
+
 #[test]
 fn a_stream_at_another_rate_is_resampled_and_still_alarms() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,9 +36,16 @@ struct PullArgs {
     /// First report sequence number to pull.
     #[arg(long, default_value_t = 0)]
     since: u64,
-    /// Output file [default: standard output].
+    /// Output file [default: standard output]. A file that already holds reports is not
+    /// overwritten: pass --append to add to it or --force to replace it.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Add the pulled reports to the end of --output.
+    #[arg(long, conflicts_with = "force")]
+    append: bool,
+    /// Replace --output even when it holds reports.
+    #[arg(long)]
+    force: bool,
     /// Output format [default: from the extension of --output, else jsonl].
     #[arg(long, value_enum)]
     format: Option<ReportFormat>,
@@ -65,6 +72,17 @@ impl PullArgs {
             _ => ReportFormat::Jsonl,
         });
         let machine = self.outputs.machine()?;
+        let existing = match &self.output {
+            Some(path) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            None => 0,
+        };
+        if let (Some(path), true, false, false) = (&self.output, existing > 0, self.append, self.force) {
+            anyhow::bail!(
+                "{} already holds {existing} bytes of reports; pass --append to add to it or --force to \
+                 replace it (pull --since the sequence after its last report to get only new ones)",
+                path.display()
+            );
+        }
         let mut client = self.port.connect()?;
         let info = client.info()?;
         let classes = info.class_names.clone();
@@ -72,13 +90,19 @@ impl PullArgs {
             self.outputs.html.is_some() || self.outputs.csv.is_some() || self.outputs.json.is_some();
         let mut out: Box<dyn Write> = match &self.output {
             Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(self.append)
+                    .truncate(!self.append)
+                    .open(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
             )),
             None if exports => Box::new(std::io::sink()),
             None => Box::new(std::io::stdout().lock()),
         };
         let mut pulled = Vec::new();
-        if format == ReportFormat::Csv {
+        if format == ReportFormat::Csv && !(self.append && existing > 0) {
             writeln!(out, "{}", CSV_HEADER)?;
         }
         let mut count = 0u64;
@@ -98,7 +122,19 @@ impl PullArgs {
             return Err(e).context("cannot write the reports");
         }
         out.flush()?;
-        eprintln!("pulled {count} report(s); next sequence {next} (retries: {})", client.stats.retries);
+        let device_next = client.status()?.next_report;
+        eprintln!(
+            "pulled {count} report(s); the device's next report is #{device_next}, pull --since {} for \
+             new ones (retries: {})",
+            next.min(device_next),
+            client.stats.retries
+        );
+        if self.since > device_next {
+            log::warn!(
+                "--since {} is past the device's reports (its next is #{device_next}): nothing to pull",
+                self.since
+            );
+        }
         if exports {
             let hash = &vigil_core::hex::encode(&info.model_hash)[..16];
             let ctx = ReportContext {
