@@ -333,30 +333,12 @@ fn unwritable_report_folder_is_refused_and_nothing_is_lost() {
     assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me");
 }
 
+/// Reports accumulate across runs with continuing numbers; and the campaign's report-store
+/// findings: one flipped byte in the first of three records used to make the next run
+/// truncate the store to its header and number its alarm #0 again; two writers used to
+/// write every number twice.
 #[test]
-fn reports_accumulate_across_runs_with_continuing_sequence_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let signal = simulate(
-        dir.path(),
-        "f.wav",
-        &["--seconds", "20", "--fault", "outer-race", "--severity", "0.6", "--onset", "5"],
-    );
-    let reports = dir.path().join("reports");
-    for _ in 0..2 {
-        let o = run(&signal, &["--reports", reports.to_str().unwrap()]);
-        assert!(o.status.success(), "{:?}", text(&o));
-    }
-    let stored = vigil_runtime::store::ReportStore::read_all(&reports).unwrap();
-    assert!(stored.len() >= 2, "{stored:?}");
-    let seqs: Vec<u64> = stored.iter().map(|r| r.sequence).collect();
-    assert_eq!(seqs, (0..stored.len() as u64).collect::<Vec<_>>());
-}
-
-/// The campaign's report-store findings: one flipped byte in the first of three records
-/// used to make the next run truncate the store to its header and number its alarm #0
-/// again; two writers used to write every number twice.
-#[test]
-fn a_corrupt_record_loses_only_itself_and_a_second_writer_is_refused() {
+fn reports_accumulate_a_corrupt_record_loses_only_itself_and_a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let signal = simulate(
         dir.path(),
@@ -369,8 +351,11 @@ fn a_corrupt_record_loses_only_itself_and_a_second_writer_is_refused() {
         let o = run_into();
         assert!(o.status.success(), "{:?}", text(&o));
     }
+    // Reports accumulate across runs with continuing sequence numbers.
     let before = vigil_runtime::store::ReportStore::read_all(&reports).unwrap();
     assert!(before.len() >= 3, "{before:?}");
+    let seqs: Vec<u64> = before.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, (0..before.len() as u64).collect::<Vec<_>>());
     let path = reports.join(vigil_runtime::store::FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8 + 20] ^= 0x40; // inside the first record's payload
@@ -782,6 +767,14 @@ fn figure_after(text: &str, label: &str) -> f64 {
     number.parse().unwrap_or_else(|_| panic!("no number after `{label}` in `{line}`"))
 }
 
+/// Two healthy and two outer-race training recordings (fault, label, split).
+const TWO_CLASS_TRAINING: [(&str, &str, &str); 4] = [
+    ("normal", "normal", "train"),
+    ("outer-race", "outer_race", "train"),
+    ("normal", "normal", "train"),
+    ("outer-race", "outer_race", "train"),
+];
+
 /// Asserts that `vigil fine-tune`'s output reports a validation loss that fell.
 fn assert_validation_loss_falls(said: &str) {
     let before = figure_after(said, "validation loss");
@@ -792,14 +785,8 @@ fn assert_validation_loss_falls(said: &str) {
 #[test]
 fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
-    let recordings = [
-        ("normal", "normal", "train"),
-        ("outer-race", "outer_race", "train"),
-        ("normal", "normal", "train"),
-        ("outer-race", "outer_race", "train"),
-        ("normal", "normal", "val"),
-        ("outer-race", "outer_race", "val"),
-    ];
+    let val = [("normal", "normal", "val"), ("outer-race", "outer_race", "val")];
+    let recordings = [&TWO_CLASS_TRAINING[..], &val[..]].concat();
     let sim = ["--seconds", "1", "--severity", "0.3", "--shaft-hz", "37"];
     let (m, _) = simulated_manifest(dir.path(), &recordings, 20, &sim, "");
     let data = m.to_str().unwrap();
@@ -903,12 +890,7 @@ fn fine_tuning_the_head_lowers_validation_loss_and_the_written_model_matches_the
 #[test]
 fn fine_tuning_fits_the_normal_state_on_every_healthy_window() {
     let dir = tempfile::tempdir().unwrap();
-    let recordings = [
-        ("normal", "normal", "train"),
-        ("outer-race", "outer_race", "train"),
-        ("normal", "normal", "train"),
-        ("outer-race", "outer_race", "train"),
-    ];
+    let recordings = TWO_CLASS_TRAINING;
     let machine = ["--shaft-hz", "45", "--gain", "1.5", "--severity", "0.4"];
     let four = [&machine[..], &["--seconds", "4"]].concat();
     let (m, _) = simulated_manifest(dir.path(), &recordings, 60, &four, "");

@@ -414,15 +414,19 @@ mod tests {
         }
     }
 
+    /// A folder with a store of reports `0..n`, closed.
+    fn store_of(n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ReportStore::open(dir.path(), FsyncPolicy::EveryRecord).unwrap();
+        for i in 0..n {
+            s.append(&report(i)).unwrap();
+        }
+        dir
+    }
+
     #[test]
     fn reports_survive_reopen_and_sequence_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = ReportStore::open(dir.path(), FsyncPolicy::EveryRecord).unwrap();
-            for i in 0..3 {
-                s.append(&report(i)).unwrap();
-            }
-        }
+        let dir = store_of(3);
         let s = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap();
         assert_eq!(s.recovery(), &Recovery { records: 3, quarantined_bytes: 0, bad_offsets: vec![] });
         assert_eq!(s.next_sequence(), 3);
@@ -446,13 +450,7 @@ mod tests {
 
     #[test]
     fn truncating_the_last_record_at_every_byte_keeps_all_complete_records() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap();
-            for i in 0..4 {
-                s.append(&report(i)).unwrap();
-            }
-        }
+        let dir = store_of(4);
         let path = dir.path().join(FILE_NAME);
         let full = std::fs::read(&path).unwrap();
         let three_len = scan(&full).offsets[3] as usize;
@@ -479,13 +477,7 @@ mod tests {
     /// #0 again.
     #[test]
     fn a_byte_flipped_anywhere_loses_at_most_its_own_record_and_no_number_repeats() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap();
-            for i in 0..3 {
-                s.append(&report(i)).unwrap();
-            }
-        }
+        let dir = store_of(3);
         let path = dir.path().join(FILE_NAME);
         let good = std::fs::read(&path).unwrap();
         let offsets = scan(&good).offsets;
@@ -533,13 +525,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_in_the_last_record_loses_only_that_record() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = ReportStore::open(dir.path(), FsyncPolicy::Never).unwrap();
-            for i in 0..3 {
-                s.append(&report(i)).unwrap();
-            }
-        }
+        let dir = store_of(3);
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 3;
