@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::{shipped_model, signal, streamable_model};
+use common::{default_model, signal, streamable_model, v1_model};
 use tract_onnx::prelude::*;
 
 #[test]
 fn embedding_plus_rust_head_matches_full_model_logits() {
-    let model = shipped_model();
+    let model = default_model();
     let meta = model.metadata().clone();
     let mut embedder = model.embedder().unwrap();
     let mut full = model.full_model().unwrap();
@@ -33,7 +33,7 @@ fn embedding_plus_rust_head_matches_full_model_logits() {
 
 #[test]
 fn metadata_survives_the_shipped_file() {
-    let model = shipped_model();
+    let model = default_model();
     let meta = model.metadata();
     assert_eq!(meta.class_names, ["normal", "outer_race", "inner_race", "ball"]);
     assert_eq!(meta.embedding_node, "embedding");
@@ -46,7 +46,7 @@ fn metadata_survives_the_shipped_file() {
 
 #[test]
 fn the_backbone_with_its_patchify_layer_in_rust_gives_the_embedding_of_the_graph_as_written() {
-    for model in [shipped_model(), streamable_model()] {
+    for model in [default_model(), v1_model(), streamable_model()] {
         let meta = model.metadata().clone();
         let bytes = std::fs::read(model.path()).unwrap();
         let proto = vigil_runtime::onnx::decode_model(&bytes, model.path()).unwrap();

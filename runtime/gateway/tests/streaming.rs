@@ -1,13 +1,13 @@
 //! Streamed scoring of the shipped streamable model (bearing-cnn-v2): only each window's
 //! newest hop runs through the backbone; its frames are the full-window frames, and its
-//! scores track full-window scores. The default model (bearing-cnn-v1) is refused: its
-//! padded convolutions reach past a window's edges.
+//! scores track full-window scores. A model with padded convolutions (bearing-cnn-v1) is
+//! refused: they reach past a window's edges.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{shipped_model, signal, streamable_model};
+use common::{signal, streamable_model, v1_model};
 use std::path::Path;
 use vigil_core::normalise::{Centre, Normalisation, Scaling};
 use vigil_runtime::model::VigilModel;
@@ -142,8 +142,8 @@ fn a_hop_off_the_backbone_stride_is_refused_with_the_hop_to_use() {
 }
 
 #[test]
-fn the_default_padded_model_has_edge_frames_and_is_refused_by_the_scorer() {
-    let model = shipped_model();
+fn a_padded_model_has_edge_frames_and_is_refused_by_the_scorer() {
+    let model = v1_model();
     let streamer = StreamingEmbedder::new(&model, 256).unwrap();
     assert_eq!((streamer.edge_frames(), streamer.delay_samples()), (14, 896));
     assert!(streamer.inexact_reason().unwrap().contains("14 of 16 frames reach past the window's edge"));

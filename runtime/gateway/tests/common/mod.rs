@@ -1,12 +1,17 @@
-//! What the gateway's integration tests share: the shipped model and a test signal.
+//! What the gateway's integration tests share: the shipped models and a test signal.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
 use vigil_runtime::model::VigilModel;
 
-/// The default model in `models/`.
-pub fn shipped_model() -> VigilModel {
+/// The default model, bearing-cnn-v3 (the file the runtime builds in).
+pub fn default_model() -> VigilModel {
+    VigilModel::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v3.onnx")).unwrap()
+}
+
+/// bearing-cnn-v1, the first shipped model: padded convolutions and no patchify layer.
+pub fn v1_model() -> VigilModel {
     VigilModel::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v1.onnx")).unwrap()
 }
 
