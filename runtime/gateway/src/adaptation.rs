@@ -55,7 +55,7 @@ impl AdaptationSettings {
         commission: Option<Duration>,
         false_alarms_per_day: f32,
     ) -> Result<AdaptationSettings> {
-        let windows_per_s = windows_per_s(model, hop);
+        let windows_per_s = windows_per_s(model.metadata(), hop);
         let windows = commission.map(|d| (d.as_secs_f64() * windows_per_s).ceil() as u32);
         Self::for_windows(model, hop, windows, false_alarms_per_day)
     }
@@ -67,7 +67,7 @@ impl AdaptationSettings {
         commission_windows: Option<u32>,
         false_alarms_per_day: f32,
     ) -> Result<AdaptationSettings> {
-        let windows_per_s = windows_per_s(model, hop);
+        let windows_per_s = windows_per_s(model.metadata(), hop);
         let commission = commission_windows.is_some();
         let independent_per_day = independent_windows_per_day(model.metadata(), hop) as f32;
         let mut site = SiteConfig::new(commission_windows.unwrap_or(4), independent_per_day);
@@ -92,14 +92,12 @@ impl AdaptationSettings {
 /// `vigil_core::adapt::site`). A threshold meant for N false alarms a day is the score a
 /// window exceeds with probability N over this.
 pub fn independent_windows_per_day(meta: &crate::metadata::ModelMetadata, hop: Option<usize>) -> f64 {
-    let hop = hop.unwrap_or(meta.hop).max(1) as f64;
-    let overlap = (meta.window as f64 / hop).max(1.0);
-    meta.sample_rate_hz / hop * 86_400.0 / overlap
+    let overlap = (meta.window as f64 / hop.unwrap_or(meta.hop).max(1) as f64).max(1.0);
+    windows_per_s(meta, hop) * 86_400.0 / overlap
 }
 
-/// Windows per second of stream at `hop` (the model's when `None`).
-fn windows_per_s(model: &VigilModel, hop: Option<usize>) -> f64 {
-    let meta = model.metadata();
+/// Windows per second of stream for `meta`'s model at `hop` (the model's when `None`).
+pub fn windows_per_s(meta: &crate::metadata::ModelMetadata, hop: Option<usize>) -> f64 {
     meta.sample_rate_hz / hop.unwrap_or(meta.hop).max(1) as f64
 }
 

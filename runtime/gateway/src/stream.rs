@@ -231,7 +231,7 @@ pub fn run_stream<E: From<RuntimeError>>(
             log::warn!("streamed scores of this model approximate its full-window scores: {why}");
         }
     }
-    let windows_per_s = pipeline.scorer().model().metadata().sample_rate_hz / hop.max(1) as f64;
+    let windows_per_s = crate::adaptation::windows_per_s(pipeline.scorer().model().metadata(), Some(hop));
     let pipeline = Mutex::new(pipeline);
     let mut summary = stream_into(&pipeline, source, (windower, rate), options, on_event, |o| {
         if let (Some(threshold), None) = (o.commissioned, commissioned) {
