@@ -148,6 +148,58 @@ fn the_package_installs_the_binary_model_unit_and_config() {
     } else {
         eprintln!("SKIPPED: systemd-analyze verify (no systemd-analyze)");
     }
+    unit_runs_with_least_privilege(&unit, &root.join("lib/systemd/system/vigil@.service"));
+    let postinst = run(Command::new("dpkg-deb").args(["-I", deb.to_str().unwrap(), "postinst"]));
+    let postinst = String::from_utf8_lossy(&postinst.stdout);
+    assert!(
+        postinst.contains("adduser --system --group") && postinst.contains("adduser vigil dialout"),
+        "{postinst}"
+    );
+}
+
+/// The unit's sandboxing: the settings themselves, and systemd's own rating of them
+/// (`systemd-analyze security`, where it can run offline) at most 4.0, "OK" or better.
+fn unit_runs_with_least_privilege(unit: &str, template: &Path) {
+    for setting in [
+        "User=vigil",
+        "SupplementaryGroups=dialout",
+        "StateDirectory=vigil",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "DevicePolicy=closed",
+    ] {
+        assert!(unit.contains(setting), "the unit lacks {setting:?}:\n{unit}");
+    }
+    if !have("systemd-analyze") {
+        eprintln!(
+            "SKIPPED: systemd-analyze security (no systemd-analyze); the settings were checked in the unit"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let instance = dir.path().join("vigil@vigil.service");
+    std::fs::copy(template, &instance).unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=40", "--no-pager", instance.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let Some(line) = out.lines().find(|l| l.contains("Overall exposure level")) else {
+        eprintln!("SKIPPED: systemd-analyze security gave no rating offline ({err}); the settings were checked in the unit");
+        return;
+    };
+    let exposure: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the exposure in `{line}`"));
+    eprintln!("systemd-analyze security: {}", line.trim());
+    assert!(o.status.success() && exposure <= 4.0, "exposure {exposure} above 4.0:\n{out}\n{err}");
 }
 
 #[test]

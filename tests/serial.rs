@@ -250,7 +250,7 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
     let started = Instant::now();
     let pulled = dir.path().join("reports.jsonl");
     let reports: Vec<serde_json::Value> = loop {
-        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap()]);
+        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap(), "--force"]);
         let text = std::fs::read_to_string(&pulled).unwrap();
         let reports: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -279,7 +279,7 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
     let labels = std::fs::read_to_string(state.join("labels.jsonl")).unwrap();
     assert!(labels.contains(&format!("\"report\":{sequence}")) && labels.contains("outer_race"), "{labels}");
     let e = refused(&["label", "--port", port, "--report", "999999", "--class", "ball"]);
-    assert!(e.contains("no report with that sequence"), "{e}");
+    assert!(e.contains("the device stores no report #999999"), "{e}");
     let e = refused(&["label", "--port", port, "--report", &sequence, "--class", "cracked_housing"]);
     assert!(e.contains("unknown class") && e.contains("outer_race"), "{e}");
 
@@ -338,18 +338,113 @@ fn refused_updates_say_why_and_leave_the_head_unchanged() {
     head.model_hash = [0x42; 32];
     head.version = 6;
     other = UpdateFile::for_head(&head).unwrap();
-    other.sign(&SigningKey::from_bytes(&read_secret(&key)));
+    other.sign(&read_secret(&key));
     let other_path = dir.path().join("other.vup");
     other.write(&other_path).unwrap();
     let e = refused(&["push", "--port", port, "--quiet", other_path.to_str().unwrap()]);
     assert!(e.contains("another model"), "{e}");
 
+    // The same version again: "already runs" only for the very same bytes.
+    let again = ok(&["push", "--port", port, "--quiet", good.to_str().unwrap()]);
+    assert!(again.contains("already runs head version 3"), "{again}");
+    let same_version = dir.path().join("same-version");
+    std::fs::create_dir(&same_version).unwrap();
+    let different = signed_head(&same_version, &key, 3, true);
+    let e = refused(&["push", "--port", port, "--quiet", different.to_str().unwrap()]);
+    assert!(e.contains("not above the active version 3"), "{e}");
+    // A version far ahead would block every later update.
+    let far = signed_head(dir.path(), &key, u32::MAX, false);
+    let e = refused(&["push", "--port", port, "--quiet", far.to_str().unwrap()]);
+    assert!(e.contains("more than 1000 above the active version 3; publish version 1003 at most"), "{e}");
+
     let status = ok(&["status", "--port", port]);
     assert!(status.contains("head     version 3"), "{status}");
 }
 
-fn read_secret(path: &Path) -> [u8; 32] {
-    vigil_client::update_file::read_key_hex(path).unwrap()
+/// A signal that alarms (an outer-race fault from 2 s) and then goes flat (a sensor fault).
+fn alarm_then_flat(dir: &Path) -> PathBuf {
+    let signal = dir.join("alarm-then-flat.csv");
+    let sim = ["simulate", "-o", signal.to_str().unwrap(), "--seconds", "8", "--fault", "outer-race"];
+    ok(&[&sim[..], &["--onset", "2", "--severity", "0.7", "--seed", "4"]].concat());
+    let mut csv = std::fs::read_to_string(&signal).unwrap();
+    csv.push_str(&"0\n".repeat(32_000));
+    std::fs::write(&signal, csv).unwrap();
+    signal
+}
+
+#[test]
+fn labels_refuse_non_alarms_and_a_second_verdict_replaces_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(dir.path(), "publisher");
+    let signal = alarm_then_flat(dir.path());
+    let link = Link::new(None);
+    let state = dir.path().join("state");
+    let _device = Device::start(&link, &state, &public, &["--input", signal.to_str().unwrap()]);
+    let port = link.host_port.as_str();
+    let fault = wait_for_report(port, dir.path(), "SensorFault");
+    let alarm = wait_for_report(port, dir.path(), "AlarmRaised");
+
+    let fault = fault["sequence"].as_u64().unwrap().to_string();
+    let e = refused(&["label", "--port", port, "--report", &fault, "--class", "normal"]);
+    assert!(e.contains(&format!("report #{fault} is not a raised alarm but SENSOR FAULT")), "{e}");
+    assert!(!state.join("labels.jsonl").exists(), "a refused label was recorded");
+    ok(&["label", "--port", port, "--report", &fault, "--class", "normal", "--force"]);
+
+    let alarm = alarm["sequence"].as_u64().unwrap().to_string();
+    let verdicts = || {
+        let text = std::fs::read_to_string(state.join("labels.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["report"].as_u64().map(|n| n.to_string()).as_deref() == Some(alarm.as_str()))
+            .collect::<Vec<_>>()
+    };
+    ok(&["label", "--port", port, "--report", &alarm, "--class", "ball"]);
+    ok(&["label", "--port", port, "--report", &alarm, "--class", "outer_race"]);
+    ok(&["label", "--port", port, "--report", &alarm, "--class", "outer_race"]);
+    let lines = verdicts();
+    assert_eq!(lines.len(), 2, "the same verdict twice is recorded once: {lines:?}");
+    assert_eq!((&lines[1]["class"], &lines[1]["replaces"]), (&"outer_race".into(), &"ball".into()));
+}
+
+#[test]
+fn adapted_state_damaged_in_every_copy_is_announced_not_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(dir.path(), "publisher");
+    let signal = dir.path().join("healthy.csv");
+    ok(&["simulate", "-o", signal.to_str().unwrap(), "--seconds", "12", "--seed", "3"]);
+    let link = Link::new(None);
+    let state = dir.path().join("state");
+    let device =
+        Device::start(&link, &state, &public, &["--input", signal.to_str().unwrap(), "--commission", "5s"]);
+    let adapted = state.join("adapted");
+    let started = Instant::now();
+    while !adapted.join("record-a.bin").exists() && !adapted.join("record-b.bin").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no adapted state saved within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(device.stop());
+    // Flip a byte in every commit record of the adapted state.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&adapted).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap().contains("record") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[20] ^= 0xFF;
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no commit record in {}", adapted.display());
+    let printed = Device::start(&link, &state, &public, &[]).stop();
+    assert!(
+        printed.contains("WARNING: no saved copy of the adapted state") && printed.contains("is intact"),
+        "{printed}"
+    );
+}
+
+fn read_secret(path: &Path) -> SigningKey {
+    vigil_client::update_file::read_secret_key(path).unwrap()
 }
 
 #[test]
@@ -398,7 +493,7 @@ fn stored_reports(n: u64) -> Vec<AnomalyReport> {
 fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path(), "publisher");
-    let secret = SigningKey::from_bytes(&read_secret(&key));
+    let secret = read_secret(&key);
     let state = dir.path().join("state");
     {
         let mut store =
@@ -484,7 +579,7 @@ fn wait_for_report(port: &str, dir: &Path, kind: &str) -> serde_json::Value {
     let started = Instant::now();
     let pulled = dir.join("wait.jsonl");
     loop {
-        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap()]);
+        ok(&["reports", "pull", "--port", port, "-o", pulled.to_str().unwrap(), "--force"]);
         let text = std::fs::read_to_string(&pulled).unwrap();
         if let Some(r) = text
             .lines()

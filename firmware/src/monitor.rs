@@ -429,8 +429,10 @@ impl Monitor {
         if self.occupied & (1 << index) == 0 || report.sequence != sequence {
             return Err(NackReason::UnknownReport);
         }
-        report.label = Some(class);
-        self.counters.labels += 1;
+        // A second verdict replaces the first; the count is of labelled reports.
+        if report.label.replace(class).is_none() {
+            self.counters.labels += 1;
+        }
         Ok(())
     }
 

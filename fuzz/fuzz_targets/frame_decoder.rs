@@ -4,7 +4,21 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigil_core::wire::{cobs, crc32, decode_frame, encode_frame, Envelope, FrameReader, MAX_FRAME};
+use vigil_core::wire::{
+    cobs, crc32, decode_frame, decode_request, encode_frame, Envelope, FrameReader, WireError, MAX_FRAME,
+};
+
+/// A device's decoder ([`decode_request`]) must give what the host's gives, for every
+/// request, and refuse the rest.
+fn check_request_decoder(frame: &[u8]) {
+    let (mut a, mut b) = (frame.to_vec(), frame.to_vec());
+    match (decode_frame(&mut a), decode_request(&mut b)) {
+        (Ok(host), Ok(device)) => assert_eq!(format!("{host:?}"), format!("{device:?}")),
+        (Ok(host), Err(WireError::NotARequest { sequence })) => assert_eq!(host.sequence, sequence),
+        (Err(host), Err(device)) => assert_eq!(host, device),
+        (host, device) => panic!("host decoder {host:?}, device decoder {device:?}"),
+    }
+}
 
 fn check_round_trip(envelope: &Envelope<'_>) {
     // Whatever decodes must encode again, decode again, and encode to the same bytes
@@ -21,6 +35,7 @@ fn check_round_trip(envelope: &Envelope<'_>) {
 
 fuzz_target!(|data: &[u8]| {
     // 1. The bytes as one frame body, as they come off the line.
+    check_request_decoder(data);
     let mut body = data.to_vec();
     if let Ok(envelope) = decode_frame(&mut body) {
         check_round_trip(&envelope);
@@ -32,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     raw.extend_from_slice(&crc32(data).to_le_bytes());
     let mut framed = vec![0u8; cobs::max_encoded_len(raw.len())];
     if let Ok(n) = cobs::encode(&raw, &mut framed) {
+        check_request_decoder(&framed[..n]);
         if let Ok(envelope) = decode_frame(&mut framed[..n]) {
             check_round_trip(&envelope);
         }

@@ -35,12 +35,107 @@ use vigil_firmware::monitor::Monitor;
 use defmt_rtt as _;
 
 macro_rules! log {
-    ($($arg:tt)*) => {{
+    ($template:literal $(, $arg:expr)* $(,)?) => {{
         #[cfg(feature = "defmt")]
-        defmt::info!($($arg)*);
+        defmt::info!($template $(, $arg)*);
         #[cfg(not(feature = "defmt"))]
-        cortex_m_semihosting::hprintln!($($arg)*);
+        semihosting_log::line($template, &[$(&$arg as &dyn semihosting_log::Value),*]);
     }};
+}
+
+/// Log lines over semihosting without `core::fmt`, whose formatting machinery costs about
+/// 4 KiB of flash: a template's `{}` are replaced by integers and booleans.
+#[cfg(not(feature = "defmt"))]
+mod semihosting_log {
+    use core::cell::RefCell;
+    use cortex_m::interrupt::Mutex;
+    use cortex_m_semihosting::hio::{self, HostStream};
+
+    /// The host's standard output, opened at the first line.
+    static STDOUT: Mutex<RefCell<Option<HostStream>>> = Mutex::new(RefCell::new(None));
+
+    /// Longest line; the rest of a longer one is cut.
+    const LINE: usize = 240;
+
+    /// A value a log line shows.
+    pub trait Value {
+        /// Appends the value's text to `line`.
+        fn write(&self, line: &mut Line);
+    }
+
+    /// A line being assembled.
+    pub struct Line {
+        bytes: [u8; LINE],
+        len: usize,
+    }
+
+    impl Line {
+        fn push(&mut self, text: &[u8]) {
+            let n = text.len().min(LINE - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+            self.len += n;
+        }
+    }
+
+    impl Value for u32 {
+        fn write(&self, line: &mut Line) {
+            let mut digits = [0u8; 10];
+            let (mut value, mut at) = (*self, digits.len());
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (value % 10) as u8;
+                value /= 10;
+                if value == 0 {
+                    break;
+                }
+            }
+            line.push(&digits[at..]);
+        }
+    }
+
+    impl Value for usize {
+        fn write(&self, line: &mut Line) {
+            (*self as u32).write(line);
+        }
+    }
+
+    impl Value for bool {
+        fn write(&self, line: &mut Line) {
+            line.push(if *self { b"true" } else { b"false" });
+        }
+    }
+
+    impl Value for &str {
+        fn write(&self, line: &mut Line) {
+            line.push(self.as_bytes());
+        }
+    }
+
+    /// Writes `template` with each `{}` replaced by the next of `values`, and a newline.
+    pub fn line(template: &str, values: &[&dyn Value]) {
+        let mut line = Line { bytes: [0; LINE], len: 0 };
+        let mut values = values.iter();
+        let mut rest = template.as_bytes();
+        while let Some(at) = rest.windows(2).position(|w| w == b"{}") {
+            line.push(&rest[..at]);
+            if let Some(value) = values.next() {
+                value.write(&mut line);
+            }
+            rest = &rest[at + 2..];
+        }
+        line.push(rest);
+        line.push(b"\n");
+        cortex_m::interrupt::free(|cs| {
+            let mut stdout = STDOUT.borrow(cs).borrow_mut();
+            if stdout.is_none() {
+                *stdout = hio::hstdout().ok();
+            }
+            if let Some(stdout) = stdout.as_mut() {
+                // A log line the host did not take is lost; the device goes on.
+                let _ = stdout.write_all(&line.bytes[..line.len]);
+            }
+        });
+    }
 }
 
 /// Bytes of each update slot.

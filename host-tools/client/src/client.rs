@@ -227,7 +227,7 @@ impl Client {
 pub enum PushOutcome {
     /// The device committed the update and runs this head version now.
     Applied(u32),
-    /// The device already ran this version.
+    /// The device already ran this update, byte for byte.
     AlreadyActive(u32),
 }
 
@@ -291,9 +291,7 @@ impl Client {
         let total = header.length;
         let mut offset = match self.ack(&Message::UpdateBegin(*header))? {
             Ok(offset) => offset,
-            Err(NackReason::NotNewer { current }) if current == header.version => {
-                return Ok(PushOutcome::AlreadyActive(current))
-            }
+            Err(NackReason::AlreadyActive { version }) => return Ok(PushOutcome::AlreadyActive(version)),
             Err(reason) => return Err(ClientError::Refused(reason)),
         };
         let mut failures = 0;

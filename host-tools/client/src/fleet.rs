@@ -11,6 +11,69 @@ use crate::{ClientError, Result};
 use vigil_core::adapt::AdaptationStats;
 use vigil_core::update::{HeadParts, HeadUpdate};
 
+/// The largest head weight a snapshot may hold. No head Vigil trains comes near it: the
+/// reference models' weights stay below 2, fine-tuned heads below 10 and class-means heads
+/// below 100.
+pub const MAX_PLAUSIBLE_WEIGHT: f32 = 1.0e4;
+/// How many times larger than the fleet's smallest a snapshot's largest weight may be.
+/// Adapting on site moves a head's weights by a few percent, not by this factor.
+pub const MAX_WEIGHT_RATIO: f32 = 100.0;
+
+/// The largest magnitude among a head's weights.
+fn largest_weight(head: &HeadUpdate) -> Result<f32> {
+    let mut w = vec![0.0; usize::from(head.inputs) * usize::from(head.classes)];
+    head.weights_into(&mut w)?;
+    Ok(w.iter().fold(0.0f32, |m, x| m.max(x.abs())))
+}
+
+/// Checks every snapshot before a merge: a valid head (finite values, consistent
+/// dimensions), of the same model and shape as the first, with plausible weights (at most
+/// [`MAX_PLAUSIBLE_WEIGHT`], and at most [`MAX_WEIGHT_RATIO`] times the fleet's smallest
+/// largest weight). Returns, per snapshot, why it is not fit to merge (`None`: fit). The
+/// snapshots' hashes and header fields are checked when their files are read
+/// ([`crate::update_file::UpdateFile::check`]).
+pub fn check_snapshots(heads: &[&HeadUpdate]) -> Vec<Option<String>> {
+    let largest: Vec<Option<f32>> = heads.iter().map(|h| largest_weight(h).ok()).collect();
+    let smallest = largest.iter().flatten().fold(f32::INFINITY, |m, &x| m.min(x));
+    let first = heads.first();
+    heads
+        .iter()
+        .zip(&largest)
+        .map(|(head, largest)| {
+            if let Err(e) = head.validate() {
+                return Some(format!("not a valid head: {e}"));
+            }
+            let first = first?;
+            if head.model_hash != first.model_hash {
+                return Some(
+                    "snapshots of different models cannot be merged: its model hash differs from the \
+                     first snapshot's"
+                        .into(),
+                );
+            }
+            if (head.inputs, head.classes) != (first.inputs, first.classes) {
+                return Some(format!(
+                    "{} inputs x {} classes, the first snapshot {} x {}",
+                    head.inputs, head.classes, first.inputs, first.classes
+                ));
+            }
+            let largest = (*largest)?;
+            if largest > MAX_PLAUSIBLE_WEIGHT {
+                return Some(format!(
+                    "a weight of magnitude {largest:.3e}, above the plausible {MAX_PLAUSIBLE_WEIGHT:.0e}"
+                ));
+            }
+            if largest > MAX_WEIGHT_RATIO * smallest.max(f32::MIN_POSITIVE) {
+                return Some(format!(
+                    "its largest weight ({largest:.4}) is over {MAX_WEIGHT_RATIO:.0} times the fleet's \
+                     smallest ({smallest:.4})"
+                ));
+            }
+            None
+        })
+        .collect()
+}
+
 /// Weighted average of equally long vectors; `weights` sum to more than zero.
 fn weighted_mean<'a>(rows: impl Iterator<Item = (&'a [f32], f64)>, len: usize) -> Vec<f32> {
     let mut sum = vec![0.0f64; len];
@@ -48,19 +111,9 @@ pub fn merge(snapshots: &[(HeadUpdate, AdaptationStats)], version: u32) -> Resul
     let Some((first, _)) = snapshots.first() else {
         return Err(ClientError::Merge("no snapshots to merge".into()));
     };
-    for (head, _) in snapshots {
-        head.validate()?;
-        if head.model_hash != first.model_hash {
-            return Err(ClientError::Merge(
-                "snapshots of different models cannot be merged (model hashes differ)".into(),
-            ));
-        }
-        if (head.inputs, head.classes) != (first.inputs, first.classes) {
-            return Err(ClientError::Merge(format!(
-                "snapshots of different shapes: {} x {} and {} x {}",
-                first.inputs, first.classes, head.inputs, head.classes
-            )));
-        }
+    let heads: Vec<&HeadUpdate> = snapshots.iter().map(|s| &s.0).collect();
+    if let Some((i, why)) = check_snapshots(&heads).into_iter().enumerate().find_map(|(i, w)| Some((i, w?))) {
+        return Err(ClientError::Merge(format!("snapshot {} of {}: {why}", i + 1, snapshots.len())));
     }
     let stats: Vec<_> = snapshots.iter().map(|s| s.1).collect();
     let weights = merge_weights(&stats);

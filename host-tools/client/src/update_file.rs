@@ -5,6 +5,7 @@
 
 use crate::{ClientError, Result};
 use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
 use std::path::Path;
 use vigil_core::adapt::{AdaptationStats, HeadSnapshot};
 use vigil_core::update::{HeadUpdate, UpdateHeader, UpdateKind};
@@ -116,6 +117,22 @@ impl UpdateFile {
             }
             other => return Err(ClientError::Invalid(format!("signature flag is {other}, expected 0 or 1"))),
         };
+        if at != bytes.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} unexpected bytes after the end of the update at byte {at}; the file was altered or \
+                 joined to another (export it again with `vigil export-head`)",
+                bytes.len() - at
+            )));
+        }
+        let file = UpdateFile { header, payload, signature };
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Checks that the header describes the payload: its length, its SHA-256, and the
+    /// version and model of the head it carries.
+    pub fn check(&self) -> Result<()> {
+        let (header, payload) = (&self.header, &self.payload);
         if header.length as usize != payload.len() {
             return Err(ClientError::Invalid(format!(
                 "header says {} payload bytes, the file holds {}",
@@ -123,7 +140,26 @@ impl UpdateFile {
                 payload.len()
             )));
         }
-        Ok(UpdateFile { header, payload, signature })
+        if <[u8; 32]>::from(Sha256::digest(payload)) != header.sha256 {
+            return Err(ClientError::Invalid(
+                "the payload does not match the SHA-256 in its header: it was altered after export".into(),
+            ));
+        }
+        let head = HeadSnapshot::decode(payload)
+            .map_err(ClientError::invalid("the payload is not a head update"))?
+            .head;
+        if head.version != header.version {
+            return Err(ClientError::Invalid(format!(
+                "the header says head version {}, the payload version {}: one of them was altered",
+                header.version, head.version
+            )));
+        }
+        if head.model_hash != header.model_hash {
+            return Err(ClientError::Invalid(
+                "the header and the payload name different models: one of them was altered".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads a `.vup` file.
@@ -140,17 +176,78 @@ impl UpdateFile {
     }
 }
 
-/// Reads an Ed25519 key file: 64 hex digits (32 bytes) on the first line.
-pub fn read_key_hex(path: &Path) -> Result<[u8; 32]> {
+/// The key kinds a key file holds, told apart by their length: a public key is 64 hex
+/// digits (32 bytes); a secret key file from `vigil keygen` is 128 (the 32-byte seed, then
+/// its public key, as libsodium keeps Ed25519 secret keys). Secret key files of 64 digits
+/// from earlier versions are still read as secret, unless their name ends in `.pub`.
+fn key_digits(path: &Path) -> Result<Vec<u8>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ClientError::file(format!("cannot read key {}", path.display()), e))?;
-    match vigil_core::hex::decode_32(text.trim()) {
-        Some(key) => Ok(key),
-        None => Err(ClientError::Invalid(format!(
-            "key {} must hold 64 hex digits (made by `vigil keygen`)",
+    let text = text.trim();
+    let bytes: Option<Vec<u8>> = if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
+    } else {
+        None
+    };
+    match bytes {
+        Some(bytes) if bytes.len() == 32 || bytes.len() == 64 => Ok(bytes),
+        _ => Err(ClientError::Invalid(format!(
+            "key {} must hold 64 hex digits (a public key) or 128 (a secret key), as `vigil keygen` writes them",
             path.display()
         ))),
     }
+}
+
+/// Reads a secret (signing) key file made by `vigil keygen`; a public key file is refused.
+pub fn read_secret_key(path: &Path) -> Result<SigningKey> {
+    let bytes = key_digits(path)?;
+    let legacy_public = bytes.len() == 32 && path.extension().is_some_and(|x| x == "pub");
+    if legacy_public {
+        return Err(ClientError::Invalid(format!(
+            "{} is a public key; signing needs the secret key `vigil keygen -o KEY` wrote to KEY (without .pub)",
+            path.display()
+        )));
+    }
+    let seed: [u8; 32] = bytes[..32].try_into().map_err(ClientError::invalid("secret key"))?;
+    let key = SigningKey::from_bytes(&seed);
+    if bytes.len() == 64 && bytes[32..] != key.verifying_key().to_bytes() {
+        return Err(ClientError::Invalid(format!(
+            "secret key {} is damaged: its second half is not the public key of its first",
+            path.display()
+        )));
+    }
+    Ok(key)
+}
+
+/// Reads a public (verifying) key file made by `vigil keygen` (`KEY.pub`); a secret key
+/// file is refused, so that no secret key is ever provisioned on a device.
+pub fn read_public_key(path: &Path) -> Result<[u8; 32]> {
+    let bytes = key_digits(path)?;
+    if bytes.len() == 64 {
+        return Err(ClientError::Invalid(format!(
+            "{} is a secret key; devices take the public key `vigil keygen` wrote beside it ({}.pub), \
+             and the secret key stays with the publisher",
+            path.display(),
+            path.display()
+        )));
+    }
+    let key: [u8; 32] = bytes.try_into().map_err(|_| ClientError::Invalid("public key".into()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| {
+        ClientError::Invalid(format!("public key {} is not a valid Ed25519 point", path.display()))
+    })?;
+    Ok(key)
+}
+
+/// The text of a secret key file: the seed and its public key, 128 hex digits.
+pub fn secret_key_text(key: &SigningKey) -> String {
+    let mut bytes = key.to_bytes().to_vec();
+    bytes.extend_from_slice(key.verifying_key().as_bytes());
+    format!("{}\n", vigil_core::hex::encode(&bytes))
+}
+
+/// The text of a public key file: 64 hex digits.
+pub fn public_key_text(key: &SigningKey) -> String {
+    format!("{}\n", vigil_core::hex::encode(key.verifying_key().as_bytes()))
 }
 
 #[cfg(test)]

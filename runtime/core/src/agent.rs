@@ -8,7 +8,7 @@ use crate::report::AnomalyReport;
 use crate::update::slots::{SlotStorage, Slots};
 use crate::update::HeadUpdate;
 use crate::wire::{
-    decode_frame, encode_frame, DeviceInfo, Envelope, FrameReader, Message, NackReason, Status, WireError,
+    decode_request, encode_frame, DeviceInfo, Envelope, FrameReader, Message, NackReason, Status, WireError,
     MAX_CHUNK, MAX_FRAME, PROTOCOL_VERSION,
 };
 
@@ -31,6 +31,10 @@ pub trait Device {
     fn report_from(&mut self, since: u64) -> Option<AnomalyReport>;
     /// Records a technician's label for a stored report.
     fn label(&mut self, report: u64, class: u8) -> Result<(), NackReason>;
+    /// The largest step by which one update may raise the head version.
+    fn max_version_step(&self) -> u32 {
+        crate::update::MAX_VERSION_STEP
+    }
     /// Whether the device can run `update` (dimensions, classes).
     fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason>;
     /// Starts scoring with `update`, which is now committed.
@@ -90,7 +94,7 @@ impl<'s, S: SlotStorage> Agent<'s, S> {
     pub fn receive(&mut self, bytes: &[u8], device: &mut impl Device, send: &mut impl FnMut(&[u8])) {
         for &byte in bytes {
             let Some(frame) = self.reader.push(byte) else { continue };
-            let request = frame.and_then(decode_frame);
+            let request = frame.and_then(decode_request);
             respond(&mut self.slots, self.scratch, request, device, send);
         }
     }
@@ -114,8 +118,11 @@ fn commit<S: SlotStorage>(
     let mut update = HeadUpdate::empty();
     let key = device.public_key();
     let model_hash = device.model_hash();
-    let record = slots.commit(signature, &key, scratch, |payload| {
+    let record = slots.commit(signature, &key, scratch, |header, payload| {
         decode_head(payload, &mut update)?;
+        if (update.version, update.model_hash) != (header.version, header.model_hash) {
+            return Err(NackReason::HeaderMismatch);
+        }
         if update.model_hash != model_hash {
             return Err(NackReason::OtherModel);
         }
@@ -145,6 +152,9 @@ fn respond<S: SlotStorage>(
             let reason = NackReason::UnsupportedVersion { supported: PROTOCOL_VERSION };
             return reply(sequence, Message::Nack(reason));
         }
+        Err(WireError::NotARequest { sequence }) => {
+            return reply(sequence, Message::Nack(NackReason::Unexpected))
+        }
         Err(_) => return reply(0, Message::Nack(NackReason::BadFrame)),
     };
     let seq = request.sequence;
@@ -165,7 +175,9 @@ fn respond<S: SlotStorage>(
             reply(seq, Message::Status(status));
         }
         Message::UpdateBegin(header) => {
-            reply(seq, answer(slots.begin(&header, &device.model_hash(), device.head_version())));
+            let (model, current, step) =
+                (device.model_hash(), device.head_version(), device.max_version_step());
+            reply(seq, answer(slots.begin(&header, &model, current, step)));
         }
         Message::UpdateChunk { offset, data } => reply(seq, answer(slots.chunk(offset, data))),
         Message::UpdateCommit { signature } => {
@@ -193,6 +205,7 @@ fn respond<S: SlotStorage>(
                 None => reply(seq, Message::Nack(NackReason::Unexpected)),
             }
         }
+        // decode_request never yields these (WireError::NotARequest above).
         Message::Info(_)
         | Message::Pong(_)
         | Message::Status(_)
@@ -208,7 +221,7 @@ fn respond<S: SlotStorage>(
 mod tests {
     use super::*;
     use crate::update::tests::{head_update, signed, signing_key, RamStorage};
-    use crate::wire::{Signature, UpdateProgress};
+    use crate::wire::{decode_frame, Signature, UpdateProgress};
     use std::vec::Vec;
 
     /// A device with a few stored reports, over an in-memory pipe.
@@ -366,6 +379,18 @@ mod tests {
         let snapshot = ask(&mut agent, &mut device, Message::HeadSnapshotQuery { offset: 0, max: 64 });
         assert!(snapshot[0].starts_with("HeadSnapshot { total: "), "{snapshot:?}");
         assert_eq!(ask(&mut agent, &mut device, Message::Pong(1)), ["Nack(Unexpected)"]);
+
+        // A signed header whose payload says another version: refused, head 3 stays.
+        let (mut header, payload, _) = signed(&head_update(4, 16, 4, false), &key);
+        header.version = 40;
+        let (bytes, len) = header.signed_bytes();
+        let signature = Signature(ed25519_dalek::Signer::sign(&key, &bytes[..len]).to_bytes());
+        assert_eq!(ask(&mut agent, &mut device, Message::UpdateBegin(header)), ["Ack(0)"]);
+        let chunk = Message::UpdateChunk { offset: 0, data: &payload };
+        assert_eq!(ask(&mut agent, &mut device, chunk), [std::format!("Ack({})", payload.len())]);
+        let commit = Message::UpdateCommit { signature: Some(signature) };
+        assert_eq!(ask(&mut agent, &mut device, commit), ["Nack(HeaderMismatch)"]);
+        assert_eq!(device.head_version(), 3);
 
         // A restarted device restores the committed head from its slots.
         let storage = agent.into_slots().into_storage();

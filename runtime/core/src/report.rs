@@ -83,7 +83,7 @@ pub fn alarm_class(probabilities: &[f32], normal_class: usize) -> u8 {
 
 /// The index of the class named `normal` in comma-separated class names (0 when none is).
 pub fn normal_class_of(class_names: &str) -> usize {
-    class_names.split(',').position(|n| n.trim() == "normal").unwrap_or(0)
+    class_names.split(',').position(|n| n.trim_ascii() == "normal").unwrap_or(0)
 }
 
 /// What a report says it found, as derived from its fields.

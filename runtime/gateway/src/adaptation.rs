@@ -174,8 +174,20 @@ impl Adaptation {
         let io = |source: std::io::Error| RuntimeError::StoreIo { path: path.clone(), source };
         let files = FileSlots::with_capacity(&path, ADAPTED_SLOT_CAPACITY).map_err(io)?;
         let mut slots = Slots::open(files).map_err(io)?;
+        let damaged = slots.damaged_records() > 0;
         let message = match adaptation.resume_from(&mut slots, head) {
+            Ok(Some(message)) if damaged => format!(
+                "{message}; fell back to the older of its two saved copies: the newer one in {} is \
+                 damaged (torn by a power cut, or altered)",
+                path.display()
+            ),
             Ok(Some(message)) => message,
+            Ok(None) if damaged => format!(
+                "WARNING: no saved copy of the adapted state in {} is intact (torn by a power cut, \
+                 or altered): what this site learned is lost, and adaptation starts afresh from \
+                 the model's head (commission the site again)",
+                path.display()
+            ),
             Ok(None) => "no adapted state saved yet".to_owned(),
             Err(problem) => format!("adapted state in {} not used: {problem}", path.display()),
         };
@@ -296,9 +308,19 @@ impl Adaptation {
 
     /// Learns a technician's label for report `sequence`; `None` when its window is no
     /// longer held (older than the last [`RECENT_REPORTS`] reports, or from before a
-    /// restart). Saves the state when the head changed.
-    pub fn learn(&mut self, sequence: u64, class: usize) -> Result<Option<LabelOutcome>> {
+    /// restart). A label that `replaces` an earlier verdict on the same report first takes
+    /// the window out of that class's replay samples, so that it is never held as both.
+    /// Saves the state when the head changed.
+    pub fn learn(
+        &mut self,
+        sequence: u64,
+        class: usize,
+        replaces: Option<usize>,
+    ) -> Result<Option<LabelOutcome>> {
         let Some((_, embedding)) = self.recent.iter().find(|(s, _)| *s == sequence) else { return Ok(None) };
+        if let Some(old) = replaces {
+            self.labels.forget(embedding, old);
+        }
         let outcome = self.labels.learn(embedding, class)?;
         if matches!(outcome, LabelOutcome::Accepted { .. }) {
             self.save()?;

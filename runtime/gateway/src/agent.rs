@@ -26,6 +26,7 @@ pub struct GatewayDevice {
     class_names: Vec<String>,
     class_list: String,
     public_key: [u8; 32],
+    max_version_step: u32,
     started: Instant,
     labels: PathBuf,
     snapshot: Vec<u8>,
@@ -49,12 +50,18 @@ impl GatewayDevice {
             class_list: class_names.join(","),
             class_names,
             public_key,
+            max_version_step: vigil_core::update::MAX_VERSION_STEP,
             started: Instant::now(),
             labels: state_dir.join(LABELS_FILE),
             snapshot: Vec::new(),
         };
         device.refresh_snapshot();
         device
+    }
+
+    /// Sets the largest step by which one update may raise the head version.
+    pub fn set_max_version_step(&mut self, step: u32) {
+        self.max_version_step = step;
     }
 
     fn refresh_snapshot(&mut self) {
@@ -64,8 +71,12 @@ impl GatewayDevice {
     }
 
     /// Teaches the head the label, when the scorer adapts and still holds the window.
-    fn learn(&mut self, report: u64, class: u8) {
-        let outcome = lock(&self.pipeline).scorer_mut().learn_label(report, usize::from(class));
+    fn learn(&mut self, report: u64, class: u8, replaces: Option<u8>) {
+        let outcome = lock(&self.pipeline).scorer_mut().learn_label(
+            report,
+            usize::from(class),
+            replaces.map(usize::from),
+        );
         let name = self.class_names.get(usize::from(class)).map_or("?", String::as_str);
         match outcome {
             Ok(Some(LabelOutcome::Accepted { replay_accuracy, .. })) => log::info!(
@@ -81,12 +92,30 @@ impl GatewayDevice {
         self.refresh_snapshot();
     }
 
-    fn append_label(&self, report: u64, class: u8) -> std::io::Result<()> {
-        let line = serde_json::json!({
+    /// The class of the latest verdict on `report` in the labels file, if any.
+    fn verdict_on(&self, report: u64) -> std::io::Result<Option<u8>> {
+        let text = match std::fs::read_to_string(&self.labels) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["report"].as_u64() == Some(report))
+            .find_map(|v| v["class_index"].as_u64().and_then(|c| u8::try_from(c).ok())))
+    }
+
+    fn append_label(&self, report: u64, class: u8, replaces: Option<u8>) -> std::io::Result<()> {
+        let mut line = serde_json::json!({
             "report": report,
             "class_index": class,
             "class": self.class_names.get(usize::from(class)),
         });
+        if let Some(old) = replaces {
+            line["replaces"] = serde_json::json!(self.class_names.get(usize::from(old)));
+        }
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.labels)?;
         writeln!(file, "{line}")?;
         file.sync_data()
@@ -140,6 +169,10 @@ impl Device for GatewayDevice {
         self.public_key
     }
 
+    fn max_version_step(&self) -> u32 {
+        self.max_version_step
+    }
+
     fn report_from(&mut self, since: u64) -> Option<AnomalyReport> {
         lock(&self.pipeline).store()?.first_from(since).ok().flatten()
     }
@@ -151,8 +184,13 @@ impl Device for GatewayDevice {
         if !lock(&self.pipeline).store().is_some_and(|s| s.contains(report)) {
             return Err(NackReason::UnknownReport);
         }
-        self.append_label(report, class).map_err(|_| NackReason::Storage)?;
-        self.learn(report, class);
+        // One verdict per report: the same one again changes nothing; another replaces it.
+        let earlier = self.verdict_on(report).map_err(|_| NackReason::Storage)?;
+        if earlier == Some(class) {
+            return Ok(());
+        }
+        self.append_label(report, class, earlier).map_err(|_| NackReason::Storage)?;
+        self.learn(report, class, earlier);
         Ok(())
     }
 

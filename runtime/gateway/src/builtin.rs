@@ -44,6 +44,6 @@ pub fn load_model_and_proto(path: Option<&Path>) -> Result<(VigilModel, tract_on
 fn cannot_load(path: &Path, e: RuntimeError) -> RuntimeError {
     match e {
         RuntimeError::ModelIo { .. } | RuntimeError::NotOnnx { .. } => e,
-        other => RuntimeError::Model { path: path.to_path_buf(), source: Box::new(other) },
+        other => RuntimeError::Model { path: path.to_path_buf(), why: Box::new(other) },
     }
 }

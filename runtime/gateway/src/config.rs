@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub pubkey: PathBuf,
     /// Device name reported to hosts [default: the host name].
     pub name: Option<String>,
+    /// The largest step by which one update may raise the head version
+    /// [default: `vigil_core::update::MAX_VERSION_STEP`, 1000].
+    pub max_version_step: Option<u32>,
     /// The sensor stream to score.
     pub input: Option<InputConfig>,
     /// Overrides of the model's alarm policy.

@@ -23,12 +23,14 @@ pub enum RuntimeError {
         reason: String,
     },
     /// A model's metadata, head or graph was refused.
-    #[error("cannot load model {path}: {source}")]
+    // `why` is part of the message, not a separate `source`, so that a report of the
+    // whole error chain says it once.
+    #[error("cannot load model {path}: {why}")]
     Model {
         /// The model file.
         path: PathBuf,
         /// Why.
-        source: Box<RuntimeError>,
+        why: Box<RuntimeError>,
     },
     /// A Vigil metadata key is missing or malformed.
     #[error("model metadata `{key}`: {problem}")]

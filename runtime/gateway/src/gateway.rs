@@ -34,6 +34,8 @@ pub struct GatewaySettings {
     pub state: PathBuf,
     /// The Ed25519 public key head updates must be signed with.
     pub public_key: [u8; 32],
+    /// The largest step by which one update may raise the head version.
+    pub max_version_step: u32,
     /// The name the device reports to hosts.
     pub name: String,
     /// The sensor stream to score, with its options; `None` only serves.
@@ -89,6 +91,7 @@ pub fn run(
         baud,
         state,
         public_key,
+        max_version_step,
         name,
         input,
         alarm,
@@ -120,6 +123,7 @@ pub fn run(
     }
     let pipeline = Arc::new(Mutex::new(pipeline));
     let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);
+    device.set_max_version_step(max_version_step);
     let in_state = |what: &str, e: &dyn std::fmt::Display| {
         RuntimeError::Input(format!("cannot {what} in state folder {}: {e}", state.display()))
     };

@@ -101,15 +101,22 @@ impl std::str::FromStr for InputFormat {
     }
 }
 
+/// The longest line a text input may have: a frame of up to 64 channels needs far less, and
+/// a file without line breaks must not be read whole into memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// CSV and data-forwarder lines.
 struct TextSource {
-    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     name: String,
     line_no: usize,
     channels: Option<usize>,
     rate: Option<f64>,
     allow_header: bool,
     pending: Option<(usize, String)>,
+    /// Cells are separated by `;` or tabs and a comma is the decimal mark (`0,25;1,5`, as
+    /// spreadsheets write in much of Europe).
+    decimal_comma: bool,
 }
 
 impl TextSource {
@@ -120,13 +127,14 @@ impl TextSource {
         channels: Option<usize>,
     ) -> Result<Self> {
         let mut s = TextSource {
-            lines: BufReader::new(reader).lines(),
+            reader: BufReader::new(reader),
             name,
             line_no: 0,
             channels,
             rate: None,
             allow_header,
             pending: None,
+            decimal_comma: false,
         };
         s.read_preamble()?;
         Ok(s)
@@ -155,7 +163,7 @@ impl TextSource {
                 }
                 continue;
             }
-            let cells: Vec<&str> = split_cells(t);
+            let cells: Vec<&str> = split_cells(t, false);
             if self.allow_header && cells.iter().all(|c| c.parse::<f32>().is_err()) {
                 let channels = *self.channels.get_or_insert(cells.len());
                 let log_level = if channels > 1 { log::Level::Info } else { log::Level::Debug };
@@ -167,6 +175,22 @@ impl TextSource {
                 );
                 continue;
             }
+            self.decimal_comma = t.contains(',') && t.contains([';', '\t']);
+            let cells = split_cells(t, self.decimal_comma);
+            if self.decimal_comma {
+                log::info!(
+                    "{}: values separated by `;` or tabs, with decimal commas: `{t}` read as {} channel(s)",
+                    self.name,
+                    cells.len()
+                );
+            } else if cells.len() == 2 && cells.iter().all(|c| c.parse::<i64>().is_ok()) {
+                log::warn!(
+                    "{}: line {}: `{t}` read as 2 channels of whole numbers; if the comma is a decimal \
+                     mark (`0,25` for 0.25), separate the values with `;` or use decimal points",
+                    self.name,
+                    self.line_no
+                );
+            }
             self.channels.get_or_insert(cells.len());
             self.pending = Some((self.line_no, line));
             break;
@@ -175,12 +199,35 @@ impl TextSource {
     }
 
     fn next_line(&mut self) -> Result<Option<String>> {
-        match self.lines.next() {
-            None => Ok(None),
-            Some(line) => {
+        let mut bytes = Vec::new();
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        let read = (&mut self.reader).take(limit).read_until(b'\n', &mut bytes).map_err(|e| {
+            RuntimeError::io(format!("{}: line {}: cannot read", self.name, self.line_no + 1), e)
+        })?;
+        match read {
+            0 => Ok(None),
+            _ => {
                 self.line_no += 1;
-                let mut line = line.map_err(|e| {
-                    RuntimeError::io(format!("{}: line {}: cannot read", self.name, self.line_no), e)
+                if bytes.len() > MAX_LINE_BYTES {
+                    return Err(RuntimeError::Input(format!(
+                        "{}: line {} is longer than {MAX_LINE_BYTES} bytes; a line holds one frame of \
+                         samples (is this really a CSV file?)",
+                        self.name, self.line_no
+                    )));
+                }
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                let mut line = String::from_utf8(bytes).map_err(|e| {
+                    RuntimeError::Input(format!(
+                        "{}: line {} is not text (byte {} of the line is not UTF-8)",
+                        self.name,
+                        self.line_no,
+                        e.utf8_error().valid_up_to() + 1
+                    ))
                 })?;
                 if self.line_no == 1 {
                     // A byte-order mark, as spreadsheet exports write.
@@ -194,7 +241,7 @@ impl TextSource {
     }
 
     fn parse_line(&self, line_no: usize, line: &str, out: &mut Vec<f32>) -> Result<()> {
-        let cells = split_cells(line.trim());
+        let cells = split_cells(line.trim(), self.decimal_comma);
         let channels = self.channels.unwrap_or(cells.len());
         if cells.len() != channels {
             return Err(RuntimeError::Input(format!("{}: line {line_no} has {} values, earlier lines have {channels}; every line must hold one value per channel",
@@ -203,7 +250,8 @@ impl TextSource {
             )));
         }
         for (col, cell) in cells.iter().enumerate() {
-            let v: f32 = cell.parse().map_err(|_| {
+            let parsed = if self.decimal_comma { cell.replacen(',', ".", 1).parse() } else { cell.parse() };
+            let v: f32 = parsed.map_err(|_| {
                 RuntimeError::Input(format!(
                     "{}: line {line_no}, column {}: `{cell}` is not a number",
                     self.name,
@@ -216,8 +264,14 @@ impl TextSource {
     }
 }
 
-fn split_cells(line: &str) -> Vec<&str> {
-    line.split([',', '\t', ';']).map(str::trim).collect()
+/// The cells of a line: separated by commas, tabs or semicolons, or (`decimal_comma`)
+/// by tabs or semicolons only.
+fn split_cells(line: &str, decimal_comma: bool) -> Vec<&str> {
+    if decimal_comma {
+        line.split(['\t', ';']).map(str::trim).collect()
+    } else {
+        line.split([',', '\t', ';']).map(str::trim).collect()
+    }
 }
 
 impl SampleSource for TextSource {

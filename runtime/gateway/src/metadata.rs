@@ -189,6 +189,27 @@ impl ModelMetadata {
                 ),
             ));
         }
+        // Band energies of a window's spectrum: at most one band per frequency bin.
+        let bins = self.window / 2 + 1;
+        if self.baseline_bands.len() > bins {
+            return Err(bad(
+                "baseline_bands",
+                &format!(
+                    "has {} values; a {}-sample window's spectrum has {bins} bins, so at most {bins} bands",
+                    self.baseline_bands.len(),
+                    self.window
+                ),
+            ));
+        }
+        if let Some(i) = first(&self.baseline_bands, |v| v.is_finite() && v >= 0.0) {
+            return Err(bad(
+                "baseline_bands",
+                &format!(
+                    "value {i} is {}; a band energy must be finite and not negative",
+                    self.baseline_bands[i]
+                ),
+            ));
+        }
         let a = &self.alarm;
         if !(a.threshold.is_finite() && a.threshold > 0.0) {
             return Err(bad("alarm.threshold", &format!("is {}; must be a positive number", a.threshold)));

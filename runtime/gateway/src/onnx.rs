@@ -25,9 +25,41 @@ pub fn encode_model(proto: &ModelProto) -> Vec<u8> {
     proto.encode_to_vec()
 }
 
-/// Reads Vigil's metadata from a decoded model.
+/// Reads Vigil's metadata from a decoded model and checks that every node it names is in
+/// the graph: the input, the embedding and logits outputs, the head's initializers.
 pub fn read_metadata(proto: &ModelProto) -> Result<ModelMetadata> {
-    ModelMetadata::from_props(proto.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())))
+    let meta =
+        ModelMetadata::from_props(proto.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())))?;
+    let Some(graph) = &proto.graph else {
+        return Err(RuntimeError::Metadata { key: "graph".into(), problem: "the model has no graph".into() });
+    };
+    let inputs: Vec<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    let outputs = || graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str));
+    let initializers = || graph.initializer.iter().map(|t| t.name.as_str());
+    let missing = |key: &str, name: &str, what: &str, known: Vec<&str>| {
+        let mut listed = known.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+        if known.len() > 8 {
+            listed.push_str(", ...");
+        }
+        RuntimeError::Metadata {
+            key: format!("vigil.{key}"),
+            problem: format!("names `{name}`, which is not {what} of the graph (it has: {listed})"),
+        }
+    };
+    if !inputs.contains(&meta.input_name.as_str()) {
+        return Err(missing("input_name", &meta.input_name, "an input", inputs));
+    }
+    for (key, name) in [("embedding_node", &meta.embedding_node), ("logits_node", &meta.logits_node)] {
+        if !outputs().any(|o| o == name) {
+            return Err(missing(key, name, "a node output", outputs().collect()));
+        }
+    }
+    for (key, name) in [("head_weight", &meta.head_weight), ("head_bias", &meta.head_bias)] {
+        if !initializers().any(|i| i == name) {
+            return Err(missing(key, name, "an initializer", initializers().collect()));
+        }
+    }
+    Ok(meta)
 }
 
 /// Replaces Vigil's metadata in a model, keeping any other `metadata_props`.

@@ -169,9 +169,15 @@ impl WindowScorer {
 
     /// Learns a technician's label for report `sequence` (see [`Adaptation::learn`]);
     /// `None` when the scorer does not adapt or no longer holds that report's window.
-    pub fn learn_label(&mut self, sequence: u64, class: usize) -> Result<Option<LabelOutcome>> {
+    /// `replaces` is the class of an earlier verdict on the same report, if any.
+    pub fn learn_label(
+        &mut self,
+        sequence: u64,
+        class: usize,
+        replaces: Option<usize>,
+    ) -> Result<Option<LabelOutcome>> {
         match self.adaptation.as_mut() {
-            Some(a) => a.learn(sequence, class),
+            Some(a) => a.learn(sequence, class, replaces),
             None => Ok(None),
         }
     }

@@ -186,11 +186,11 @@ mod tests {
         let mut slots = Slots::open(storage).unwrap();
         let mut scratch = vec![0u8; 4096];
         let result = (|| {
-            slots.begin(&header, &[1; 32], u32::from(version) - 1)?;
+            slots.begin(&header, &[1; 32], u32::from(version) - 1, vigil_core::update::MAX_VERSION_STEP)?;
             for (i, chunk) in bytes.chunks(128).enumerate() {
                 slots.chunk((i * 128) as u32, chunk)?;
             }
-            slots.commit(Some(&signature), key.verifying_key().as_bytes(), &mut scratch, |_| Ok(()))?;
+            slots.commit(Some(&signature), key.verifying_key().as_bytes(), &mut scratch, |_, _| Ok(()))?;
             Ok(())
         })();
         (result, slots.into_storage())

@@ -2,10 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ed25519_dalek::SigningKey;
 use std::path::PathBuf;
 use vigil_client::fleet;
-use vigil_client::update_file::{read_key_hex, UpdateFile};
+use vigil_client::update_file::{read_secret_key, UpdateFile};
 
 /// Work with the heads of a fleet of devices.
 #[derive(Debug, Args)]
@@ -36,6 +35,10 @@ pub struct MergeArgs {
     /// Version of the merged head [default: one above the highest snapshot's].
     #[arg(long)]
     version: Option<u32>,
+    /// Merge the snapshots that pass every check and skip the others (each named in a
+    /// warning) instead of refusing the merge.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 impl FleetArgs {
@@ -49,7 +52,7 @@ impl FleetArgs {
 
 impl MergeArgs {
     fn run(self) -> Result<()> {
-        let key = SigningKey::from_bytes(&read_key_hex(&self.key)?);
+        let key = read_secret_key(&self.key)?;
         let entries = std::fs::read_dir(&self.snapshots)
             .with_context(|| format!("cannot read snapshot folder {}", self.snapshots.display()))?;
         let mut paths: Vec<PathBuf> = entries
@@ -60,12 +63,49 @@ impl MergeArgs {
         if paths.is_empty() {
             bail!("no .vup snapshots in {}; take them with `vigil snapshot`", self.snapshots.display());
         }
+        // Every snapshot is checked before anything is signed: its file (hash, header
+        // against payload, no trailing bytes), then its head against the fleet.
+        let mut read = Vec::new();
+        let mut bad = Vec::new();
+        for path in paths {
+            let snapshot = UpdateFile::read(&path).and_then(|f| Ok((f.head()?, f.stats()?)));
+            match snapshot {
+                Ok(snapshot) => read.push((path, snapshot)),
+                // The error names the file already.
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        let heads: Vec<_> = read.iter().map(|(_, s)| &s.0).collect();
+        let verdicts = fleet::check_snapshots(&heads);
+        let mut paths = Vec::new();
         let mut snapshots = Vec::new();
-        for path in &paths {
-            let file = UpdateFile::read(path)?;
-            let head = file.head().with_context(|| format!("snapshot {}", path.display()))?;
-            let stats = file.stats().with_context(|| format!("snapshot {}", path.display()))?;
-            snapshots.push((head, stats));
+        for ((path, snapshot), why) in read.into_iter().zip(verdicts) {
+            match why {
+                Some(why) => bad.push(format!("{}: {why}", path.display())),
+                None => {
+                    paths.push(path);
+                    snapshots.push(snapshot);
+                }
+            }
+        }
+        if !bad.is_empty() {
+            if !self.skip_bad {
+                let nothing = "nothing was merged or signed (pass --skip-bad to merge the others)";
+                match bad.as_slice() {
+                    [one] => bail!("{one}; {nothing}"),
+                    many => bail!(
+                        "{} snapshots failed their checks; {nothing}:\n  {}",
+                        many.len(),
+                        many.join("\n  ")
+                    ),
+                }
+            }
+            for why in &bad {
+                log::warn!("skipped {why}");
+            }
+        }
+        if snapshots.is_empty() {
+            bail!("no snapshot in {} passed its checks; nothing to merge", self.snapshots.display());
         }
         let weights = fleet::merge_weights(&snapshots.iter().map(|s| s.1).collect::<Vec<_>>());
         let version = match self.version {

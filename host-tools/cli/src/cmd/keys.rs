@@ -7,7 +7,7 @@ use rand::RngCore;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use vigil_client::update_file::{read_key_hex, UpdateFile};
+use vigil_client::update_file::{public_key_text, read_secret_key, secret_key_text, UpdateFile};
 use vigil_core::hex;
 
 /// Make an Ed25519 key pair for signing head updates: KEY (secret, mode 0600) and
@@ -41,8 +41,8 @@ impl KeygenArgs {
             .mode(0o600)
             .open(&self.output)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
-        writeln!(file, "{}", hex::encode(&seed))?;
-        std::fs::write(&public, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))
+        file.write_all(secret_key_text(&key).as_bytes())?;
+        std::fs::write(&public, public_key_text(&key))
             .with_context(|| format!("cannot write {}", public.display()))?;
         println!(
             "secret key {} (keep it off devices), public key {}",
@@ -75,7 +75,7 @@ pub struct SignArgs {
 impl SignArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
-        let key = SigningKey::from_bytes(&read_key_hex(&self.key)?);
+        let key = read_secret_key(&self.key)?;
         let mut file = UpdateFile::read(&self.update)?;
         file.sign(&key);
         let out = self.output.as_ref().unwrap_or(&self.update);

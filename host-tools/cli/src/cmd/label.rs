@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use vigil_core::report::ReportKind;
 
 /// Label a stored report with the class a technician found (by name or index).
 #[derive(Debug, Args)]
@@ -14,6 +15,9 @@ pub struct LabelArgs {
     /// Class name (as in `vigil status`) or index.
     #[arg(long)]
     class: String,
+    /// Label a report that is not a raised alarm (a cleared alarm, a sensor fault).
+    #[arg(long)]
+    force: bool,
 }
 
 impl LabelArgs {
@@ -28,6 +32,25 @@ impl LabelArgs {
                 _ => bail!("unknown class `{}`; the device's classes are {}", self.class, classes.join(", ")),
             },
         };
+        if !self.force {
+            let mut found = None;
+            client.pull_reports(self.report, 1, |r| {
+                if r.sequence == self.report {
+                    found = Some(r);
+                }
+            })?;
+            let Some(report) = found else {
+                bail!("the device stores no report #{}; list them with `vigil reports pull`", self.report)
+            };
+            if report.kind != ReportKind::AlarmRaised {
+                bail!(
+                    "report #{} is not a raised alarm but {}: a verdict on it would teach the head from \
+                     a window that did not alarm; pass --force if that is what you mean",
+                    self.report,
+                    report.describe(|i| classes.get(usize::from(i)).map(String::as_str))
+                );
+            }
+        }
         client.label(self.report, index as u8)?;
         println!("report {} labelled {}", self.report, classes[index]);
         Ok(())

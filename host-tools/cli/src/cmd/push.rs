@@ -28,6 +28,14 @@ impl PushArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         let file = UpdateFile::read(&self.update)?;
+        if file.signature.is_none() {
+            anyhow::bail!(
+                "{} is unsigned, and devices apply only signed updates; sign it first with \
+                 `vigil sign --key KEY {}`",
+                self.update.display(),
+                self.update.display()
+            );
+        }
         let mut client = self.port.connect()?;
         let bar =
             if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(u64::from(file.header.length)) };

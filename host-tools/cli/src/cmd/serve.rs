@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
-use vigil_client::update_file::read_key_hex;
+use vigil_client::update_file::read_public_key;
 use vigil_runtime::config::{AlarmConfig, GatewayConfig};
 use vigil_runtime::gateway::{self, GatewayEvent, GatewaySettings};
 use vigil_runtime::report_io::describe;
@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Device name reported to hosts [default: the host name].
     #[arg(long)]
     name: Option<String>,
+    /// The largest step by which one update may raise the head version; versions only
+    /// grow, so a signed update far ahead (4294967295, say) would block every later one.
+    #[arg(long, default_value_t = vigil_core::update::MAX_VERSION_STEP, conflicts_with = "config",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_version_step: u32,
     /// Sensor stream to score (file or `-`); without it the device only serves.
     #[arg(long, short)]
     input: Option<String>,
@@ -65,6 +70,7 @@ struct ServeSettings {
     state: PathBuf,
     pubkey: PathBuf,
     name: Option<String>,
+    max_version_step: u32,
     input: Option<(String, super::StreamInputArgs)>,
     alarm: Option<AlarmConfig>,
     commission: Option<Duration>,
@@ -82,6 +88,7 @@ impl ServeArgs {
                 state: self.state.ok_or_else(|| missing("--state"))?,
                 pubkey: self.pubkey.ok_or_else(|| missing("--pubkey"))?,
                 name: self.name,
+                max_version_step: self.max_version_step,
                 input: self.input.map(|i| (i, self.stream)),
                 alarm: None,
                 commission: self.commission,
@@ -100,6 +107,7 @@ impl ServeArgs {
             state: c.state,
             pubkey: c.pubkey,
             name: c.name,
+            max_version_step: c.max_version_step.unwrap_or(vigil_core::update::MAX_VERSION_STEP),
             input,
             alarm: c.alarm,
             commission: self.commission,
@@ -122,7 +130,8 @@ impl ServeArgs {
             model,
             port: s.port,
             baud: s.baud,
-            public_key: read_key_hex(&s.pubkey)?,
+            public_key: read_public_key(&s.pubkey)?,
+            max_version_step: s.max_version_step,
             state: s.state,
             name: name.clone(),
             input,

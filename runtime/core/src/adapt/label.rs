@@ -374,6 +374,29 @@ impl<S: AsRef<[f32]> + AsMut<[f32]>> LabelAdapter<S> {
         Ok(LabelOutcome::Accepted { stored, replay_accuracy: self.replay_accuracy().unwrap_or(1.0) })
     }
 
+    /// Takes `embedding` out of `class`'s replay ring, when it is there: a technician
+    /// corrected the verdict that put it there. The head keeps its weights; learning the
+    /// corrected label ([`LabelAdapter::learn`]) then pulls it to the right class.
+    /// Returns whether the sample was held.
+    pub fn forget(&mut self, embedding: &[f32], class: usize) -> bool {
+        if class >= self.classes {
+            return false;
+        }
+        let filled = usize::from(self.progress.filled[class]);
+        let Some(slot) = (0..filled).find(|&i| self.replay_sample(class, i) == embedding) else {
+            return false;
+        };
+        // The last held sample fills the hole; the next sample goes where the last was.
+        let per_class = usize::from(self.config.per_class);
+        let base = self.layout().replay + class * per_class * self.dim;
+        let (hole, last) = (base + slot * self.dim, base + (filled - 1) * self.dim);
+        self.storage.as_mut().copy_within(last..last + self.dim, hole);
+        self.progress.filled[class] = (filled - 1) as u8;
+        self.progress.next[class] = (filled - 1) as u8;
+        self.progress.correct = self.count_correct();
+        true
+    }
+
     /// Puts a correctly classified sample into its class's replay ring.
     fn store(&mut self, embedding: &[f32], class: usize) {
         let per_class = usize::from(self.config.per_class);
@@ -424,6 +447,33 @@ mod tests {
     ) -> f32 {
         let hits = set.iter().filter(|(e, c)| adapter.predicts(e, *c)).count();
         hits as f32 / set.len() as f32
+    }
+
+    #[test]
+    fn a_corrected_verdict_leaves_the_window_in_the_new_class_only() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (w, b) = shipped();
+        let head = HeadRef::new(&w, &b, DIM, CLASSES).unwrap();
+        let storage = vec![0.0; LabelAdapter::<Vec<f32>>::storage_len(DIM, CLASSES, 16)];
+        let scale = PrototypeRef::new(&[1.0; DIM], &[0.1; DIM]).unwrap();
+        let mut adapter = LabelAdapter::new(LabelConfig::default(), head, scale, storage).unwrap();
+        for i in 0..12 {
+            adapter.learn(&sample(&mut rng, i % CLASSES), i % CLASSES).unwrap();
+        }
+        // A class-1 window first called class 1 (held), then corrected to class 2.
+        let window = sample(&mut rng, 1);
+        adapter.learn(&window, 1).unwrap();
+        let held = |a: &LabelAdapter<Vec<f32>>, class: usize| {
+            (0..usize::from(a.progress.filled[class])).filter(|&i| a.replay_sample(class, i) == window).count()
+        };
+        assert_eq!(held(&adapter, 1), 1, "the first verdict's window is a replay sample");
+        let before = adapter.replay_len();
+        assert!(adapter.forget(&window, 1));
+        assert_eq!((held(&adapter, 1), adapter.replay_len()), (0, before - 1));
+        assert_eq!(adapter.progress.correct, adapter.count_correct(), "the count follows the buffer");
+        assert!(!adapter.forget(&window, 1), "a window is forgotten once");
+        adapter.learn(&window, 2).unwrap();
+        assert_eq!(held(&adapter, 1), 0, "never held under both verdicts");
     }
 
     #[test]

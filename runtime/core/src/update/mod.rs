@@ -26,6 +26,11 @@ pub const MAX_HEAD_WEIGHTS: usize = MAX_CLASSES * MAX_EMBEDDING;
 /// Domain separation prefix of the signed bytes, so no other Vigil signature can be
 /// replayed as an update signature.
 pub const SIGNING_DOMAIN: &[u8] = b"vigil-update-v1\0";
+/// The largest step by which one update may raise a device's head version, unless the
+/// device is configured otherwise. Versions only grow, as MCUboot's security counter does;
+/// the bound keeps one signed update with a mistyped or hostile version (4294967295, say)
+/// from blocking every later update.
+pub const MAX_VERSION_STEP: u32 = 1000;
 /// Longest serialised [`UpdateHeader`].
 pub const MAX_HEADER: usize = 96;
 

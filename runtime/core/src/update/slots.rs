@@ -135,29 +135,44 @@ pub struct Slots<S: SlotStorage> {
     storage: S,
     active: Option<ActiveSlot>,
     receiving: Option<Receiving>,
+    damaged: u8,
 }
 
 impl<S: SlotStorage> Slots<S> {
     /// Opens the storage and finds the active slot, if any.
     pub fn open(mut storage: S) -> Result<Self, S::Error> {
         let mut active: Option<ActiveSlot> = None;
+        let mut damaged = 0;
         for slot in [Slot::A, Slot::B] {
             let mut bytes = [0u8; RECORD_LEN];
-            if storage.read(Region::Record(slot), 0, &mut bytes)? < RECORD_LEN {
-                continue;
+            let read = storage.read(Region::Record(slot), 0, &mut bytes)?;
+            if read == 0 || bytes.iter().all(|&b| b == 0xFF) {
+                continue; // never written, or erased
             }
-            let Some(record) = CommitRecord::decode(&bytes) else { continue };
-            if record.length > storage.slot_capacity() {
-                continue;
-            }
-            if hash_region(&mut storage, Region::Slot(slot), record.length)? != Some(record.sha256) {
-                continue;
-            }
-            if active.is_none_or(|a| record.generation > a.record.generation) {
-                active = Some(ActiveSlot { slot, record });
+            let record = CommitRecord::decode(&bytes).filter(|r| r.length <= storage.slot_capacity());
+            let intact = match record {
+                Some(r) if read == RECORD_LEN => {
+                    hash_region(&mut storage, Region::Slot(slot), r.length)? == Some(r.sha256)
+                }
+                _ => false,
+            };
+            match record {
+                Some(record) if intact => {
+                    if active.is_none_or(|a| record.generation > a.record.generation) {
+                        active = Some(ActiveSlot { slot, record });
+                    }
+                }
+                _ => damaged += 1,
             }
         }
-        Ok(Slots { storage, active, receiving: None })
+        Ok(Slots { storage, active, receiving: None, damaged })
+    }
+
+    /// Records found at open that were written but are not usable: torn by a power cut,
+    /// or their slot no longer matches their hash. With an active slot, the device fell
+    /// back to the older copy; without one, everything stored was lost.
+    pub fn damaged_records(&self) -> u8 {
+        self.damaged
     }
 
     /// The active slot, `None` while the device runs the head it shipped with.
@@ -199,13 +214,15 @@ impl<S: SlotStorage> Slots<S> {
     }
 
     /// Starts an update for a device running `model_hash` at head version `current`, or
-    /// resumes the one in progress when `header` is the same. Returns the offset of the
-    /// first byte still needed.
+    /// resumes the one in progress when `header` is the same. The version must rise, by
+    /// at most `max_step` ([`super::MAX_VERSION_STEP`] unless the device says otherwise).
+    /// Returns the offset of the first byte still needed.
     pub fn begin(
         &mut self,
         header: &UpdateHeader,
         model_hash: &[u8; 32],
         current: u32,
+        max_step: u32,
     ) -> Result<u32, NackReason> {
         if let Some(r) = &self.receiving {
             if r.header == *header {
@@ -215,8 +232,15 @@ impl<S: SlotStorage> Slots<S> {
         if header.model_hash != *model_hash {
             return Err(NackReason::OtherModel);
         }
+        let active = self.active.map(|a| a.record);
+        if active.is_some_and(|r| (r.version, r.sha256) == (header.version, header.sha256)) {
+            return Err(NackReason::AlreadyActive { version: header.version });
+        }
         if header.version <= current {
             return Err(NackReason::NotNewer { current });
+        }
+        if header.version - current > max_step {
+            return Err(NackReason::VersionJump { current, max_step });
         }
         let capacity = self.storage.slot_capacity();
         if header.length > capacity {
@@ -314,14 +338,14 @@ impl<S: SlotStorage> Slots<S> {
     }
 
     /// Commits the update in progress: checks completeness, the hash, the signature with
-    /// `public_key`, reads the payload back into `scratch` and hands it to `check`, then
-    /// writes the commit record. On success the new slot is active.
+    /// `public_key`, reads the payload back into `scratch` and hands it with its signed
+    /// header to `check`, then writes the commit record. On success the new slot is active.
     pub fn commit(
         &mut self,
         signature: Option<&Signature>,
         public_key: &[u8; 32],
         scratch: &mut [u8],
-        check: impl FnOnce(&[u8]) -> Result<(), NackReason>,
+        check: impl FnOnce(&UpdateHeader, &[u8]) -> Result<(), NackReason>,
     ) -> Result<CommitRecord, NackReason> {
         let r = self.receiving.as_ref().ok_or(NackReason::NoUpdate)?;
         let header = r.header;
@@ -341,7 +365,7 @@ impl<S: SlotStorage> Slots<S> {
                 return Err(e);
             }
         };
-        check(&scratch[..len])?;
+        check(&header, &scratch[..len])?;
         let record = self.write_record(slot, &header)?;
         self.receiving = None;
         Ok(record)

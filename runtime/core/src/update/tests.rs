@@ -122,13 +122,13 @@ fn apply(
     key: &[u8; 32],
     current: u32,
 ) -> Result<u32, NackReason> {
-    slots.begin(header, &MODEL, current)?;
+    slots.begin(header, &MODEL, current, MAX_VERSION_STEP)?;
     for (i, chunk) in payload.chunks(100).enumerate() {
         slots.chunk((i * 100) as u32, chunk)?;
     }
     let mut scratch = std::vec![0u8; 8192];
     slots
-        .commit(signature, key, &mut scratch, |p| {
+        .commit(signature, key, &mut scratch, |_, p| {
             let update: HeadUpdate = postcard::from_bytes(p).map_err(|_| NackReason::BadPayload)?;
             update.validate().map_err(|_| NackReason::BadPayload)
         })
@@ -172,6 +172,14 @@ fn refusals_name_their_reason_and_leave_the_active_head() {
     assert_eq!(apply(&mut slots, &h, &p, Some(&s), &public, 5), Err(NackReason::BadSignature));
     let (h, p, s) = signed(&head_update(4, 16, 4, false), &key);
     assert_eq!(apply(&mut slots, &h, &p, Some(&s), &public, 5), Err(NackReason::NotNewer { current: 5 }));
+    // A signed version far above the active one would block every later update.
+    for version in [5 + MAX_VERSION_STEP + 1, u32::MAX] {
+        let (h, p, s) = signed(&head_update(version, 16, 4, false), &key);
+        assert_eq!(
+            apply(&mut slots, &h, &p, Some(&s), &public, 5),
+            Err(NackReason::VersionJump { current: 5, max_step: MAX_VERSION_STEP })
+        );
+    }
     let mut other = head_update(8, 16, 4, false);
     other.model_hash = [1; 32];
     let (h, p, s) = signed(&other, &key);
@@ -192,17 +200,26 @@ fn refusals_name_their_reason_and_leave_the_active_head() {
 }
 
 #[test]
+fn the_largest_version_step_is_taken() {
+    let key = signing_key(1);
+    let public = key.verifying_key().to_bytes();
+    let mut slots = Slots::open(RamStorage::default()).unwrap();
+    let (h, p, s) = signed(&head_update(5 + MAX_VERSION_STEP, 16, 4, false), &key);
+    assert_eq!(apply(&mut slots, &h, &p, Some(&s), &public, 5), Ok(5 + MAX_VERSION_STEP));
+}
+
+#[test]
 fn chunks_out_of_order_are_refused_and_repeats_ignored() {
     let key = signing_key(1);
     let mut slots = Slots::open(RamStorage::default()).unwrap();
     let (header, payload, _) = signed(&head_update(1, 16, 4, false), &key);
     assert_eq!(slots.chunk(0, &payload[..10]), Err(NackReason::NoUpdate));
-    assert_eq!(slots.begin(&header, &MODEL, 0), Ok(0));
+    assert_eq!(slots.begin(&header, &MODEL, 0, MAX_VERSION_STEP), Ok(0));
     assert_eq!(slots.chunk(0, &payload[..100]), Ok(100));
     assert_eq!(slots.chunk(0, &payload[..100]), Ok(100), "a repeated chunk is acknowledged");
     assert_eq!(slots.chunk(200, &payload[200..300]), Err(NackReason::Offset { expected: 100 }));
     // Begin again with the same header resumes where the device is.
-    assert_eq!(slots.begin(&header, &MODEL, 0), Ok(100));
+    assert_eq!(slots.begin(&header, &MODEL, 0, MAX_VERSION_STEP), Ok(100));
     let too_long = std::vec![0u8; header.length as usize];
     assert_eq!(slots.chunk(100, &too_long[100..]), Ok(header.length));
     assert_eq!(slots.chunk(header.length, &[1]), Err(NackReason::Offset { expected: header.length }));

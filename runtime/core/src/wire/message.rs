@@ -224,6 +224,20 @@ pub enum NackReason {
         /// Index of the next sample the device expects.
         expected: u64,
     },
+    /// The payload names another version or model than its signed header.
+    HeaderMismatch,
+    /// The device already runs this very update (same version, same payload hash).
+    AlreadyActive {
+        /// Its version.
+        version: u32,
+    },
+    /// The update's version is further above the active one than the device allows.
+    VersionJump {
+        /// The active version.
+        current: u32,
+        /// The largest step the device takes in one update.
+        max_step: u32,
+    },
 }
 
 impl fmt::Display for NackReason {
@@ -240,9 +254,11 @@ impl fmt::Display for NackReason {
                 write!(f, "the update is larger than the device's {capacity}-byte slot")
             }
             NackReason::OtherModel => f.write_str("the update is for another model than the device runs"),
-            NackReason::NotNewer { current } => {
-                write!(f, "the update's version is not above the active version {current}")
-            }
+            NackReason::NotNewer { current } => write!(
+                f,
+                "the update's version is not above the active version {current}; a device takes \
+                 each version once, so export it again with a higher --version"
+            ),
             NackReason::Incomplete { received, total } => {
                 write!(f, "the update is incomplete: {received} of {total} bytes received")
             }
@@ -260,6 +276,18 @@ impl fmt::Display for NackReason {
             NackReason::SampleGap { expected } => {
                 write!(f, "samples arrived past a gap: the device expects sample {expected} next")
             }
+            NackReason::HeaderMismatch => {
+                f.write_str("the payload's version or model differs from its signed header's")
+            }
+            NackReason::AlreadyActive { version } => {
+                write!(f, "the device already runs this update (head version {version})")
+            }
+            NackReason::VersionJump { current, max_step } => write!(
+                f,
+                "the update's version is more than {max_step} above the active version {current}; \
+                 publish version {} at most",
+                u64::from(*current) + u64::from(*max_step)
+            ),
         }
     }
 }

@@ -153,6 +153,39 @@ fn every_example_round_trips() {
     }
 }
 
+/// Whether a device sends `message` (rather than a host).
+fn sent_by_devices(message: &Message<'_>) -> bool {
+    matches!(
+        message,
+        Message::Info(_)
+            | Message::Pong(_)
+            | Message::Status(_)
+            | Message::Ack(_)
+            | Message::Nack(_)
+            | Message::Report { .. }
+            | Message::ReportsEnd { .. }
+            | Message::HeadSnapshot { .. }
+    )
+}
+
+#[test]
+fn a_device_decodes_every_request_as_the_host_does_and_no_answer() {
+    let mut requests = 0;
+    for (name, envelope) in examples() {
+        let mut out = [0u8; MAX_FRAME];
+        let n = encode_frame(&envelope, &mut out).unwrap();
+        let mut copy = out;
+        let as_request = decode_request(&mut copy[..n - 1]);
+        if sent_by_devices(&envelope.message) {
+            assert_eq!(as_request, Err(WireError::NotARequest { sequence: envelope.sequence }), "{name}");
+        } else {
+            assert_eq!(as_request.as_ref(), Ok(&envelope), "{name}");
+            requests += 1;
+        }
+    }
+    assert_eq!(requests, 11, "every request of the protocol has an example");
+}
+
 #[test]
 fn a_full_chunk_fits_one_frame() {
     let data = [0xEEu8; MAX_CHUNK];
@@ -289,7 +322,9 @@ proptest! {
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..800)) {
+        let mut copy = bytes.clone();
         let _ = decode_frame(&mut bytes);
+        let _ = decode_request(&mut copy);
     }
 
     #[test]
