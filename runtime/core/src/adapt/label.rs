@@ -464,7 +464,9 @@ mod tests {
         let window = sample(&mut rng, 1);
         adapter.learn(&window, 1).unwrap();
         let held = |a: &LabelAdapter<Vec<f32>>, class: usize| {
-            (0..usize::from(a.progress.filled[class])).filter(|&i| a.replay_sample(class, i) == window).count()
+            (0..usize::from(a.progress.filled[class]))
+                .filter(|&i| a.replay_sample(class, i) == window)
+                .count()
         };
         assert_eq!(held(&adapter, 1), 1, "the first verdict's window is a replay sample");
         let before = adapter.replay_len();
