@@ -32,6 +32,42 @@ pub struct GatewayConfig {
     pub input: Option<InputConfig>,
     /// Overrides of the model's alarm policy.
     pub alarm: Option<AlarmConfig>,
+    /// The MQTT broker to publish status and reports to.
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// The broker (`docs/mqtt.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://HOST[:PORT]`.
+    pub broker: String,
+    /// The site: the topic level above the device's name.
+    pub site: String,
+    /// User name, when the broker asks for one.
+    pub username: Option<String>,
+    /// Password of `username`.
+    pub password: Option<String>,
+}
+
+impl MqttConfig {
+    /// The broker, checked.
+    pub fn broker(&self) -> Result<vigil_mqtt::Broker> {
+        let mut broker = vigil_mqtt::Broker::parse(&self.broker)
+            .map_err(|e| RuntimeError::Config(format!("[mqtt] broker: {e}")))?;
+        match (&self.username, &self.password) {
+            (Some(user), Some(password)) => broker.credentials = Some((user.clone(), password.clone())),
+            (None, None) => {}
+            _ => {
+                return Err(RuntimeError::Config(
+                    "[mqtt] needs both username and password, or neither".into(),
+                ))
+            }
+        }
+        vigil_mqtt::check_level("[mqtt] site", &self.site)
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        Ok(broker)
+    }
 }
 
 /// The sensor stream.

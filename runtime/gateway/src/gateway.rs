@@ -46,6 +46,8 @@ pub struct GatewaySettings {
     pub commission: Option<Duration>,
     /// False alarms per day the commissioned threshold aims at.
     pub false_alarms_per_day: f32,
+    /// The broker to publish status and reports to, and the site.
+    pub mqtt: Option<(vigil_mqtt::Broker, String)>,
 }
 
 /// What a running gateway tells its operator.
@@ -97,6 +99,7 @@ pub fn run(
         alarm,
         commission,
         false_alarms_per_day,
+        mqtt,
     } = settings;
     if let Some(alarm) = &alarm {
         model
@@ -147,6 +150,18 @@ pub fn run(
     }
     let mut link = open_port(&port, baud, Duration::from_millis(50))?;
     on_event(GatewayEvent::Serving);
+    let forwarder = match mqtt {
+        Some((broker, site)) => {
+            let settings =
+                vigil_mqtt::ForwarderSettings { broker, site, device: name.clone(), state: state.clone() };
+            let source = StoreSource { pipeline: pipeline.clone(), class_names: class_names(&pipeline) };
+            Some(
+                vigil_mqtt::Forwarder::start(settings, source)
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let scoring = input.map(|(source, options, windower)| {
@@ -171,10 +186,64 @@ pub fn run(
             result
         })
     });
-    serve_link(&mut link, &mut agent, &mut device, &stop)
-        .map_err(|e| RuntimeError::io(format!("serial port {port} failed"), e))?;
+    let served = serve_link(&mut link, &mut agent, &mut device, &stop)
+        .map_err(|e| RuntimeError::io(format!("serial port {port} failed"), e));
+    if let Some(forwarder) = forwarder {
+        forwarder.stop();
+    }
+    served?;
     if let Some(handle) = scoring {
         handle.join().map_err(|_| RuntimeError::Input("the scoring thread panicked".into()))??;
     }
     Ok(())
+}
+
+fn class_names(pipeline: &Mutex<Pipeline>) -> Vec<String> {
+    let p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    p.scorer().model().metadata().class_names.clone()
+}
+
+/// What the MQTT forwarder reads: the durable store and the device's state.
+struct StoreSource {
+    pipeline: Arc<Mutex<Pipeline>>,
+    class_names: Vec<String>,
+}
+
+impl StoreSource {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pipeline> {
+        self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl vigil_mqtt::Source for StoreSource {
+    fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport> {
+        match self.lock().store().map(|s| s.first_from(sequence)) {
+            Some(Ok(report)) => report,
+            Some(Err(e)) => {
+                log::warn!("MQTT: cannot read report #{sequence} from the store: {e}");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn report_json(&self, report: &AnomalyReport) -> serde_json::Value {
+        crate::report_io::report_json(report, &self.class_names)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let p = self.lock();
+        let counts = p.counts();
+        let scorer = p.scorer();
+        serde_json::json!({
+            "software": format!("vigil {}", env!("CARGO_PKG_VERSION")),
+            "model": vigil_core::hex::encode(&scorer.model().hash()[..8]),
+            "head_version": scorer.model().metadata().head_version,
+            "alarm_active": scorer.alarm_active(),
+            "windows_scored": counts.windows,
+            "sensor_faults": counts.sensor_faults,
+            "threshold": scorer.policy().threshold,
+            "next_report": scorer.next_sequence(),
+        })
+    }
 }

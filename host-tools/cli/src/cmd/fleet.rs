@@ -18,6 +18,48 @@ enum FleetCommand {
     /// Average the heads of many devices' snapshots (from `vigil snapshot`), weighted by
     /// the labels each learned from, into one signed head update to push to the fleet.
     Merge(MergeArgs),
+    /// A table of the devices on an MQTT broker: online, model, head version, alarm state,
+    /// reports stored (from their retained status; docs/mqtt.md).
+    Status(StatusArgs),
+    /// Collect every device's reports from an MQTT broker into a JSONL file, once each:
+    /// resumable, with a per-device high-water mark beside the file.
+    Reports(ReportsArgs),
+}
+
+/// Options of `vigil fleet status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The broker, `mqtt://HOST[:PORT]`.
+    #[arg(long)]
+    broker: String,
+    /// Only this site [default: every site].
+    #[arg(long)]
+    site: Option<String>,
+    /// How long the broker must stay quiet before the table is printed.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    quiet: std::time::Duration,
+}
+
+/// Options of `vigil fleet reports`.
+#[derive(Debug, Args)]
+pub struct ReportsArgs {
+    /// The broker, `mqtt://HOST[:PORT]`.
+    #[arg(long)]
+    broker: String,
+    /// Only this site [default: every site].
+    #[arg(long)]
+    site: Option<String>,
+    /// The JSONL file the reports are appended to; the marks go to FILE.marks.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The broker session that keeps reports for this collection while the host is away
+    /// [default: vigil-fleet- and the output file's name]. The first collection creates
+    /// it: reports published before it are not kept for it.
+    #[arg(long)]
+    session: Option<String>,
+    /// How long the broker must stay quiet before the collection ends.
+    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    quiet: std::time::Duration,
 }
 
 /// Options of `vigil fleet merge`.
@@ -46,6 +88,8 @@ impl FleetArgs {
     pub fn run(self) -> Result<()> {
         match self.command {
             FleetCommand::Merge(m) => m.run(),
+            FleetCommand::Status(s) => s.run(),
+            FleetCommand::Reports(r) => r.run(),
         }
     }
 }
@@ -130,6 +174,95 @@ impl MergeArgs {
             "merged {} snapshots into head version {version}, signed, written to {}",
             snapshots.len(),
             self.output.display()
+        );
+        Ok(())
+    }
+}
+
+impl StatusArgs {
+    fn run(self) -> Result<()> {
+        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let devices = vigil_mqtt::fleet_status(&broker, self.site.as_deref(), self.quiet)?;
+        if devices.is_empty() {
+            println!("no device has announced itself on {} yet", broker.name());
+            return Ok(());
+        }
+        println!(
+            "{:<16} {:<16} {:<8} {:<18} {:>5} {:<6} {:>12}",
+            "site", "device", "online", "model", "head", "alarm", "next report"
+        );
+        for d in &devices {
+            let s = &d.status;
+            let text = |key: &str| s[key].as_str().map_or("-".to_owned(), str::to_owned);
+            let number = |key: &str| s[key].as_u64().map_or("-".to_owned(), |n| n.to_string());
+            let flag = |key: &str| s[key].as_bool().map_or("-", |b| if b { "yes" } else { "no" });
+            println!(
+                "{:<16} {:<16} {:<8} {:<18} {:>5} {:<6} {:>12}",
+                d.site,
+                d.device,
+                flag("online"),
+                text("model"),
+                number("head_version"),
+                flag("alarm_active"),
+                number("next_report")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ReportsArgs {
+    fn run(self) -> Result<()> {
+        use std::io::Write;
+        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let marks_path = PathBuf::from(format!("{}.marks", self.output.display()));
+        let mut marks: std::collections::BTreeMap<String, u64> = match std::fs::read_to_string(&marks_path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a marks file (a JSON map of site/device to the next sequence)",
+                    marks_path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", marks_path.display())),
+        };
+        let session = self.session.clone().unwrap_or_else(|| {
+            let name = self.output.file_name().map_or("reports".into(), |n| n.to_string_lossy().into_owned());
+            format!("vigil-fleet-{name}")
+        });
+        let collected =
+            vigil_mqtt::collect_reports(&broker, self.site.as_deref(), &session, &mut marks, self.quiet)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.output)
+            .with_context(|| format!("cannot open {}", self.output.display()))?;
+        for report in &collected.reports {
+            writeln!(file, "{report}").with_context(|| format!("cannot write {}", self.output.display()))?;
+        }
+        file.sync_all().with_context(|| format!("cannot write {}", self.output.display()))?;
+        // The marks move only once the reports are on disk.
+        let temporary = PathBuf::from(format!("{}.tmp", marks_path.display()));
+        std::fs::write(&temporary, serde_json::to_string_pretty(&marks)?)
+            .and_then(|()| std::fs::rename(&temporary, &marks_path))
+            .with_context(|| format!("cannot write {}", marks_path.display()))?;
+        for (device, from, to) in &collected.gaps {
+            log::warn!(
+                "{device}: reports #{from} to #{to} never arrived (published before this session existed, or \
+                 expired on the broker); pull them over serial with `vigil reports pull --since {from}`"
+            );
+        }
+        println!(
+            "{} new reports from {} device(s) appended to {} ({} duplicates dropped; session {session})",
+            collected.reports.len(),
+            collected
+                .reports
+                .iter()
+                .map(|r| (r["site"].to_string(), r["device"].to_string()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            self.output.display(),
+            collected.duplicates
         );
         Ok(())
     }

@@ -133,18 +133,19 @@ impl StreamInputArgs {
     }
 }
 
-/// Parses `90s`, `10m`, `1h`, `2d` or a number of seconds.
+/// Parses `500ms`, `90s`, `10m`, `1h`, `2d` or a number of seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
     let value: f64 =
         number.trim().parse().map_err(|_| format!("`{text}` is not a duration such as 90s, 10m or 1h"))?;
     let seconds = match unit {
+        "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86_400.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use s, m, h or d")),
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use ms, s, m, h or d")),
     };
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("`{text}` must be a positive duration"));

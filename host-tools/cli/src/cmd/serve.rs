@@ -60,6 +60,14 @@ pub struct ServeArgs {
     /// False alarms per day the commissioned threshold aims at.
     #[arg(long, default_value_t = 1.0)]
     false_alarms_per_day: f32,
+    /// Also publish status and every stored report to this MQTT broker
+    /// (`mqtt://HOST[:PORT]`), under vigil/SITE/NAME/ (docs/mqtt.md). Credentials go in the
+    /// config file's [mqtt] section.
+    #[arg(long, requires = "site", conflicts_with = "config")]
+    mqtt: Option<String>,
+    /// The site the device belongs to on the broker (the topic level above its name).
+    #[arg(long, requires = "mqtt")]
+    site: Option<String>,
 }
 
 /// The settings `vigil serve` runs with, from its options or its config file.
@@ -75,6 +83,7 @@ struct ServeSettings {
     alarm: Option<AlarmConfig>,
     commission: Option<Duration>,
     false_alarms_per_day: f32,
+    mqtt: Option<(vigil_mqtt::Broker, String)>,
 }
 
 impl ServeArgs {
@@ -93,6 +102,13 @@ impl ServeArgs {
                 alarm: None,
                 commission: self.commission,
                 false_alarms_per_day: self.false_alarms_per_day,
+                mqtt: match (self.mqtt, self.site) {
+                    (Some(url), Some(site)) => {
+                        vigil_mqtt::check_level("--site", &site)?;
+                        Some((vigil_mqtt::Broker::parse(&url)?, site))
+                    }
+                    _ => None,
+                },
             });
         };
         let c = GatewayConfig::load(path)?;
@@ -112,6 +128,10 @@ impl ServeArgs {
             alarm: c.alarm,
             commission: self.commission,
             false_alarms_per_day: self.false_alarms_per_day,
+            mqtt: match &c.mqtt {
+                Some(m) => Some((m.broker()?, m.site.clone())),
+                None => None,
+            },
         })
     }
 
@@ -138,6 +158,7 @@ impl ServeArgs {
             alarm: s.alarm,
             commission: s.commission,
             false_alarms_per_day: s.false_alarms_per_day,
+            mqtt: s.mqtt,
         };
         gateway::run(settings, move |event| {
             match event {

@@ -1,0 +1,137 @@
+//! The host's side: the fleet's status, and every device's reports collected once.
+
+use crate::{parse_topic, Broker, Result};
+use rumqttc::{Client, Event, Packet, QoS};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// One device's retained status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceStatus {
+    /// Its site.
+    pub site: String,
+    /// Its name.
+    pub device: String,
+    /// What it last said (`{"online": false, ...}` once it went away).
+    pub status: serde_json::Value,
+}
+
+/// What one collection brought.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// New reports, in arrival order (in sequence order per device), each with `site` and
+    /// `device`.
+    pub reports: Vec<serde_json::Value>,
+    /// Reports received again (QoS 1 redelivery, or already collected) and dropped.
+    pub duplicates: usize,
+    /// Per device (`site/device`): the sequence numbers never received, as (from, to).
+    pub gaps: Vec<(String, u64, u64)>,
+}
+
+/// Reads every device's retained status under `vigil/<site>/` (every site when `None`),
+/// waiting until the broker has been quiet for `quiet`.
+pub fn fleet_status(broker: &Broker, site: Option<&str>, quiet: Duration) -> Result<Vec<DeviceStatus>> {
+    let id = format!("vigil-status-{}", std::process::id());
+    let filter = format!("vigil/{}/+/status", site.unwrap_or("+"));
+    let mut found = BTreeMap::new();
+    receive(broker, &id, true, &filter, quiet, |topic, payload| {
+        if let (Some((site, device, "status")), Ok(status)) =
+            (parse_topic(topic), serde_json::from_slice::<serde_json::Value>(payload))
+        {
+            found.insert(
+                (site.to_owned(), device.to_owned()),
+                DeviceStatus { site: site.to_owned(), device: device.to_owned(), status },
+            );
+        }
+    })?;
+    Ok(found.into_values().collect())
+}
+
+/// Collects the reports devices published under `vigil/<site>/` (every site when `None`)
+/// with the persistent session `client_id`: the broker keeps reports for this session
+/// while the host is away, from the first collection on. `marks` holds, per device
+/// (`site/device`), the next sequence expected; what is below it is a duplicate, and it
+/// moves past every report kept. Returns once the broker has been quiet for `quiet`.
+pub fn collect_reports(
+    broker: &Broker,
+    site: Option<&str>,
+    client_id: &str,
+    marks: &mut BTreeMap<String, u64>,
+    quiet: Duration,
+) -> Result<Collected> {
+    let filter = format!("vigil/{}/+/report", site.unwrap_or("+"));
+    let mut collected = Collected::default();
+    receive(broker, client_id, false, &filter, quiet, |topic, payload| {
+        let Some((site, device, "report")) = parse_topic(topic) else { return };
+        let Ok(mut report) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            log::warn!("{topic}: a payload that is not JSON was skipped");
+            return;
+        };
+        let Some(sequence) = report["sequence"].as_u64() else {
+            log::warn!("{topic}: a report without a sequence number was skipped");
+            return;
+        };
+        let key = format!("{site}/{device}");
+        let expected = marks.get(&key).copied();
+        if expected.is_some_and(|next| sequence < next) {
+            collected.duplicates += 1;
+            return;
+        }
+        if let Some(next) = expected.filter(|&next| sequence > next) {
+            collected.gaps.push((key.clone(), next, sequence - 1));
+        }
+        marks.insert(key, sequence + 1);
+        report["site"] = site.into();
+        report["device"] = device.into();
+        collected.reports.push(report);
+    })?;
+    Ok(collected)
+}
+
+/// Subscribes to `filter` at QoS 1 and hands every message to `on_message` until the
+/// broker has been quiet for `quiet` after the subscription was granted.
+fn receive(
+    broker: &Broker,
+    id: &str,
+    clean: bool,
+    filter: &str,
+    quiet: Duration,
+    mut on_message: impl FnMut(&str, &[u8]),
+) -> Result<()> {
+    let mut options = broker.options(id);
+    options.set_clean_session(clean);
+    let (client, mut connection) = Client::new(options, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).map_err(|e| broker.failed(e))?;
+    let connect_by = Instant::now() + Duration::from_secs(10);
+    let mut subscribed = false;
+    let mut last = Instant::now();
+    loop {
+        let wait = if subscribed {
+            match quiet.checked_sub(last.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => break,
+            }
+        } else if Instant::now() >= connect_by {
+            return Err(broker.failed("no answer within 10 s (is the broker running?)"));
+        } else {
+            Duration::from_millis(200)
+        };
+        match connection.recv_timeout(wait) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                subscribed = true;
+                last = Instant::now();
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                on_message(&p.topic, &p.payload);
+                last = Instant::now();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(broker.failed(e)),
+            Err(_) if subscribed => break,
+            Err(_) => {}
+        }
+    }
+    let _ = client.disconnect();
+    let _ = connection.recv_timeout(Duration::from_millis(200));
+    Ok(())
+}

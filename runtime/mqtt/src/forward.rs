@@ -1,0 +1,264 @@
+//! The gateway's side: status with a last will, and store-and-forward of reports.
+//!
+//! Reports are read from the gateway's durable store, never from memory: the forwarder
+//! publishes the report with the smallest sequence number at or after its mark, waits for
+//! the broker's acknowledgement (QoS 1), then moves the mark past it and persists it
+//! (`mqtt.next` in the state folder, written atomically). While the broker is unreachable
+//! the gateway goes on scoring and storing; on reconnection the backlog goes out in order.
+//! A report whose acknowledgement was lost is published again: consumers drop duplicates
+//! by (device, sequence).
+
+use crate::{check_level, topic, Broker, MqttError, Result};
+use rumqttc::{Client, Connection, Event, LastWill, Outgoing, Packet, QoS};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vigil_core::report::AnomalyReport;
+
+/// File in the state folder holding the sequence number of the next report to publish.
+pub const ACKED_FILE: &str = "mqtt.next";
+/// How long the broker has to acknowledge a publish before the connection is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the retained status is refreshed while connected.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where and as whom a gateway publishes.
+#[derive(Debug, Clone)]
+pub struct ForwarderSettings {
+    /// The broker.
+    pub broker: Broker,
+    /// The site (first topic level under `vigil/`).
+    pub site: String,
+    /// The device name (second level).
+    pub device: String,
+    /// The gateway's state folder, where the mark is kept.
+    pub state: PathBuf,
+}
+
+/// What the forwarder asks of the gateway.
+pub trait Source: Send + 'static {
+    /// The stored report with the smallest sequence number at or after `sequence`.
+    fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport>;
+    /// A report as its JSON payload (the device and site are added).
+    fn report_json(&self, report: &AnomalyReport) -> serde_json::Value;
+    /// The device's status as JSON (`online`, the device and site are added).
+    fn status_json(&self) -> serde_json::Value;
+}
+
+/// A running forwarder; stopping it publishes the device offline and disconnects.
+#[derive(Debug)]
+pub struct Forwarder {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Starts forwarding on a thread of its own.
+    pub fn start(settings: ForwarderSettings, source: impl Source) -> Result<Self> {
+        check_level("site", &settings.site)?;
+        check_level("device", &settings.device)?;
+        let next = read_mark(&settings.state)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("vigil-mqtt".into())
+            .spawn(move || run(settings, source, next, &thread_stop))
+            .map_err(|e| MqttError::File { what: "cannot start the MQTT thread".into(), source: e })?;
+        Ok(Forwarder { stop, handle: Some(handle) })
+    }
+
+    /// Stops the forwarder: the device is published offline and the connection closed.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop: &AtomicBool) {
+    let mut backoff = Duration::from_secs(1);
+    let mut reachable = true;
+    while !stop.load(Ordering::Relaxed) {
+        let mut connected = false;
+        let result = session(&settings, &mut source, &mut next, stop, &mut connected);
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if connected || reachable {
+                    log::warn!(
+                        "MQTT: {e}; reports stay in the store and are published from #{next} when the broker is back"
+                    );
+                }
+                reachable = false;
+                if connected {
+                    backoff = Duration::from_secs(1);
+                }
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if connected {
+            reachable = true;
+        }
+    }
+}
+
+/// One connection: announce, then forward until stopped or the connection fails.
+fn session(
+    settings: &ForwarderSettings,
+    source: &mut impl Source,
+    next: &mut u64,
+    stop: &AtomicBool,
+    connected: &mut bool,
+) -> Result<()> {
+    let (site, device) = (&settings.site, &settings.device);
+    let status_topic = topic(site, device, "status");
+    let report_topic = topic(site, device, "report");
+    let offline = serde_json::json!({ "online": false, "site": site, "device": device }).to_string();
+    let mut options = settings.broker.options(&format!("vigil-{site}-{device}"));
+    options.set_last_will(LastWill::new(&status_topic, offline.clone(), QoS::AtLeastOnce, true));
+    let (client, mut connection) = Client::new(options, 16);
+    let broker = &settings.broker;
+    wait_for(broker, &mut connection, ACK_TIMEOUT, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))))?;
+    let status = |mut json: serde_json::Value| {
+        json["online"] = true.into();
+        json["site"] = site.as_str().into();
+        json["device"] = device.as_str().into();
+        json.to_string()
+    };
+    publish(broker, &client, &mut connection, &status_topic, true, status(source.status_json()))?;
+    *connected = true;
+    log::info!("MQTT: connected to {} as {site}/{device}; next report to publish #{}", broker.name(), next);
+    let mut status_at = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(report) = source.report_from(*next) {
+            let mut json = source.report_json(&report);
+            json["site"] = site.as_str().into();
+            json["device"] = device.as_str().into();
+            publish(broker, &client, &mut connection, &report_topic, false, json.to_string())?;
+            *next = report.sequence + 1;
+            write_mark(&settings.state, *next)?;
+            continue;
+        }
+        if status_at.elapsed() >= STATUS_EVERY {
+            publish(broker, &client, &mut connection, &status_topic, true, status(source.status_json()))?;
+            status_at = Instant::now();
+        }
+        if let Ok(Err(e)) = connection.recv_timeout(Duration::from_millis(200)) {
+            return Err(broker.failed(e));
+        }
+    }
+    // A clean stop: say offline (the broker sends the will only when a device vanishes).
+    let _ = publish(broker, &client, &mut connection, &status_topic, true, offline);
+    let _ = client.disconnect();
+    let _ = connection.recv_timeout(Duration::from_millis(200));
+    Ok(())
+}
+
+/// Publishes at QoS 1 and waits for the broker's acknowledgement of this very publish.
+fn publish(
+    broker: &Broker,
+    client: &Client,
+    connection: &mut Connection,
+    topic: &str,
+    retain: bool,
+    payload: String,
+) -> Result<()> {
+    client.publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| broker.failed(e))?;
+    let mut ours = None;
+    wait_for(broker, connection, ACK_TIMEOUT, |event| match event {
+        Event::Outgoing(Outgoing::Publish(pkid)) => {
+            ours = Some(*pkid);
+            false
+        }
+        Event::Incoming(Packet::PubAck(ack)) => Some(ack.pkid) == ours,
+        _ => false,
+    })
+}
+
+/// Drives the connection until `done` accepts an event, the connection fails, or
+/// `timeout` passes.
+fn wait_for(
+    broker: &Broker,
+    connection: &mut Connection,
+    timeout: Duration,
+    mut done: impl FnMut(&Event) -> bool,
+) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(broker.failed(format!("no answer within {} s", timeout.as_secs())));
+        }
+        match connection.recv_timeout(left) {
+            Ok(Ok(event)) if done(&event) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(broker.failed(e)),
+            Err(_) => return Err(broker.failed(format!("no answer within {} s", timeout.as_secs()))),
+        }
+    }
+}
+
+/// The next sequence to publish, from the state folder (0 when none was kept).
+pub(crate) fn read_mark(state: &Path) -> Result<u64> {
+    let path = state.join(ACKED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            MqttError::Config(format!(
+                "{} holds `{}`, not a sequence number; delete it to publish every stored report again",
+                path.display(),
+                text.trim()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(MqttError::File { what: format!("cannot read {}", path.display()), source: e }),
+    }
+}
+
+/// Persists the mark: written to a temporary file, synced, then renamed over the old one.
+fn write_mark(state: &Path, next: u64) -> Result<()> {
+    let path = state.join(ACKED_FILE);
+    let temporary = state.join(format!("{ACKED_FILE}.tmp"));
+    let io = |e| MqttError::File { what: format!("cannot write {}", path.display()), source: e };
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        writeln!(file, "{next}").map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&temporary, &path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_survives_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_mark(dir.path()).unwrap(), 0);
+        write_mark(dir.path(), 42).unwrap();
+        assert_eq!(read_mark(dir.path()).unwrap(), 42);
+        std::fs::write(dir.path().join(ACKED_FILE), "forty").unwrap();
+        let e = read_mark(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("mqtt.next") && e.contains("forty"), "{e}");
+    }
+}

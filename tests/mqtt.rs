@@ -1,0 +1,258 @@
+//! A gateway on a real MQTT broker (Eclipse Mosquitto, started here on a free loopback
+//! port with its own config): store-and-forward of reports across a broker restart, the
+//! host's collection once each, and the status with its last will.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::ok;
+use serialport::{SerialPort, TTYPort};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Mosquitto broker of this test's own, stopped (SIGTERM, so it saves its sessions) when
+/// dropped.
+struct Mosquitto {
+    child: Child,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free loopback port, keeping sessions in `dir`; `None` (with a
+    /// SKIPPED line) when mosquitto is not installed and the run does not require it.
+    fn start(dir: &Path) -> Option<Mosquitto> {
+        let binary =
+            ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("VIGIL_REQUIRE_MQTT").is_none(),
+                "mosquitto is required (VIGIL_REQUIRE_MQTT) but not installed"
+            );
+            eprintln!("SKIPPED: the MQTT tests (mosquitto is not installed: apt-get install mosquitto)");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 persistent_client_expiration 1d\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = spawn(binary, &config);
+        let broker = Mosquitto { child, config, port };
+        broker.wait_listening();
+        Some(broker)
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_listening(&self) {
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it saves its sessions and exits).
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same sessions.
+    fn restart(&mut self) {
+        let binary =
+            ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
+        self.child = spawn(binary.unwrap(), &self.config);
+        self.wait_listening();
+    }
+}
+
+fn spawn(binary: &str, config: &Path) -> Child {
+    Command::new(binary)
+        .args(["-c", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `vigil serve` scoring CSV lines written to its standard input, publishing to a broker.
+struct Gateway {
+    child: Child,
+    input: Option<ChildStdin>,
+    // The other end of the serial port the gateway serves; kept open while it runs.
+    _port: (TTYPort, TTYPort),
+}
+
+impl Gateway {
+    fn start(dir: &Path, broker: &str) -> Gateway {
+        let key = dir.join("publisher");
+        if !key.exists() {
+            ok(&["keygen", "-o", key.to_str().unwrap()]);
+        }
+        let (master, slave) = TTYPort::pair().unwrap();
+        let port = slave.name().unwrap();
+        let state = dir.join("state");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["serve", "--port", &port, "--state", state.to_str().unwrap()])
+            .args(["--pubkey", &format!("{}.pub", key.display()), "--name", "press-7"])
+            .args(["--input", "-", "--format", "csv", "--rate", "16000"])
+            .args(["--mqtt", broker, "--site", "plant-1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take();
+        Gateway { child, input, _port: (master, slave) }
+    }
+
+    /// Feeds `seconds` of a simulated signal (`fault` or healthy) to the gateway.
+    fn feed(&mut self, dir: &Path, seconds: u32, fault: Option<&str>, seed: u32) {
+        let path = dir.join(format!("segment-{seed}.csv"));
+        let mut args = vec!["simulate", "-o", path.to_str().unwrap()];
+        let (seconds, seed) = (seconds.to_string(), seed.to_string());
+        args.extend(["--seconds", &seconds, "--seed", &seed]);
+        if let Some(fault) = fault {
+            args.extend(["--fault", fault, "--onset", "0", "--severity", "0.8"]);
+        }
+        ok(&args);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let samples: String =
+            text.lines().filter(|l| l.parse::<f32>().is_ok()).map(|l| format!("{l}\n")).collect();
+        self.input.as_mut().unwrap().write_all(samples.as_bytes()).unwrap();
+        self.input.as_mut().unwrap().flush().unwrap();
+    }
+
+    /// Kills the gateway as a power cut would: no goodbye to the broker.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Collects with `vigil fleet reports` until `count` reports are in `file` (or 60 s pass).
+fn collect_until(broker: &str, file: &Path, count: usize) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        ok(&["fleet", "reports", "--broker", broker, "-o", file.to_str().unwrap(), "--quiet", "500ms"]);
+        let reports: Vec<serde_json::Value> = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if reports.len() >= count || started.elapsed() > Duration::from_secs(60) {
+            return reports;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn status_of(broker: &str) -> String {
+    ok(&["fleet", "status", "--broker", broker, "--quiet", "500ms"])
+}
+
+#[test]
+fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a_dead_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
+    let url = broker.url();
+    let collected = dir.path().join("fleet.jsonl");
+    // The host's first collection creates its session on the broker.
+    collect_until(&url, &collected, 0);
+
+    let mut gateway = Gateway::start(dir.path(), &url);
+    gateway.feed(dir.path(), 4, None, 1);
+    gateway.feed(dir.path(), 6, Some("outer-race"), 2);
+    let first = collect_until(&url, &collected, 1);
+    assert_eq!(first.len(), 1, "the alarm did not arrive: {first:?}");
+    assert_eq!(
+        (first[0]["kind"].as_str(), first[0]["device"].as_str()),
+        (Some("AlarmRaised"), Some("press-7"))
+    );
+    let status = status_of(&url);
+    assert!(status.contains("press-7") && status.contains("yes"), "{status}");
+
+    // The broker goes away; the gateway goes on scoring and storing.
+    broker.stop();
+    gateway.feed(dir.path(), 12, None, 3);
+    gateway.feed(dir.path(), 6, Some("outer-race"), 4);
+    let state = dir.path().join("state");
+    let started = Instant::now();
+    while vigil_runtime::store::ReportStore::read_all(&state).unwrap().len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not store its reports");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker.restart();
+    let all = collect_until(&url, &collected, 3);
+    let sequences: Vec<u64> = all.iter().map(|r| r["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(sequences, [0, 1, 2], "every report once, in order: {all:?}");
+    let kinds: Vec<&str> = all.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["AlarmRaised", "AlarmCleared", "AlarmRaised"]);
+    let marks = std::fs::read_to_string(dir.path().join("fleet.jsonl.marks")).unwrap();
+    assert!(marks.contains("\"plant-1/press-7\": 3"), "{marks}");
+    assert_eq!(std::fs::read_to_string(state.join("mqtt.next")).unwrap().trim(), "3");
+
+    // A gateway that dies without a word is marked offline by its last will.
+    gateway.kill();
+    let started = Instant::now();
+    loop {
+        let status = status_of(&url);
+        let line = status.lines().find(|l| l.contains("press-7")).unwrap_or_default().to_owned();
+        if line.split_whitespace().nth(2) == Some("no") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no last will within 30 s: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_bad_broker_url_or_site_is_refused_clearly() {
+    let e = common::refused(&["fleet", "status", "--broker", "mqtts://b:8883"]);
+    assert!(e.contains("TLS") && e.contains("mqtts://b:8883"), "{e}");
+    let e = common::refused(&["fleet", "reports", "--broker", "http://b", "-o", "/tmp/never.jsonl"]);
+    assert!(e.contains("expected mqtt://"), "{e}");
+    let e = common::refused(&[
+        "serve",
+        "--port",
+        "/dev/null",
+        "--state",
+        "/tmp/never",
+        "--pubkey",
+        "k.pub",
+        "--mqtt",
+        "mqtt://b",
+        "--site",
+        "plant/1",
+    ]);
+    assert!(e.contains("`plant/1` cannot be a topic level"), "{e}");
+    // Nothing listens on this port.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = common::refused(&["fleet", "status", "--broker", &format!("mqtt://127.0.0.1:{port}")]);
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
