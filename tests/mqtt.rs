@@ -104,18 +104,24 @@ struct Gateway {
 
 impl Gateway {
     fn start(dir: &Path, broker: &str) -> Gateway {
+        Gateway::named(dir, broker, "press-7", &[])
+    }
+
+    /// A gateway named `name` (its state in `dir/<name>`), with more `serve` options.
+    fn named(dir: &Path, broker: &str, name: &str, extra: &[&str]) -> Gateway {
         let key = dir.join("publisher");
         if !key.exists() {
             ok(&["keygen", "-o", key.to_str().unwrap()]);
         }
         let (master, slave) = TTYPort::pair().unwrap();
         let port = slave.name().unwrap();
-        let state = dir.join("state");
+        let state = if name == "press-7" && extra.is_empty() { dir.join("state") } else { dir.join(name) };
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["serve", "--port", &port, "--state", state.to_str().unwrap()])
-            .args(["--pubkey", &format!("{}.pub", key.display()), "--name", "press-7"])
+            .args(["--pubkey", &format!("{}.pub", key.display()), "--name", name])
             .args(["--input", "-", "--format", "csv", "--rate", "16000"])
             .args(["--mqtt", broker, "--site", "plant-1"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -255,4 +261,103 @@ fn a_bad_broker_url_or_site_is_refused_clearly() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let e = common::refused(&["fleet", "status", "--broker", &format!("mqtt://127.0.0.1:{port}")]);
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+/// The head of the built-in model as a `.vup` of `version`, signed with `key`.
+fn signed_head(dir: &Path, key: &Path, version: u32) -> PathBuf {
+    let path = dir.join(format!("head-{version}-{}.vup", key.file_name().unwrap().to_string_lossy()));
+    ok(&["export-head", "-o", path.to_str().unwrap(), "--version", &version.to_string()]);
+    ok(&["sign", "--key", key.to_str().unwrap(), path.to_str().unwrap()]);
+    path
+}
+
+/// The outcome column of `device` in `vigil fleet push`'s table.
+fn outcome(table: &str, device: &str) -> String {
+    let line =
+        table.lines().find(|l| l.starts_with(device)).unwrap_or_else(|| panic!("{device} missing:\n{table}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn an_update_fans_out_to_the_site_or_a_group_and_each_device_checks_it_as_over_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else { return };
+    let url = broker.url();
+    let mut a = Gateway::named(dir.path(), &url, "press-7", &["--group", "line-2"]);
+    let mut b = Gateway::named(dir.path(), &url, "press-8", &[]);
+    // A gateway starts serving once its input has begun.
+    a.feed(dir.path(), 1, None, 5);
+    b.feed(dir.path(), 1, None, 6);
+    let key = dir.path().join("publisher");
+    let started = Instant::now();
+    while status_of(&url).lines().filter(|l| l.contains("plant-1")).count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateways did not announce themselves");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let push = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["fleet", "push", "--broker", &url, "--site", "plant-1", "--timeout", "20s"];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().unwrap());
+        common::vigil(&args)
+    };
+
+    let good = signed_head(dir.path(), &key, 2);
+    let o = push(&good, &[]);
+    let (table, err) = common::text(&o);
+    assert!(o.status.success(), "{table}\n{err}");
+    assert_eq!(
+        (outcome(&table, "press-7"), outcome(&table, "press-8")),
+        ("applied".into(), "applied".into()),
+        "{table}"
+    );
+    // The same update again: each device already runs it, byte for byte.
+    let (table, _) = common::text(&push(&good, &[]));
+    assert_eq!(
+        (outcome(&table, "press-7"), outcome(&table, "press-8")),
+        ("already".into(), "already".into()),
+        "{table}"
+    );
+
+    // Signed with another key: every device refuses it, with the reason a serial push gets.
+    ok(&["keygen", "-o", dir.path().join("stranger").to_str().unwrap()]);
+    let forged = signed_head(dir.path(), &dir.path().join("stranger"), 3);
+    let o = push(&forged, &[]);
+    let (table, err) = common::text(&o);
+    assert!(!o.status.success() && err.contains("2 of 2 device(s) did not apply"), "{table}\n{err}");
+    assert!(table.contains("refused") && table.contains("signature does not verify"), "{table}");
+    // Unsigned: refused before anything is published.
+    let unsigned = dir.path().join("unsigned.vup");
+    ok(&["export-head", "-o", unsigned.to_str().unwrap(), "--version", "3"]);
+    assert!(common::refused(&[
+        "fleet",
+        "push",
+        "--broker",
+        &url,
+        "--site",
+        "plant-1",
+        unsigned.to_str().unwrap()
+    ])
+    .contains("is unsigned"));
+
+    // A group's update reaches its members only.
+    let grouped = signed_head(dir.path(), &key, 3);
+    let (table, err) = common::text(&push(&grouped, &["--group", "line-2"]));
+    assert_eq!(outcome(&table, "press-7"), "applied", "{table}\n{err}");
+    assert!(!table.lines().any(|l| l.starts_with("press-8")), "{table}");
+    let started = Instant::now();
+    loop {
+        let status = status_of(&url);
+        let head = |device: &str| {
+            status
+                .lines()
+                .find(|l| l.contains(device))
+                .and_then(|l| l.split_whitespace().nth(4))
+                .map(str::to_owned)
+        };
+        if head("press-7").as_deref() == Some("3") && head("press-8").as_deref() == Some("2") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -90,6 +90,46 @@ impl<'s, S: SlotStorage> Agent<'s, S> {
         }
     }
 
+    /// Answers one request that arrived by another way than the line (an MQTT message, a
+    /// file): the same checks and state as over the line, the answer as a value. For the
+    /// requests answered by `Ack` or `Nack` (updates, labels); others give `Unexpected`.
+    pub fn request(&mut self, message: Message<'_>, device: &mut impl Device) -> Result<u32, NackReason> {
+        let mut answer = Err(NackReason::Unexpected);
+        respond(&mut self.slots, self.scratch, Ok(Envelope::new(0, message)), device, &mut |frame| {
+            let mut copy = [0u8; MAX_FRAME];
+            let Some(body) = frame.len().checked_sub(1).and_then(|n| copy.get_mut(..n)) else { return };
+            body.copy_from_slice(&frame[..frame.len() - 1]);
+            answer = match crate::wire::decode_frame(body).map(|e| e.message) {
+                Ok(Message::Ack(value)) => Ok(value),
+                Ok(Message::Nack(reason)) => Err(reason),
+                _ => Err(NackReason::Unexpected),
+            };
+        });
+        answer
+    }
+
+    /// Applies a whole update that arrived by another way than the line, exactly as a
+    /// pushed one: begin, chunks, commit. Returns the version now active; the device's
+    /// refusal otherwise (`AlreadyActive` when it runs this very update).
+    pub fn apply_update(
+        &mut self,
+        header: &crate::update::UpdateHeader,
+        payload: &[u8],
+        signature: Option<crate::wire::Signature>,
+        device: &mut impl Device,
+    ) -> Result<u32, NackReason> {
+        if payload.len() != header.length as usize {
+            return Err(NackReason::Incomplete { received: payload.len() as u32, total: header.length });
+        }
+        let mut offset = self.request(Message::UpdateBegin(*header), device)?;
+        while (offset as usize) < payload.len() {
+            let end = (offset as usize + MAX_CHUNK).min(payload.len());
+            let data = &payload[offset as usize..end];
+            offset = self.request(Message::UpdateChunk { offset, data }, device)?;
+        }
+        self.request(Message::UpdateCommit { signature }, device)
+    }
+
     /// Takes bytes from the line; `send` gets each complete answer frame.
     pub fn receive(&mut self, bytes: &[u8], device: &mut impl Device, send: &mut impl FnMut(&[u8])) {
         for &byte in bytes {
@@ -328,6 +368,30 @@ mod tests {
             answers.push(std::format!("{:?}", envelope.message));
         });
         answers
+    }
+
+    #[test]
+    fn an_update_from_another_transport_takes_the_same_path_as_one_from_the_line() {
+        let key = signing_key(1);
+        let mut device = PipeDevice {
+            reports: Vec::new(),
+            labels: Vec::new(),
+            head: None,
+            public_key: key.verifying_key().to_bytes(),
+        };
+        let mut scratch = std::vec![0u8; 8192];
+        let mut agent = Agent::new(Slots::open(RamStorage::default()).unwrap(), &mut scratch);
+        let (header, payload, signature) = signed(&head_update(2, 16, 4, false), &key);
+        assert_eq!(agent.apply_update(&header, &payload, Some(signature), &mut device), Ok(2));
+        assert_eq!(device.head_version(), 2);
+        assert_eq!(
+            agent.apply_update(&header, &payload, Some(signature), &mut device),
+            Err(NackReason::AlreadyActive { version: 2 })
+        );
+        let (header, payload, _) = signed(&head_update(3, 16, 4, false), &key);
+        assert_eq!(agent.apply_update(&header, &payload, None, &mut device), Err(NackReason::Unsigned));
+        assert_eq!(agent.request(Message::Ping(1), &mut device), Err(NackReason::Unexpected));
+        assert_eq!(device.head_version(), 2);
     }
 
     #[test]

@@ -48,9 +48,26 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password of `username`.
     pub password: Option<String>,
+    /// Groups whose updates the device takes, besides its site's (`vigil fleet push
+    /// --group`).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl MqttConfig {
+    /// The broker, site and groups, checked.
+    pub fn settings(&self) -> Result<crate::gateway::MqttSettings> {
+        for group in &self.groups {
+            vigil_mqtt::check_level("[mqtt] groups:", group)
+                .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        }
+        Ok(crate::gateway::MqttSettings {
+            broker: self.broker()?,
+            site: self.site.clone(),
+            groups: self.groups.clone(),
+        })
+    }
+
     /// The broker, checked.
     pub fn broker(&self) -> Result<vigil_mqtt::Broker> {
         let mut broker = vigil_mqtt::Broker::parse(&self.broker)

@@ -20,7 +20,8 @@ use std::time::Duration;
 use vigil_core::agent::Agent;
 use vigil_core::report::AnomalyReport;
 use vigil_core::update::slots::Slots;
-use vigil_serial::{open_port, serve_link};
+use vigil_core::wire::NackReason;
+use vigil_serial::{open_port, serve_link_with};
 
 /// Everything a gateway agent runs with.
 pub struct GatewaySettings {
@@ -46,8 +47,19 @@ pub struct GatewaySettings {
     pub commission: Option<Duration>,
     /// False alarms per day the commissioned threshold aims at.
     pub false_alarms_per_day: f32,
-    /// The broker to publish status and reports to, and the site.
-    pub mqtt: Option<(vigil_mqtt::Broker, String)>,
+    /// The broker to publish status and reports to, and take updates from.
+    pub mqtt: Option<MqttSettings>,
+}
+
+/// Where a gateway meets its fleet on a broker (`docs/mqtt.md`).
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// The broker.
+    pub broker: vigil_mqtt::Broker,
+    /// The device's site (the topic level above its name).
+    pub site: String,
+    /// Groups whose updates the device takes, besides its site's.
+    pub groups: Vec<String>,
 }
 
 /// What a running gateway tells its operator.
@@ -132,8 +144,9 @@ pub fn run(
     };
     let slots = FileSlots::open(&state).map_err(|e| in_state("use update slots", &e))?;
     let slots = Slots::open(slots).map_err(|e| in_state("read update slots", &e))?;
-    let mut scratch = vec![0u8; GATEWAY_SLOT_CAPACITY as usize];
-    let mut agent = Agent::new(slots, &mut scratch);
+    // The agent lives as long as the process; the serial line and the broker share it.
+    let scratch: &'static mut [u8] = Box::leak(vec![0u8; GATEWAY_SLOT_CAPACITY as usize].into_boxed_slice());
+    let mut agent = Agent::new(slots, scratch);
     if let Some(version) =
         agent.restore(&mut device).map_err(|e| in_state("restore the committed head", &e))?
     {
@@ -150,11 +163,23 @@ pub fn run(
     }
     let mut link = open_port(&port, baud, Duration::from_millis(50))?;
     on_event(GatewayEvent::Serving);
+    // The serial line and the broker share one agent: an update is checked and applied by
+    // the same code whichever way it came.
+    let shared = Arc::new(Mutex::new((agent, device)));
     let forwarder = match mqtt {
-        Some((broker, site)) => {
-            let settings =
-                vigil_mqtt::ForwarderSettings { broker, site, device: name.clone(), state: state.clone() };
-            let source = StoreSource { pipeline: pipeline.clone(), class_names: class_names(&pipeline) };
+        Some(MqttSettings { broker, site, groups }) => {
+            let settings = vigil_mqtt::ForwarderSettings {
+                broker,
+                site,
+                device: name.clone(),
+                state: state.clone(),
+                groups,
+            };
+            let source = StoreSource {
+                pipeline: pipeline.clone(),
+                agent: shared.clone(),
+                class_names: class_names(&pipeline),
+            };
             Some(
                 vigil_mqtt::Forwarder::start(settings, source)
                     .map_err(|e| RuntimeError::Config(e.to_string()))?,
@@ -186,8 +211,12 @@ pub fn run(
             result
         })
     });
-    let served = serve_link(&mut link, &mut agent, &mut device, &stop)
-        .map_err(|e| RuntimeError::io(format!("serial port {port} failed"), e));
+    let served = serve_link_with(&mut link, &stop, |bytes, send| {
+        let mut shared = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (agent, device) = &mut *shared;
+        agent.receive(bytes, device, &mut |frame| send(frame));
+    })
+    .map_err(|e| RuntimeError::io(format!("serial port {port} failed"), e));
     if let Some(forwarder) = forwarder {
         forwarder.stop();
     }
@@ -206,6 +235,7 @@ fn class_names(pipeline: &Mutex<Pipeline>) -> Vec<String> {
 /// What the MQTT forwarder reads: the durable store and the device's state.
 struct StoreSource {
     pipeline: Arc<Mutex<Pipeline>>,
+    agent: Arc<Mutex<(Agent<'static, FileSlots>, GatewayDevice)>>,
     class_names: Vec<String>,
 }
 
@@ -225,6 +255,12 @@ impl vigil_mqtt::Source for StoreSource {
             }
             None => None,
         }
+    }
+
+    fn apply_update(&mut self, update: &vigil_mqtt::UpdateMessage) -> std::result::Result<u32, NackReason> {
+        let mut shared = self.agent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (agent, device) = &mut *shared;
+        agent.apply_update(&update.header, &update.payload, update.signature, device)
     }
 
     fn report_json(&self, report: &AnomalyReport) -> serde_json::Value {

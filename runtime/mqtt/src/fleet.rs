@@ -135,3 +135,124 @@ fn receive(
     let _ = connection.recv_timeout(Duration::from_millis(200));
     Ok(())
 }
+
+/// One device's answer to an update published on the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateOutcome {
+    /// The device's site.
+    pub site: String,
+    /// The device.
+    pub device: String,
+    /// `applied`, `already` (it ran this very update), `refused`, or `no answer`.
+    pub outcome: String,
+    /// Why it refused (the same reasons as over serial).
+    pub reason: String,
+    /// The head version it runs after the update, when it answered.
+    pub head_version: Option<u64>,
+}
+
+/// Publishes `update` (retained, QoS 1) to `vigil/<site>/update` or to a group's topic,
+/// then waits until every online device of the site (or of the group) has answered on its
+/// `ack` topic, or `timeout` passed. One outcome per device that was online.
+pub fn publish_update(
+    broker: &Broker,
+    site: &str,
+    group: Option<&str>,
+    update: &crate::UpdateMessage,
+    timeout: Duration,
+) -> Result<Vec<UpdateOutcome>> {
+    crate::check_level("site", site)?;
+    if let Some(group) = group {
+        crate::check_level("group", group)?;
+    }
+    let payload = postcard::to_allocvec(update)
+        .map_err(|e| crate::MqttError::Config(format!("cannot encode the update: {e}")))?;
+    let sha256 = vigil_core::hex::encode(&update.header.sha256);
+    let version = u64::from(update.header.version);
+    let mut options = broker.options(&format!("vigil-push-{}", std::process::id()));
+    options.set_clean_session(true);
+    let (client, mut connection) = Client::new(options, 64);
+    let failed = |e: &dyn std::fmt::Display| broker.failed(e);
+    for leaf in ["status", "ack"] {
+        client.subscribe(format!("vigil/{site}/+/{leaf}"), QoS::AtLeastOnce).map_err(|e| failed(&e))?;
+    }
+    let mut statuses: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut acks: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let take = |p: &rumqttc::Publish,
+                statuses: &mut BTreeMap<String, serde_json::Value>,
+                acks: &mut BTreeMap<String, serde_json::Value>| {
+        let Some((_, device, leaf)) = parse_topic(&p.topic) else { return };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { return };
+        match leaf {
+            "status" => {
+                statuses.insert(device.to_owned(), json);
+            }
+            // A retained ack is an answer to an earlier publish; only live ones count.
+            "ack"
+                if !p.retain
+                    && json["update_version"].as_u64() == Some(version)
+                    && json["update_sha256"].as_str() == Some(sha256.as_str()) =>
+            {
+                acks.insert(device.to_owned(), json);
+            }
+            _ => {}
+        }
+    };
+    // The retained statuses say which devices are online and in which groups.
+    let started = Instant::now();
+    let (mut subscribed, mut last) = (0, Instant::now());
+    while subscribed < 2 || last.elapsed() < Duration::from_millis(700) {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(failed(&"no answer within 10 s (is the broker running?)"));
+        }
+        match connection.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                subscribed += 1;
+                last = Instant::now();
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                take(&p, &mut statuses, &mut acks);
+                last = Instant::now();
+            }
+            Ok(Err(e)) => return Err(failed(&e)),
+            _ => {}
+        }
+    }
+    let in_scope = |status: &serde_json::Value| {
+        status["online"] == true
+            && group.is_none_or(|g| status["groups"].as_array().is_some_and(|gs| gs.iter().any(|x| x == g)))
+    };
+    let targets: Vec<String> = statuses.iter().filter(|(_, s)| in_scope(s)).map(|(d, _)| d.clone()).collect();
+    client
+        .publish(crate::update_topic(site, group), QoS::AtLeastOnce, true, payload)
+        .map_err(|e| failed(&e))?;
+    let until = Instant::now() + timeout;
+    while Instant::now() < until && !targets.iter().all(|d| acks.contains_key(d)) {
+        match connection.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => take(&p, &mut statuses, &mut acks),
+            Ok(Err(e)) => return Err(failed(&e)),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    let _ = connection.recv_timeout(Duration::from_millis(200));
+    Ok(targets
+        .into_iter()
+        .map(|device| match acks.get(&device) {
+            Some(ack) => UpdateOutcome {
+                site: site.to_owned(),
+                device,
+                outcome: ack["outcome"].as_str().unwrap_or("?").to_owned(),
+                reason: ack["reason"].as_str().unwrap_or_default().to_owned(),
+                head_version: ack["head_version"].as_u64(),
+            },
+            None => UpdateOutcome {
+                site: site.to_owned(),
+                device,
+                outcome: "no answer".into(),
+                reason: format!("no answer within {} s", timeout.as_secs()),
+                head_version: None,
+            },
+        })
+        .collect())
+}

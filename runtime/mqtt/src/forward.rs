@@ -8,14 +8,15 @@
 //! A report whose acknowledgement was lost is published again: consumers drop duplicates
 //! by (device, sequence).
 
-use crate::{check_level, topic, Broker, MqttError, Result};
-use rumqttc::{Client, Connection, Event, LastWill, Outgoing, Packet, QoS};
+use crate::{check_level, topic, update_topic, Broker, MqttError, Result, UpdateMessage};
+use rumqttc::{Client, Connection, Event, LastWill, Outgoing, Packet, Publish, QoS};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vigil_core::report::AnomalyReport;
+use vigil_core::wire::NackReason;
 
 /// File in the state folder holding the sequence number of the next report to publish.
 pub const ACKED_FILE: &str = "mqtt.next";
@@ -37,6 +38,8 @@ pub struct ForwarderSettings {
     pub device: String,
     /// The gateway's state folder, where the mark is kept.
     pub state: PathBuf,
+    /// Groups whose updates the device takes, besides its site's.
+    pub groups: Vec<String>,
 }
 
 /// What the forwarder asks of the gateway.
@@ -45,8 +48,11 @@ pub trait Source: Send + 'static {
     fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport>;
     /// A report as its JSON payload (the device and site are added).
     fn report_json(&self, report: &AnomalyReport) -> serde_json::Value;
-    /// The device's status as JSON (`online`, the device and site are added).
+    /// The device's status as JSON (`online`, the device, site and groups are added).
     fn status_json(&self) -> serde_json::Value;
+    /// Applies a signed update exactly as one pushed over serial; the version now active,
+    /// or the device's refusal.
+    fn apply_update(&mut self, update: &UpdateMessage) -> Result<u32, NackReason>;
 }
 
 /// A running forwarder; stopping it publishes the device offline and disconnects.
@@ -61,6 +67,9 @@ impl Forwarder {
     pub fn start(settings: ForwarderSettings, source: impl Source) -> Result<Self> {
         check_level("site", &settings.site)?;
         check_level("device", &settings.device)?;
+        for group in &settings.groups {
+            check_level("group", group)?;
+        }
         let next = read_mark(&settings.state)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -121,6 +130,61 @@ fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop
     }
 }
 
+/// One connection to the broker, with the messages that arrived while waiting for
+/// something else.
+struct Session<'b> {
+    broker: &'b Broker,
+    client: Client,
+    connection: Connection,
+    inbox: Vec<Publish>,
+}
+
+impl Session<'_> {
+    /// Publishes at QoS 1 and waits for the broker's acknowledgement of this very publish.
+    fn publish(&mut self, topic: &str, retain: bool, payload: impl Into<Vec<u8>>) -> Result<()> {
+        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| self.broker.failed(e))?;
+        let mut ours = None;
+        self.wait_for(ACK_TIMEOUT, |event| match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                ours = Some(*pkid);
+                false
+            }
+            Event::Incoming(Packet::PubAck(ack)) => Some(ack.pkid) == ours,
+            _ => false,
+        })
+    }
+
+    /// Drives the connection until `done` accepts an event, the connection fails, or
+    /// `timeout` passes; messages that arrive meanwhile go to the inbox.
+    fn wait_for(&mut self, timeout: Duration, mut done: impl FnMut(&Event) -> bool) -> Result<()> {
+        let until = Instant::now() + timeout;
+        let silent = || format!("no answer within {} s", timeout.as_secs());
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.broker.failed(silent()));
+            }
+            match self.connection.recv_timeout(left) {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => self.inbox.push(p),
+                Ok(Ok(event)) if done(&event) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(self.broker.failed(e)),
+                Err(_) => return Err(self.broker.failed(silent())),
+            }
+        }
+    }
+
+    /// Drives the connection for at most `time`, collecting messages.
+    fn idle(&mut self, time: Duration) -> Result<()> {
+        match self.connection.recv_timeout(time) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => self.inbox.push(p),
+            Ok(Err(e)) => return Err(self.broker.failed(e)),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// One connection: announce, then forward until stopped or the connection fails.
 fn session(
     settings: &ForwarderSettings,
@@ -132,89 +196,90 @@ fn session(
     let (site, device) = (&settings.site, &settings.device);
     let status_topic = topic(site, device, "status");
     let report_topic = topic(site, device, "report");
+    let ack_topic = topic(site, device, "ack");
     let offline = serde_json::json!({ "online": false, "site": site, "device": device }).to_string();
     let mut options = settings.broker.options(&format!("vigil-{site}-{device}"));
     options.set_last_will(LastWill::new(&status_topic, offline.clone(), QoS::AtLeastOnce, true));
-    let (client, mut connection) = Client::new(options, 16);
-    let broker = &settings.broker;
-    wait_for(broker, &mut connection, ACK_TIMEOUT, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))))?;
+    let (client, connection) = Client::new(options, 16);
+    let mut s = Session { broker: &settings.broker, client, connection, inbox: Vec::new() };
+    s.wait_for(ACK_TIMEOUT, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))))?;
     let status = |mut json: serde_json::Value| {
         json["online"] = true.into();
         json["site"] = site.as_str().into();
         json["device"] = device.as_str().into();
+        json["groups"] = settings.groups.clone().into();
         json.to_string()
     };
-    publish(broker, &client, &mut connection, &status_topic, true, status(source.status_json()))?;
+    s.publish(&status_topic, true, status(source.status_json()))?;
+    let updates: Vec<String> = std::iter::once(update_topic(site, None))
+        .chain(settings.groups.iter().map(|g| update_topic(site, Some(g))))
+        .collect();
+    for filter in &updates {
+        s.client.subscribe(filter, QoS::AtLeastOnce).map_err(|e| settings.broker.failed(e))?;
+    }
     *connected = true;
-    log::info!("MQTT: connected to {} as {site}/{device}; next report to publish #{}", broker.name(), next);
+    log::info!(
+        "MQTT: connected to {} as {site}/{device}; next report to publish #{}",
+        settings.broker.name(),
+        next
+    );
     let mut status_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        for message in std::mem::take(&mut s.inbox) {
+            // An empty retained message clears a topic; it is not an update.
+            if updates.contains(&message.topic) && !message.payload.is_empty() {
+                let mut ack = apply(source, &message.topic, &message.payload);
+                ack["site"] = site.as_str().into();
+                ack["device"] = device.as_str().into();
+                s.publish(&ack_topic, true, ack.to_string())?;
+                s.publish(&status_topic, true, status(source.status_json()))?;
+            }
+        }
         if let Some(report) = source.report_from(*next) {
             let mut json = source.report_json(&report);
             json["site"] = site.as_str().into();
             json["device"] = device.as_str().into();
-            publish(broker, &client, &mut connection, &report_topic, false, json.to_string())?;
+            s.publish(&report_topic, false, json.to_string())?;
             *next = report.sequence + 1;
             write_mark(&settings.state, *next)?;
             continue;
         }
         if status_at.elapsed() >= STATUS_EVERY {
-            publish(broker, &client, &mut connection, &status_topic, true, status(source.status_json()))?;
+            s.publish(&status_topic, true, status(source.status_json()))?;
             status_at = Instant::now();
         }
-        if let Ok(Err(e)) = connection.recv_timeout(Duration::from_millis(200)) {
-            return Err(broker.failed(e));
-        }
+        s.idle(Duration::from_millis(200))?;
     }
     // A clean stop: say offline (the broker sends the will only when a device vanishes).
-    let _ = publish(broker, &client, &mut connection, &status_topic, true, offline);
-    let _ = client.disconnect();
-    let _ = connection.recv_timeout(Duration::from_millis(200));
+    let _ = s.publish(&status_topic, true, offline);
+    let _ = s.client.disconnect();
+    let _ = s.connection.recv_timeout(Duration::from_millis(200));
     Ok(())
 }
 
-/// Publishes at QoS 1 and waits for the broker's acknowledgement of this very publish.
-fn publish(
-    broker: &Broker,
-    client: &Client,
-    connection: &mut Connection,
-    topic: &str,
-    retain: bool,
-    payload: String,
-) -> Result<()> {
-    client.publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| broker.failed(e))?;
-    let mut ours = None;
-    wait_for(broker, connection, ACK_TIMEOUT, |event| match event {
-        Event::Outgoing(Outgoing::Publish(pkid)) => {
-            ours = Some(*pkid);
-            false
+/// Applies an update from the broker; the outcome as the `ack` payload.
+fn apply(source: &mut impl Source, topic: &str, payload: &[u8]) -> serde_json::Value {
+    let update = match postcard::from_bytes::<UpdateMessage>(payload) {
+        Ok(update) => update,
+        Err(e) => {
+            log::warn!("MQTT: the update on {topic} does not decode ({e}); refused");
+            return serde_json::json!({ "outcome": "refused", "reason": format!("the update does not decode: {e}") });
         }
-        Event::Incoming(Packet::PubAck(ack)) => Some(ack.pkid) == ours,
-        _ => false,
+    };
+    let header = update.header;
+    let (outcome, reason, version) = match source.apply_update(&update) {
+        Ok(version) => ("applied", String::new(), version),
+        Err(NackReason::AlreadyActive { version }) => ("already", String::new(), version),
+        Err(reason) => ("refused", reason.to_string(), header.version),
+    };
+    log::info!("MQTT: update to head version {} from {topic}: {outcome} {reason}", header.version);
+    serde_json::json!({
+        "update_version": header.version,
+        "update_sha256": vigil_core::hex::encode(&header.sha256),
+        "outcome": outcome,
+        "reason": reason,
+        "head_version": version,
     })
-}
-
-/// Drives the connection until `done` accepts an event, the connection fails, or
-/// `timeout` passes.
-fn wait_for(
-    broker: &Broker,
-    connection: &mut Connection,
-    timeout: Duration,
-    mut done: impl FnMut(&Event) -> bool,
-) -> Result<()> {
-    let until = Instant::now() + timeout;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(broker.failed(format!("no answer within {} s", timeout.as_secs())));
-        }
-        match connection.recv_timeout(left) {
-            Ok(Ok(event)) if done(&event) => return Ok(()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(broker.failed(e)),
-            Err(_) => return Err(broker.failed(format!("no answer within {} s", timeout.as_secs()))),
-        }
-    }
 }
 
 /// The next sequence to publish, from the state folder (0 when none was kept).

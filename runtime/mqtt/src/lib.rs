@@ -1,18 +1,45 @@
 //! Vigil on an MQTT broker (`docs/mqtt.md`): a gateway announces its status with a last
-//! will and forwards every stored report from its durable store, in order, resuming after
-//! the last one the broker acknowledged; a host reads the fleet's status and collects the
-//! reports, once each.
+//! will, forwards every stored report from its durable store, in order, resuming after the
+//! last one the broker acknowledged, and takes signed head updates published to its site
+//! or group; a host reads the fleet's status, collects the reports once each, and fans an
+//! update out with each device's outcome.
 //!
-//! Topics live under `vigil/<site>/<device>/`: `status` (retained JSON; the broker publishes
-//! the last will `{"online": false}` when the device vanishes) and `report` (one JSON object
-//! per stored report, QoS 1, with its device and sequence number). The broker is an
-//! ordinary MQTT 3.1.1 broker (Mosquitto, EMQX, HiveMQ); the client is rumqttc.
+//! Topics live under `vigil/<site>/`: `<device>/status` (retained JSON; the broker
+//! publishes the last will `{"online": false}` when the device vanishes), `<device>/report`
+//! (one JSON object per stored report, QoS 1, with its device and sequence number),
+//! `update` and `group/<group>/update` (retained postcard [`UpdateMessage`]) and
+//! `<device>/ack` (the outcome). The broker is an ordinary MQTT 3.1.1 broker (Mosquitto,
+//! EMQX, HiveMQ); the client is rumqttc.
 
 mod fleet;
 mod forward;
 
-pub use fleet::{collect_reports, fleet_status, Collected, DeviceStatus};
+pub use fleet::{collect_reports, fleet_status, publish_update, Collected, DeviceStatus, UpdateOutcome};
 pub use forward::{Forwarder, ForwarderSettings, Source, ACKED_FILE};
+
+use vigil_core::update::UpdateHeader;
+use vigil_core::wire::Signature;
+
+/// A signed head update as it travels on the broker (postcard): what `vigil push` sends
+/// over serial, in one message. Published retained to `vigil/<site>/update` or
+/// `vigil/<site>/group/<group>/update`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpdateMessage {
+    /// The signed header.
+    pub header: UpdateHeader,
+    /// The publisher's signature over the header.
+    pub signature: Option<Signature>,
+    /// The payload the header describes.
+    pub payload: Vec<u8>,
+}
+
+/// The topic an update for `site` (and `group`, when given) is published to.
+pub fn update_topic(site: &str, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("vigil/{site}/group/{group}/update"),
+        None => format!("vigil/{site}/update"),
+    }
+}
 
 use std::time::Duration;
 
@@ -40,6 +67,9 @@ pub enum MqttError {
         source: std::io::Error,
     },
 }
+
+/// The largest MQTT packet sent or taken.
+const MAX_PACKET: usize = 64 * 1024;
 
 /// Result alias of this crate.
 pub type Result<T, E = MqttError> = std::result::Result<T, E>;
@@ -97,6 +127,8 @@ impl Broker {
     fn options(&self, id: &str) -> rumqttc::MqttOptions {
         let mut options = rumqttc::MqttOptions::new(id, &self.host, self.port);
         options.set_keep_alive(Duration::from_secs(5));
+        // A head update is at most a few KiB; room for the largest a device takes.
+        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password);
         }

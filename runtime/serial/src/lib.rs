@@ -56,6 +56,16 @@ pub fn serve_link<S: SlotStorage>(
     device: &mut impl Device,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    serve_link_with(link, stop, |bytes, send| agent.receive(bytes, device, &mut |frame| send(frame)))
+}
+
+/// Serves the protocol on `link` until `stop` is set or the link fails, handing the bytes
+/// read to `receive` (an agent behind a lock, say), which sends each answer frame.
+pub fn serve_link_with(
+    link: &mut dyn ReadWrite,
+    stop: &AtomicBool,
+    mut receive: impl FnMut(&[u8], &mut dyn FnMut(&[u8])),
+) -> std::io::Result<()> {
     let mut buf = [0u8; 1024];
     while !stop.load(Ordering::Relaxed) {
         let n = read_some(link, &mut buf)?;
@@ -65,7 +75,7 @@ pub fn serve_link<S: SlotStorage>(
             continue;
         }
         let mut failed = None;
-        agent.receive(&buf[..n], device, &mut |frame| {
+        receive(&buf[..n], &mut |frame| {
             if failed.is_none() {
                 failed = link.write_all(frame).and_then(|()| link.flush()).err();
             }

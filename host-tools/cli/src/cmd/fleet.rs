@@ -24,6 +24,31 @@ enum FleetCommand {
     /// Collect every device's reports from an MQTT broker into a JSONL file, once each:
     /// resumable, with a per-device high-water mark beside the file.
     Reports(ReportsArgs),
+    /// Publish a signed head update (.vup) to every device of a site (or of a group) on an
+    /// MQTT broker, retained so that devices offline now take it when they come back; then
+    /// wait for and tabulate each online device's outcome. Each device checks it exactly
+    /// as a serial push (signature, hash, model, version) and applies it through its A/B
+    /// slots.
+    Push(PushArgs),
+}
+
+/// Options of `vigil fleet push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The broker, `mqtt://HOST[:PORT]`.
+    #[arg(long)]
+    broker: String,
+    /// The site whose devices take the update.
+    #[arg(long)]
+    site: String,
+    /// Only the devices of this group (`vigil serve --group`, `groups` in [mqtt]).
+    #[arg(long)]
+    group: Option<String>,
+    /// How long to wait for every online device's answer.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    timeout: std::time::Duration,
+    /// The signed update file (`vigil export-head`, then `vigil sign`).
+    update: PathBuf,
 }
 
 /// Options of `vigil fleet status`.
@@ -90,6 +115,7 @@ impl FleetArgs {
             FleetCommand::Merge(m) => m.run(),
             FleetCommand::Status(s) => s.run(),
             FleetCommand::Reports(r) => r.run(),
+            FleetCommand::Push(p) => p.run(),
         }
     }
 }
@@ -264,6 +290,50 @@ impl ReportsArgs {
             self.output.display(),
             collected.duplicates
         );
+        Ok(())
+    }
+}
+
+impl PushArgs {
+    fn run(self) -> Result<()> {
+        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let file = UpdateFile::read(&self.update)?;
+        let Some(signature) = file.signature else {
+            bail!(
+                "{} is unsigned, and devices apply only signed updates; sign it first with `vigil sign --key KEY {}`",
+                self.update.display(),
+                self.update.display()
+            );
+        };
+        let update = vigil_mqtt::UpdateMessage {
+            header: file.header,
+            signature: Some(signature),
+            payload: file.payload,
+        };
+        let scope = match &self.group {
+            Some(group) => format!("group {group} of site {}", self.site),
+            None => format!("site {}", self.site),
+        };
+        let outcomes =
+            vigil_mqtt::publish_update(&broker, &self.site, self.group.as_deref(), &update, self.timeout)?;
+        println!(
+            "published head version {} to {scope} on {} (retained: devices offline now take it when they connect)",
+            update.header.version,
+            broker.name()
+        );
+        if outcomes.is_empty() {
+            println!("no device of {scope} is online to answer now");
+            return Ok(());
+        }
+        println!("{:<16} {:<10} {:>5}  reason", "device", "outcome", "head");
+        for o in &outcomes {
+            let head = o.head_version.map_or("-".to_owned(), |v| v.to_string());
+            println!("{:<16} {:<10} {:>5}  {}", o.device, o.outcome, head, o.reason);
+        }
+        let failed = outcomes.iter().filter(|o| o.outcome != "applied" && o.outcome != "already").count();
+        if failed > 0 {
+            bail!("{failed} of {} device(s) did not apply the update (see the table above)", outcomes.len());
+        }
         Ok(())
     }
 }

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// The site the device belongs to on the broker (the topic level above its name).
     #[arg(long, requires = "mqtt")]
     site: Option<String>,
+    /// A group whose updates the device takes on the broker, besides its site's
+    /// (`vigil fleet push --group`); repeatable.
+    #[arg(long, requires = "mqtt")]
+    group: Vec<String>,
 }
 
 /// The settings `vigil serve` runs with, from its options or its config file.
@@ -83,7 +87,7 @@ struct ServeSettings {
     alarm: Option<AlarmConfig>,
     commission: Option<Duration>,
     false_alarms_per_day: f32,
-    mqtt: Option<(vigil_mqtt::Broker, String)>,
+    mqtt: Option<vigil_runtime::gateway::MqttSettings>,
 }
 
 impl ServeArgs {
@@ -105,7 +109,11 @@ impl ServeArgs {
                 mqtt: match (self.mqtt, self.site) {
                     (Some(url), Some(site)) => {
                         vigil_mqtt::check_level("--site", &site)?;
-                        Some((vigil_mqtt::Broker::parse(&url)?, site))
+                        for group in &self.group {
+                            vigil_mqtt::check_level("--group", group)?;
+                        }
+                        let broker = vigil_mqtt::Broker::parse(&url)?;
+                        Some(vigil_runtime::gateway::MqttSettings { broker, site, groups: self.group })
                     }
                     _ => None,
                 },
@@ -129,7 +137,7 @@ impl ServeArgs {
             commission: self.commission,
             false_alarms_per_day: self.false_alarms_per_day,
             mqtt: match &c.mqtt {
-                Some(m) => Some((m.broker()?, m.site.clone())),
+                Some(m) => Some(m.settings()?),
                 None => None,
             },
         })
