@@ -9,12 +9,14 @@ use vigil_core::wire::{
 };
 
 /// A device's decoder ([`decode_request`]) must give what the host's gives, for every
-/// request, and refuse the rest.
+/// request, and refuse the rest: an answer's tag is refused as not a request without its
+/// fields being read, so the host's decoder may find those fields malformed.
 fn check_request_decoder(frame: &[u8]) {
     let (mut a, mut b) = (frame.to_vec(), frame.to_vec());
     match (decode_frame(&mut a), decode_request(&mut b)) {
         (Ok(host), Ok(device)) => assert_eq!(format!("{host:?}"), format!("{device:?}")),
         (Ok(host), Err(WireError::NotARequest { sequence })) => assert_eq!(host.sequence, sequence),
+        (Err(WireError::Malformed), Err(WireError::NotARequest { .. })) => {}
         (Err(host), Err(device)) => assert_eq!(host, device),
         (host, device) => panic!("host decoder {host:?}, device decoder {device:?}"),
     }
