@@ -222,6 +222,26 @@ fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a
     let marks = std::fs::read_to_string(dir.path().join("fleet.jsonl.marks")).unwrap();
     assert!(marks.contains("\"plant-1/press-7\": 3"), "{marks}");
     assert_eq!(std::fs::read_to_string(state.join("mqtt.next")).unwrap().trim(), "3");
+    // The collection as the technician's HTML report: an overview, then the device.
+    let html = dir.path().join("fleet.html");
+    ok(&[
+        "fleet",
+        "reports",
+        "--broker",
+        &url,
+        "-o",
+        collected.to_str().unwrap(),
+        "--quiet",
+        "300ms",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("id=\"fleet\"") && page.contains("plant-1/press-7"), "no fleet overview");
+    assert!(
+        page.contains("id=\"d0-alarm-0\"") && page.contains("id=\"d0-alarm-2\""),
+        "alarms missing from the page"
+    );
 
     // A gateway that dies without a word is marked offline by its last will.
     gateway.kill();

@@ -52,15 +52,70 @@ pub struct ReportContext {
 
 /// Renders the whole page.
 pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> {
+    let mut html = page_head(&ctx.title);
+    device_sections(&mut html, "", reports, &ctx.device, ctx)?;
+    html.push_str("</body></html>\n");
+    Ok(html)
+}
+
+/// Renders the page of a fleet (`vigil fleet reports --html`): an overview with one row
+/// per device, worst first (most alarms, then highest score), then each device's sections
+/// as [`render`] gives them for one device.
+pub fn render_fleet(devices: &[(String, Vec<AnomalyReport>)], ctx: &ReportContext) -> Result<String> {
+    let mut html = page_head(&ctx.title);
+    let alarms = |r: &[AnomalyReport]| r.iter().filter(|r| r.kind == ReportKind::AlarmRaised).count();
+    let worst = |r: &[AnomalyReport]| r.iter().map(|r| r.score).fold(0.0f32, f32::max);
+    let mut order: Vec<usize> = (0..devices.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&devices[a].1, &devices[b].1);
+        alarms(rb).cmp(&alarms(ra)).then(worst(rb).total_cmp(&worst(ra)))
+    });
+    html.push_str("<section id=\"fleet\"><h2>Fleet</h2><table class=\"list\"><tr><th>device</th><th>reports</th><th>alarms</th><th>highest score</th></tr>");
+    for (n, &i) in order.iter().enumerate() {
+        let (name, reports) = &devices[i];
+        let _ = write!(
+            html,
+            "<tr><td><a href=\"#d{n}-device\">{}</a></td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+            escape(name),
+            reports.len(),
+            alarms(reports),
+            worst(reports)
+        );
+    }
+    html.push_str("</table></section>\n");
+    for (n, &i) in order.iter().enumerate() {
+        let (name, reports) = &devices[i];
+        let mut rows = vec![("device".to_owned(), name.clone())];
+        rows.extend(ctx.device.iter().cloned());
+        let _ = write!(html, "<h1 class=\"device\">{}</h1>\n", escape(name));
+        device_sections(&mut html, &format!("d{n}-"), reports, &rows, ctx)?;
+    }
+    html.push_str("</body></html>\n");
+    Ok(html)
+}
+
+fn page_head(title: &str) -> String {
     let mut html = String::with_capacity(64 * 1024);
     let _ = write!(
         html,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
-        escape(&ctx.title),
-        escape(&ctx.title)
+        escape(title),
+        escape(title)
     );
-    html.push_str("<section id=\"device\"><h2>Device</h2><table>");
-    for (k, v) in &ctx.device {
+    html
+}
+
+/// One device's sections (facts, score plot, alarms, report table), their ids prefixed
+/// with `prefix`.
+fn device_sections(
+    html: &mut String,
+    prefix: &str,
+    reports: &[AnomalyReport],
+    device: &[(String, String)],
+    ctx: &ReportContext,
+) -> Result<()> {
+    let _ = write!(html, "<section id=\"{prefix}device\"><h2>Device</h2><table>");
+    for (k, v) in device {
         let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
     }
     let alarms = reports.iter().filter(|r| r.kind == ReportKind::AlarmRaised).count();
@@ -71,11 +126,11 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
         reports.len()
     );
 
-    html.push_str("<section id=\"score\"><h2>Anomaly score over time</h2>");
+    let _ = write!(html, "<section id=\"{prefix}score\"><h2>Anomaly score over time</h2>");
     html.push_str(&score_plot(reports)?);
     html.push_str("<p class=\"note\">Score of each report against the stream time; the dashed line is the alarm threshold. Red: alarm raised, green: cleared, grey: sensor fault.</p></section>\n");
 
-    html.push_str("<section id=\"alarms\"><h2>Alarms</h2>");
+    let _ = write!(html, "<section id=\"{prefix}alarms\"><h2>Alarms</h2>");
     let mut detailed: Vec<&AnomalyReport> =
         reports.iter().filter(|r| r.kind == ReportKind::AlarmRaised && r.spectrum.is_some()).collect();
     detailed.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -89,14 +144,14 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
     let mut detailed = detailed[..shown].to_vec();
     detailed.sort_by_key(|r| r.sequence);
     for r in detailed {
-        html.push_str(&alarm_section(r, ctx)?);
+        html.push_str(&alarm_section(prefix, r, ctx)?);
     }
     if shown == 0 {
         html.push_str("<p>No alarm with a spectrum snapshot.</p>");
     }
     html.push_str("</section>\n");
 
-    html.push_str("<section id=\"reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
+    let _ = write!(html, "<section id=\"{prefix}reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
     for r in reports {
         let class = finding_label(r, &ctx.class_names);
         let p = finding_probability(r).map_or_else(|| "-".to_string(), |p| format!("{p:.2}"));
@@ -106,16 +161,16 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
             r.kind, r.sequence, r.stream_time_s, r.kind, escape(&class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
         );
     }
-    html.push_str("</table></section>\n</body></html>\n");
-    Ok(html)
+    html.push_str("</table></section>\n");
+    Ok(())
 }
 
-fn alarm_section(r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
+fn alarm_section(prefix: &str, r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
     let class = finding_label(r, &ctx.class_names);
     let mut html = String::new();
     let _ = write!(
         html,
-        "<article class=\"alarm\" id=\"alarm-{}\"><h3>Alarm #{} at {:.2} s: {} (score {:.1}, threshold {:.1})</h3><div class=\"plots\">",
+        "<article class=\"alarm\" id=\"{prefix}alarm-{}\"><h3>Alarm #{} at {:.2} s: {} (score {:.1}, threshold {:.1})</h3><div class=\"plots\">",
         r.sequence, r.sequence, r.stream_time_s, escape(&class), r.score, r.threshold
     );
     let markers = ctx.machine.map(|m| m.markers()).unwrap_or_default();

@@ -84,11 +84,37 @@ struct ReportLine {
     top_bands: Vec<BandContribution>,
     #[serde(default)]
     spectrum: Option<SpectrumSnapshot>,
+    /// The device's site and name, in reports collected from a broker.
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+/// Reports read back from a JSON-lines file of many devices (`vigil fleet reports`),
+/// grouped by `site/device` in the order each first appears (reports without a device
+/// go under ""), with the class names they mention.
+pub fn read_jsonl_by_device(path: &Path) -> Result<(Vec<(String, Vec<AnomalyReport>)>, Vec<String>)> {
+    let (lines, names) = read_lines(path)?;
+    let mut groups: Vec<(String, Vec<AnomalyReport>)> = Vec::new();
+    for (source, report) in lines {
+        match groups.iter_mut().find(|(s, _)| *s == source) {
+            Some((_, reports)) => reports.push(report),
+            None => groups.push((source, vec![report])),
+        }
+    }
+    Ok((groups, names))
 }
 
 /// Reports read back from a JSON-lines file, with the class names they mention (by
 /// index). Errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
+    let (lines, names) = read_lines(path)?;
+    Ok((lines.into_iter().map(|(_, r)| r).collect(), names))
+}
+
+/// Every report of a JSON-lines file with its `site/device` ("" when it names none).
+fn read_lines(path: &Path) -> Result<(Vec<(String, AnomalyReport)>, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| RuntimeError::io(format!("cannot read {}", path.display()), e))?;
     let mut reports = Vec::new();
@@ -108,21 +134,29 @@ pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
             names[k] = name;
         }
         let too_many = |what: &str| RuntimeError::Reports(format!("{}: too many {what}", at()));
-        reports.push(AnomalyReport {
-            sequence: r.sequence,
-            kind: r.kind,
-            stream_time_s: r.stream_time_s,
-            score: r.score,
-            threshold: r.threshold,
-            class_index: r.class_index,
-            probabilities: vigil_core::heapless::Vec::from_slice(&r.probabilities)
-                .map_err(|_| too_many("probabilities"))?,
-            model_hash,
-            head_version: r.head_version,
-            top_bands: vigil_core::heapless::Vec::from_slice(&r.top_bands)
-                .map_err(|_| too_many("top bands"))?,
-            spectrum: r.spectrum,
-        });
+        let source = match (&r.site, &r.device) {
+            (Some(site), Some(device)) => format!("{site}/{device}"),
+            (None, Some(device)) => device.clone(),
+            _ => String::new(),
+        };
+        reports.push((
+            source,
+            AnomalyReport {
+                sequence: r.sequence,
+                kind: r.kind,
+                stream_time_s: r.stream_time_s,
+                score: r.score,
+                threshold: r.threshold,
+                class_index: r.class_index,
+                probabilities: vigil_core::heapless::Vec::from_slice(&r.probabilities)
+                    .map_err(|_| too_many("probabilities"))?,
+                model_hash,
+                head_version: r.head_version,
+                top_bands: vigil_core::heapless::Vec::from_slice(&r.top_bands)
+                    .map_err(|_| too_many("top bands"))?,
+                spectrum: r.spectrum,
+            },
+        ));
     }
     Ok((reports, names))
 }

@@ -85,6 +85,10 @@ pub struct ReportsArgs {
     /// How long the broker must stay quiet before the collection ends.
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
     quiet: std::time::Duration,
+    /// Also write the technician's HTML report of every report collected so far: an
+    /// overview of the devices, worst first, then a section per device.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 /// Options of `vigil fleet merge`.
@@ -277,6 +281,18 @@ impl ReportsArgs {
                 "{device}: reports #{from} to #{to} never arrived (published before this session existed, or \
                  expired on the broker); pull them over serial with `vigil reports pull --since {from}`"
             );
+        }
+        if let Some(html) = &self.html {
+            let (devices, class_names) = vigil_runtime::report_io::read_jsonl_by_device(&self.output)?;
+            let ctx = crate::report_html::ReportContext {
+                title: format!("Vigil fleet report: {}", self.output.display()),
+                device: vec![("source".to_owned(), self.output.display().to_string())],
+                class_names,
+                machine: None,
+            };
+            let page = crate::report_html::render_fleet(&devices, &ctx)?;
+            std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;
+            println!("{} devices' reports in {}", devices.len(), html.display());
         }
         println!(
             "{} new reports from {} device(s) appended to {} ({} duplicates dropped; session {session})",
