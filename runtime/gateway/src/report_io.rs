@@ -91,12 +91,17 @@ struct ReportLine {
     device: Option<String>,
 }
 
+/// One device's reports: its `site/device` and the reports, in file order.
+pub type DeviceReports = (String, Vec<AnomalyReport>);
+/// A report with the `site/device` it came from.
+type SourcedReport = (String, AnomalyReport);
+
 /// Reports read back from a JSON-lines file of many devices (`vigil fleet reports`),
 /// grouped by `site/device` in the order each first appears (reports without a device
 /// go under ""), with the class names they mention.
-pub fn read_jsonl_by_device(path: &Path) -> Result<(Vec<(String, Vec<AnomalyReport>)>, Vec<String>)> {
+pub fn read_jsonl_by_device(path: &Path) -> Result<(Vec<DeviceReports>, Vec<String>)> {
     let (lines, names) = read_lines(path)?;
-    let mut groups: Vec<(String, Vec<AnomalyReport>)> = Vec::new();
+    let mut groups: Vec<DeviceReports> = Vec::new();
     for (source, report) in lines {
         match groups.iter_mut().find(|(s, _)| *s == source) {
             Some((_, reports)) => reports.push(report),
@@ -114,7 +119,7 @@ pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
 }
 
 /// Every report of a JSON-lines file with its `site/device` ("" when it names none).
-fn read_lines(path: &Path) -> Result<(Vec<(String, AnomalyReport)>, Vec<String>)> {
+fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| RuntimeError::io(format!("cannot read {}", path.display()), e))?;
     let mut reports = Vec::new();
