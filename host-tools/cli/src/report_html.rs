@@ -87,7 +87,7 @@ pub fn render_fleet(devices: &[(String, Vec<AnomalyReport>)], ctx: &ReportContex
         let (name, reports) = &devices[i];
         let mut rows = vec![("device".to_owned(), name.clone())];
         rows.extend(ctx.device.iter().cloned());
-        let _ = write!(html, "<h1 class=\"device\">{}</h1>\n", escape(name));
+        let _ = writeln!(html, "<h1 class=\"device\">{}</h1>", escape(name));
         device_sections(&mut html, &format!("d{n}-"), reports, &rows, ctx)?;
     }
     html.push_str("</body></html>\n");
