@@ -245,15 +245,8 @@ fn respond<S: SlotStorage>(
                 None => reply(seq, Message::Nack(NackReason::Unexpected)),
             }
         }
-        // decode_request never yields these (WireError::NotARequest above).
-        Message::Info(_)
-        | Message::Pong(_)
-        | Message::Status(_)
-        | Message::Ack(_)
-        | Message::Nack(_)
-        | Message::Report { .. }
-        | Message::ReportsEnd { .. }
-        | Message::HeadSnapshot { .. } => reply(seq, Message::Nack(NackReason::Unexpected)),
+        // The answers (Message::is_answer); decode_request never yields them.
+        _ => reply(seq, Message::Nack(NackReason::Unexpected)),
     }
 }
 

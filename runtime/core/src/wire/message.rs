@@ -105,6 +105,33 @@ pub enum Message<'a> {
     },
 }
 
+impl Message<'_> {
+    /// Whether only devices send this message (an answer), rather than hosts (a request).
+    /// Every variant is named, so a new message must say which it is.
+    pub fn is_answer(&self) -> bool {
+        match self {
+            Message::Info(_)
+            | Message::Pong(_)
+            | Message::Status(_)
+            | Message::Ack(_)
+            | Message::Nack(_)
+            | Message::Report { .. }
+            | Message::ReportsEnd { .. }
+            | Message::HeadSnapshot { .. } => true,
+            Message::InfoQuery
+            | Message::Ping(_)
+            | Message::StatusQuery
+            | Message::UpdateBegin(_)
+            | Message::UpdateChunk { .. }
+            | Message::UpdateCommit { .. }
+            | Message::ReportsQuery { .. }
+            | Message::Label { .. }
+            | Message::HeadSnapshotQuery { .. }
+            | Message::SampleChunk { .. } => false,
+        }
+    }
+}
+
 /// Who a device is and what it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo<'a> {
