@@ -380,4 +380,31 @@ fn an_update_fans_out_to_the_site_or_a_group_and_each_device_checks_it_as_over_s
         assert!(started.elapsed() < Duration::from_secs(20), "{status}");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // The fleet merge reads the devices' retained snapshots from the broker, checks and
+    // signs them, and the merged head goes out the same way.
+    let merged = dir.path().join("merged.vup");
+    let said = ok(&[
+        "fleet",
+        "merge",
+        "--broker",
+        &url,
+        "--site",
+        "plant-1",
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        said.contains("plant-1/press-7: head version 3") && said.contains("plant-1/press-8: head version 2"),
+        "{said}"
+    );
+    assert!(said.contains("merged 2 snapshots into head version 4"), "{said}");
+    let (table, err) = common::text(&push(&merged, &[]));
+    assert_eq!(
+        (outcome(&table, "press-7"), outcome(&table, "press-8")),
+        ("applied".into(), "applied".into()),
+        "{table}\n{err}"
+    );
 }

@@ -263,6 +263,12 @@ impl vigil_mqtt::Source for StoreSource {
         agent.apply_update(&update.header, &update.payload, update.signature, device)
     }
 
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let p = self.lock();
+        let scorer = p.scorer();
+        scorer.snapshot(scorer.model().metadata().head_version).ok()
+    }
+
     fn report_json(&self, report: &AnomalyReport) -> serde_json::Value {
         crate::report_io::report_json(report, &self.class_names)
     }

@@ -47,6 +47,26 @@ pub fn fleet_status(broker: &Broker, site: Option<&str>, quiet: Duration) -> Res
     Ok(found.into_values().collect())
 }
 
+/// Reads every device's retained head snapshot under `vigil/<site>/` (every site when
+/// `None`): `(site/device, bytes)`, the bytes as `vigil snapshot` gets them over serial.
+pub fn fleet_snapshots(
+    broker: &Broker,
+    site: Option<&str>,
+    quiet: Duration,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let id = format!("vigil-snapshots-{}", std::process::id());
+    let filter = format!("vigil/{}/+/snapshot", site.unwrap_or("+"));
+    let mut found = BTreeMap::new();
+    receive(broker, &id, true, &filter, quiet, |topic, payload| {
+        if let Some((site, device, "snapshot")) = parse_topic(topic) {
+            if !payload.is_empty() {
+                found.insert(format!("{site}/{device}"), payload.to_vec());
+            }
+        }
+    })?;
+    Ok(found.into_iter().collect())
+}
+
 /// Collects the reports devices published under `vigil/<site>/` (every site when `None`)
 /// with the persistent session `client_id`: the broker keeps reports for this session
 /// while the host is away, from the first collection on. `marks` holds, per device

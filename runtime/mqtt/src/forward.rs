@@ -53,6 +53,9 @@ pub trait Source: Send + 'static {
     /// Applies a signed update exactly as one pushed over serial; the version now active,
     /// or the device's refusal.
     fn apply_update(&mut self, update: &UpdateMessage) -> Result<u32, NackReason>;
+    /// The head the device runs as adapted on site, as `vigil snapshot` gets it over
+    /// serial (a postcard head update and the adaptation counts); `None` when unavailable.
+    fn snapshot(&self) -> Option<Vec<u8>>;
 }
 
 /// A running forwarder; stopping it publishes the device offline and disconnects.
@@ -197,6 +200,8 @@ fn session(
     let status_topic = topic(site, device, "status");
     let report_topic = topic(site, device, "report");
     let ack_topic = topic(site, device, "ack");
+    let snapshot_topic = topic(site, device, "snapshot");
+    let (mut snapshot_sent, mut first): (Option<Vec<u8>>, bool) = (None, true);
     let offline = serde_json::json!({ "online": false, "site": site, "device": device }).to_string();
     let mut options = settings.broker.options(&format!("vigil-{site}-{device}"));
     options.set_last_will(LastWill::new(&status_topic, offline.clone(), QoS::AtLeastOnce, true));
@@ -233,6 +238,7 @@ fn session(
                 ack["device"] = device.as_str().into();
                 s.publish(&ack_topic, true, ack.to_string())?;
                 s.publish(&status_topic, true, status(source.status_json()))?;
+                first = true;
             }
         }
         if let Some(report) = source.report_from(*next) {
@@ -244,8 +250,14 @@ fn session(
             write_mark(&settings.state, *next)?;
             continue;
         }
-        if status_at.elapsed() >= STATUS_EVERY {
+        if status_at.elapsed() >= STATUS_EVERY || first {
+            first = false;
             s.publish(&status_topic, true, status(source.status_json()))?;
+            // The snapshot goes out when it changed (adaptation, an update), for fleet merge.
+            if let Some(snapshot) = source.snapshot().filter(|b| snapshot_sent.as_ref() != Some(b)) {
+                s.publish(&snapshot_topic, true, snapshot.clone())?;
+                snapshot_sent = Some(snapshot);
+            }
             status_at = Instant::now();
         }
         s.idle(Duration::from_millis(200))?;

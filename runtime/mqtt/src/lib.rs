@@ -14,7 +14,9 @@
 mod fleet;
 mod forward;
 
-pub use fleet::{collect_reports, fleet_status, publish_update, Collected, DeviceStatus, UpdateOutcome};
+pub use fleet::{
+    collect_reports, fleet_snapshots, fleet_status, publish_update, Collected, DeviceStatus, UpdateOutcome,
+};
 pub use forward::{Forwarder, ForwarderSettings, Source, ACKED_FILE};
 
 use vigil_core::update::UpdateHeader;

@@ -95,8 +95,15 @@ pub struct ReportsArgs {
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// Folder of snapshots (`*.vup`, one per device, all of the same model).
-    #[arg(long)]
-    snapshots: PathBuf,
+    #[arg(long, required_unless_present = "broker", conflicts_with = "broker")]
+    snapshots: Option<PathBuf>,
+    /// Read the snapshots the devices of a site keep on this MQTT broker instead
+    /// (`mqtt://HOST[:PORT]`, with --site).
+    #[arg(long, requires = "site")]
+    broker: Option<String>,
+    /// The site whose devices' snapshots to merge (with --broker).
+    #[arg(long, requires = "broker")]
+    site: Option<String>,
     /// Output: the merged head update.
     #[arg(long, short)]
     output: PathBuf,
@@ -125,27 +132,56 @@ impl FleetArgs {
 }
 
 impl MergeArgs {
-    fn run(self) -> Result<()> {
-        let key = read_secret_key(&self.key)?;
-        let entries = std::fs::read_dir(&self.snapshots)
-            .with_context(|| format!("cannot read snapshot folder {}", self.snapshots.display()))?;
+    /// The snapshots to merge, named (file or site/device), as read: from the folder, or
+    /// the retained snapshots on the broker.
+    fn sources(&self) -> Result<Vec<(String, vigil_client::Result<UpdateFile>)>> {
+        if let (Some(url), site) = (&self.broker, &self.site) {
+            let broker = vigil_mqtt::Broker::parse(url)?;
+            let found =
+                vigil_mqtt::fleet_snapshots(&broker, site.as_deref(), std::time::Duration::from_secs(1))?;
+            if found.is_empty() {
+                bail!(
+                    "no device of site {} keeps a snapshot on {}",
+                    site.as_deref().unwrap_or("?"),
+                    broker.name()
+                );
+            }
+            return Ok(found
+                .into_iter()
+                .map(|(device, bytes)| {
+                    let file = UpdateFile::for_snapshot(bytes).and_then(|f| f.check().map(|()| f));
+                    let named = file.map_err(|e| e.context(format!("snapshot of {device}")));
+                    (device, named)
+                })
+                .collect());
+        }
+        let folder = self.snapshots.as_ref().context("give --snapshots DIR or --broker URL --site S")?;
+        let entries = std::fs::read_dir(folder)
+            .with_context(|| format!("cannot read snapshot folder {}", folder.display()))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "vup"))
             .collect();
         paths.sort();
         if paths.is_empty() {
-            bail!("no .vup snapshots in {}; take them with `vigil snapshot`", self.snapshots.display());
+            bail!("no .vup snapshots in {}; take them with `vigil snapshot`", folder.display());
         }
+        // A file's error names the file already.
+        Ok(paths.into_iter().map(|p| (p.display().to_string(), UpdateFile::read(&p))).collect())
+    }
+
+    fn run(self) -> Result<()> {
+        let key = read_secret_key(&self.key)?;
+        let sources = self.sources()?;
         // Every snapshot is checked before anything is signed: its file (hash, header
         // against payload, no trailing bytes), then its head against the fleet.
         let mut read = Vec::new();
         let mut bad = Vec::new();
-        for path in paths {
-            let snapshot = UpdateFile::read(&path).and_then(|f| Ok((f.head()?, f.stats()?)));
+        for (name, file) in sources {
+            let snapshot = file.and_then(|f| Ok((f.head()?, f.stats()?)));
             match snapshot {
-                Ok(snapshot) => read.push((path, snapshot)),
-                // The error names the file already.
+                Ok(snapshot) => read.push((name, snapshot)),
+                // Each error names its file or device.
                 Err(e) => bad.push(e.to_string()),
             }
         }
@@ -155,7 +191,7 @@ impl MergeArgs {
         let mut snapshots = Vec::new();
         for ((path, snapshot), why) in read.into_iter().zip(verdicts) {
             match why {
-                Some(why) => bad.push(format!("{}: {why}", path.display())),
+                Some(why) => bad.push(format!("{path}: {why}")),
                 None => {
                     paths.push(path);
                     snapshots.push(snapshot);
@@ -179,7 +215,7 @@ impl MergeArgs {
             }
         }
         if snapshots.is_empty() {
-            bail!("no snapshot in {} passed its checks; nothing to merge", self.snapshots.display());
+            bail!("no snapshot passed its checks; nothing to merge");
         }
         let weights = fleet::merge_weights(&snapshots.iter().map(|s| s.1).collect::<Vec<_>>());
         let version = match self.version {
@@ -191,7 +227,7 @@ impl MergeArgs {
         for ((path, (head, stats)), w) in paths.iter().zip(&snapshots).zip(&weights) {
             println!(
                 "{}: head version {}, {} labels learned, weight {:.2}",
-                path.display(),
+                path,
                 head.version,
                 stats.labels_accepted,
                 w / total
