@@ -25,6 +25,11 @@ impl Mosquitto {
     /// Starts mosquitto on a free loopback port, keeping sessions in `dir`; `None` (with a
     /// SKIPPED line) when mosquitto is not installed and the run does not require it.
     fn start(dir: &Path) -> Option<Mosquitto> {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// As [`Mosquitto::start`], with more lines for its listener (TLS files, say).
+    fn start_with(dir: &Path, listener: &str) -> Option<Mosquitto> {
         let binary =
             ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
         let Some(binary) = binary else {
@@ -40,8 +45,11 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 persistent_client_expiration 1d\n",
+                // Started as root, mosquitto would switch to its own user, who cannot read
+                // this test's private temporary folder: it stays the test's user.
+                "user {}\nlistener {port} 127.0.0.1\n{listener}allow_anonymous true\npersistence true\n\
+                 persistence_location {}/\npersistent_client_expiration 1d\n",
+                std::env::var("USER").unwrap_or_else(|_| "root".into()),
                 dir.display()
             ),
         )
@@ -260,7 +268,7 @@ fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a
 #[test]
 fn a_bad_broker_url_or_site_is_refused_clearly() {
     let e = common::refused(&["fleet", "status", "--broker", "mqtts://b:8883"]);
-    assert!(e.contains("TLS") && e.contains("mqtts://b:8883"), "{e}");
+    assert!(e.contains("needs the CA certificate") && e.contains("mqtts://b:8883"), "{e}");
     let e = common::refused(&["fleet", "reports", "--broker", "http://b", "-o", "/tmp/never.jsonl"]);
     assert!(e.contains("expected mqtt://"), "{e}");
     let e = common::refused(&[
@@ -407,4 +415,100 @@ fn an_update_fans_out_to_the_site_or_a_group_and_each_device_checks_it_as_over_s
         ("applied".into(), "applied".into()),
         "{table}\n{err}"
     );
+}
+
+/// A certificate authority and a broker certificate for 127.0.0.1 signed by it, made with
+/// openssl in `dir` under `name`; `None` when openssl is missing.
+fn certificates(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().ok()?;
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        Some(())
+    };
+    let (ca_key, ca, key, csr, cert) = (
+        format!("{name}-ca.key"),
+        format!("{name}-ca.pem"),
+        format!("{name}-server.key"),
+        format!("{name}-server.csr"),
+        format!("{name}-server.pem"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Vigil test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ])?;
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr])?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        &cert,
+    ])?;
+    Some((dir.join(ca), dir.join(cert), dir.join(key)))
+}
+
+#[test]
+fn over_tls_the_broker_is_verified_against_the_given_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = certificates(dir.path(), "plant") else {
+        eprintln!("SKIPPED: MQTT over TLS (openssl is not installed)");
+        return;
+    };
+    let Some((other_ca, _, _)) = certificates(dir.path(), "other") else { return };
+    let listener =
+        format!("cafile {}\ncertfile {}\nkeyfile {}\n", ca.display(), cert.display(), key.display());
+    let Some(broker) = Mosquitto::start_with(dir.path(), &listener) else { return };
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let ca_s = ca.to_str().unwrap();
+
+    let mut gateway = Gateway::named(dir.path(), &url, "press-9", &["--ca-file", ca_s]);
+    gateway.feed(dir.path(), 1, None, 7);
+    let started = Instant::now();
+    loop {
+        let status = ok(&["fleet", "status", "--broker", &url, "--ca-file", ca_s, "--quiet", "500ms"]);
+        if status.contains("press-9") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no status over TLS: {status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A broker whose certificate the given authority did not sign is refused.
+    let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", other_ca.to_str().unwrap()]);
+    assert!(
+        e.contains(&format!("127.0.0.1:{}", broker.port)) && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+    let e = common::refused(&["fleet", "status", "--broker", &url]);
+    assert!(e.contains("needs the CA certificate"), "{e}");
+    let e = common::refused(&[
+        "fleet",
+        "status",
+        "--broker",
+        &url,
+        "--ca-file",
+        key.to_str().unwrap().replace(".key", ".csr").as_str(),
+    ]);
+    assert!(e.contains("not a PEM file") || e.contains("certificate"), "{e}");
 }

@@ -52,6 +52,12 @@ pub struct MqttConfig {
     /// --group`).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// For `mqtts://`: the PEM certificate of the authority that signed the broker's.
+    pub ca_file: Option<PathBuf>,
+    /// For brokers that ask for client certificates: this gateway's PEM certificate...
+    pub client_cert: Option<PathBuf>,
+    /// ... and its PEM private key.
+    pub client_key: Option<PathBuf>,
 }
 
 impl MqttConfig {
@@ -83,7 +89,18 @@ impl MqttConfig {
         }
         vigil_mqtt::check_level("[mqtt] site", &self.site)
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
-        Ok(broker)
+        let client = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(RuntimeError::Config(
+                    "[mqtt] needs both client_cert and client_key, or neither".into(),
+                ))
+            }
+        };
+        broker
+            .with_tls(self.ca_file.as_deref(), client)
+            .map_err(|e| RuntimeError::Config(format!("[mqtt]: {e}")))
     }
 }
 

@@ -118,6 +118,7 @@ fn receive(
     quiet: Duration,
     mut on_message: impl FnMut(&str, &[u8]),
 ) -> Result<()> {
+    broker.check()?;
     let mut options = broker.options(id);
     options.set_clean_session(clean);
     let (client, mut connection) = Client::new(options, 64);
@@ -181,6 +182,7 @@ pub fn publish_update(
     update: &crate::UpdateMessage,
     timeout: Duration,
 ) -> Result<Vec<UpdateOutcome>> {
+    broker.check()?;
     crate::check_level("site", site)?;
     if let Some(group) = group {
         crate::check_level("group", group)?;

@@ -68,6 +68,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts forwarding on a thread of its own.
     pub fn start(settings: ForwarderSettings, source: impl Source) -> Result<Self> {
+        settings.broker.check()?;
         check_level("site", &settings.site)?;
         check_level("device", &settings.device)?;
         for group in &settings.groups {

@@ -9,7 +9,7 @@
 //! (one JSON object per stored report, QoS 1, with its device and sequence number),
 //! `update` and `group/<group>/update` (retained postcard [`UpdateMessage`]) and
 //! `<device>/ack` (the outcome). The broker is an ordinary MQTT 3.1.1 broker (Mosquitto,
-//! EMQX, HiveMQ); the client is rumqttc.
+//! EMQX, HiveMQ), plain or over TLS; the client is rumqttc with rustls.
 
 mod fleet;
 mod forward;
@@ -76,7 +76,8 @@ const MAX_PACKET: usize = 64 * 1024;
 /// Result alias of this crate.
 pub type Result<T, E = MqttError> = std::result::Result<T, E>;
 
-/// Where a broker listens, from `mqtt://host[:port]` (port 1883 by default).
+/// Where a broker listens, from `mqtt://host[:port]` (port 1883 by default) or
+/// `mqtts://host[:port]` (TLS, port 8883 by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
     /// Host name or address.
@@ -85,22 +86,52 @@ pub struct Broker {
     pub port: u16,
     /// User name and password, when the broker asks for them.
     pub credentials: Option<(String, String)>,
+    /// TLS, for `mqtts://`: set with [`Broker::with_tls`].
+    pub tls: Option<Tls>,
+}
+
+/// The files of a TLS connection, read when the broker is configured.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The PEM certificate(s) of the authority that signed the broker's certificate.
+    ca: Vec<u8>,
+    /// The client's PEM certificate chain and private key, when the broker asks for one.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a private key.
+        f.debug_struct("Tls").field("client_certificate", &self.client.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// Reads a PEM file for the TLS settings, naming it in errors.
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| MqttError::File {
+        what: format!("cannot read the {what} {}", path.display()),
+        source: e,
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(MqttError::Config(format!(
+            "{} is not a PEM file (no -----BEGIN line); the {what} must be PEM",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 impl Broker {
-    /// Parses `mqtt://host[:port]`. `mqtts://` (TLS) is refused with a clear error: this
-    /// build speaks plain MQTT only, for brokers on the plant's own network or loopback.
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]`; a TLS broker then needs
+    /// [`Broker::with_tls`] (its CA file) before it is used.
     pub fn parse(url: &str) -> Result<Self> {
         let bad = |why: &str| MqttError::Config(format!("broker URL `{url}`: {why}"));
-        let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-            rest
-        } else if url.starts_with("mqtts://") {
-            return Err(bad(
-                "TLS (mqtts://) is not in this build yet; use mqtt:// to a broker on a trusted network, \
-                 or a local broker that bridges over TLS",
-            ));
+        let (rest, default_port) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (rest, 1883)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, 8883)
         } else {
-            return Err(bad("expected mqtt://HOST[:PORT]"));
+            return Err(bad("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -112,17 +143,61 @@ impl Broker {
                     .ok_or_else(|| bad("the port must be 1-65535"))?;
                 (host, port)
             }
-            None => (rest, 1883),
+            None => (rest, default_port),
         };
         if host.is_empty() || host.contains(['/', '@']) {
             return Err(bad("no host name"));
         }
-        Ok(Broker { host: host.to_owned(), port, credentials: None })
+        let tls = url.starts_with("mqtts://").then(|| Tls { ca: Vec::new(), client: None });
+        Ok(Broker { host: host.to_owned(), port, credentials: None, tls })
+    }
+
+    /// The TLS files of an `mqtts://` broker: the CA that signed its certificate and,
+    /// when the broker asks for client certificates, this client's certificate and key
+    /// (PEM). An `mqtt://` broker refuses them, and an `mqtts://` one needs the CA.
+    pub fn with_tls(
+        mut self,
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self> {
+        let name = self.name();
+        match (&self.tls, ca) {
+            (None, None) if client.is_none() => Ok(self),
+            (None, _) => Err(MqttError::Config(format!(
+                "broker {name} is plain mqtt://; a CA file or client certificate needs mqtts://"
+            ))),
+            (Some(_), None) => Err(MqttError::Config(format!(
+                "broker mqtts://{name} needs the CA certificate that signed its certificate (--ca-file, \
+                 ca_file in [mqtt])"
+            ))),
+            (Some(_), Some(ca)) => {
+                let client = match client {
+                    Some((cert, key)) => {
+                        Some((read_pem("client certificate", cert)?, read_pem("client key", key)?))
+                    }
+                    None => None,
+                };
+                self.tls = Some(Tls { ca: read_pem("CA certificate", ca)?, client });
+                Ok(self)
+            }
+        }
     }
 
     /// `host:port`, for messages.
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// Checks that an `mqtts://` broker was given its CA ([`Broker::with_tls`]).
+    pub fn check(&self) -> Result<()> {
+        match &self.tls {
+            Some(tls) if tls.ca.is_empty() => Err(MqttError::Config(format!(
+                "broker mqtts://{} needs the CA certificate that signed its certificate (--ca-file, \
+                 ca_file in [mqtt])",
+                self.name()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Client options for this broker with the client identifier `id`.
@@ -133,6 +208,13 @@ impl Broker {
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: None,
+                client_auth: tls.client.clone(),
+            }));
         }
         options
     }
@@ -168,17 +250,19 @@ fn parse_topic(topic: &str) -> Option<(&str, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn broker_urls_are_read_or_refused_clearly() {
         assert_eq!(Broker::parse("mqtt://broker.plant:1884").unwrap().name(), "broker.plant:1884");
         assert_eq!(Broker::parse("mqtt://10.0.0.5").unwrap().port, 1883);
-        for (url, says) in [
-            ("mqtts://b:8883", "TLS"),
-            ("http://b", "expected mqtt://"),
-            ("mqtt://b:0", "port"),
-            ("mqtt://:1883", "no host"),
-        ] {
+        let tls = Broker::parse("mqtts://b").unwrap();
+        assert_eq!(tls.port, 8883);
+        assert!(tls.check().unwrap_err().to_string().contains("needs the CA certificate"));
+        assert!(Broker::parse("mqtt://b").unwrap().with_tls(Some(Path::new("ca.pem")), None).is_err());
+        for (url, says) in
+            [("http://b", "expected mqtt://"), ("mqtt://b:0", "port"), ("mqtt://:1883", "no host")]
+        {
             let e = Broker::parse(url).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains(url), "{url}: {e}");
         }

@@ -35,9 +35,11 @@ enum FleetCommand {
 /// Options of `vigil fleet push`.
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// The broker, `mqtt://HOST[:PORT]`.
+    /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     #[arg(long)]
     broker: String,
+    #[command(flatten)]
+    tls: super::TlsArgs,
     /// The site whose devices take the update.
     #[arg(long)]
     site: String,
@@ -54,9 +56,11 @@ pub struct PushArgs {
 /// Options of `vigil fleet status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The broker, `mqtt://HOST[:PORT]`.
+    /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     #[arg(long)]
     broker: String,
+    #[command(flatten)]
+    tls: super::TlsArgs,
     /// Only this site [default: every site].
     #[arg(long)]
     site: Option<String>,
@@ -68,9 +72,11 @@ pub struct StatusArgs {
 /// Options of `vigil fleet reports`.
 #[derive(Debug, Args)]
 pub struct ReportsArgs {
-    /// The broker, `mqtt://HOST[:PORT]`.
+    /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     #[arg(long)]
     broker: String,
+    #[command(flatten)]
+    tls: super::TlsArgs,
     /// Only this site [default: every site].
     #[arg(long)]
     site: Option<String>,
@@ -101,6 +107,8 @@ pub struct MergeArgs {
     /// (`mqtt://HOST[:PORT]`, with --site).
     #[arg(long, requires = "site")]
     broker: Option<String>,
+    #[command(flatten)]
+    tls: super::TlsArgs,
     /// The site whose devices' snapshots to merge (with --broker).
     #[arg(long, requires = "broker")]
     site: Option<String>,
@@ -136,7 +144,7 @@ impl MergeArgs {
     /// the retained snapshots on the broker.
     fn sources(&self) -> Result<Vec<(String, vigil_client::Result<UpdateFile>)>> {
         if let (Some(url), site) = (&self.broker, &self.site) {
-            let broker = vigil_mqtt::Broker::parse(url)?;
+            let broker = self.tls.broker(url)?;
             let found =
                 vigil_mqtt::fleet_snapshots(&broker, site.as_deref(), std::time::Duration::from_secs(1))?;
             if found.is_empty() {
@@ -247,7 +255,7 @@ impl MergeArgs {
 
 impl StatusArgs {
     fn run(self) -> Result<()> {
-        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let broker = self.tls.broker(&self.broker)?;
         let devices = vigil_mqtt::fleet_status(&broker, self.site.as_deref(), self.quiet)?;
         if devices.is_empty() {
             println!("no device has announced itself on {} yet", broker.name());
@@ -280,7 +288,7 @@ impl StatusArgs {
 impl ReportsArgs {
     fn run(self) -> Result<()> {
         use std::io::Write;
-        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let broker = self.tls.broker(&self.broker)?;
         let marks_path = PathBuf::from(format!("{}.marks", self.output.display()));
         let mut marks: std::collections::BTreeMap<String, u64> = match std::fs::read_to_string(&marks_path) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
@@ -348,7 +356,7 @@ impl ReportsArgs {
 
 impl PushArgs {
     fn run(self) -> Result<()> {
-        let broker = vigil_mqtt::Broker::parse(&self.broker)?;
+        let broker = self.tls.broker(&self.broker)?;
         let file = UpdateFile::read(&self.update)?;
         let Some(signature) = file.signature else {
             bail!(

@@ -360,3 +360,25 @@ impl Cli {
         }
     }
 }
+
+/// TLS to an `mqtts://` broker (docs/mqtt.md).
+#[derive(Debug, Args, Default)]
+pub struct TlsArgs {
+    /// For mqtts://: the PEM certificate of the authority that signed the broker's.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// For a broker that asks for client certificates: this client's PEM certificate.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The broker at `url`, with these TLS files.
+    pub fn broker(&self, url: &str) -> Result<vigil_mqtt::Broker> {
+        let client = self.client_cert.as_deref().zip(self.client_key.as_deref());
+        Ok(vigil_mqtt::Broker::parse(url)?.with_tls(self.ca_file.as_deref(), client)?)
+    }
+}

@@ -72,6 +72,8 @@ pub struct ServeArgs {
     /// (`vigil fleet push --group`); repeatable.
     #[arg(long, requires = "mqtt")]
     group: Vec<String>,
+    #[command(flatten)]
+    tls: super::TlsArgs,
 }
 
 /// The settings `vigil serve` runs with, from its options or its config file.
@@ -112,7 +114,7 @@ impl ServeArgs {
                         for group in &self.group {
                             vigil_mqtt::check_level("--group", group)?;
                         }
-                        let broker = vigil_mqtt::Broker::parse(&url)?;
+                        let broker = self.tls.broker(&url)?;
                         Some(vigil_runtime::gateway::MqttSettings { broker, site, groups: self.group })
                     }
                     _ => None,
