@@ -25,11 +25,11 @@ impl Mosquitto {
     /// Starts mosquitto on a free loopback port, keeping sessions in `dir`; `None` (with a
     /// SKIPPED line) when mosquitto is not installed and the run does not require it.
     fn start(dir: &Path) -> Option<Mosquitto> {
-        Mosquitto::start_with(dir, "")
+        Mosquitto::start_with(dir, "", "allow_anonymous true\n")
     }
 
     /// As [`Mosquitto::start`], with more lines for its listener (TLS files, say).
-    fn start_with(dir: &Path, listener: &str) -> Option<Mosquitto> {
+    fn start_with(dir: &Path, listener: &str, auth: &str) -> Option<Mosquitto> {
         let binary =
             ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
         let Some(binary) = binary else {
@@ -47,7 +47,7 @@ impl Mosquitto {
             format!(
                 // Started as root, mosquitto would switch to its own user, who cannot read
                 // this test's private temporary folder: it stays the test's user.
-                "user {}\nlistener {port} 127.0.0.1\n{listener}allow_anonymous true\npersistence true\n\
+                "user {}\nlistener {port} 127.0.0.1\n{listener}{auth}persistence true\n\
                  persistence_location {}/\npersistent_client_expiration 1d\n",
                 std::env::var("USER").unwrap_or_else(|_| "root".into()),
                 dir.display()
@@ -117,6 +117,11 @@ impl Gateway {
 
     /// A gateway named `name` (its state in `dir/<name>`), with more `serve` options.
     fn named(dir: &Path, broker: &str, name: &str, extra: &[&str]) -> Gateway {
+        Gateway::named_with_env(dir, broker, name, extra, ("VIGIL_TEST", "1"))
+    }
+
+    /// As [`Gateway::named`], with one more environment variable.
+    fn named_with_env(dir: &Path, broker: &str, name: &str, extra: &[&str], env: (&str, &str)) -> Gateway {
         let key = dir.join("publisher");
         if !key.exists() {
             ok(&["keygen", "-o", key.to_str().unwrap()]);
@@ -130,6 +135,7 @@ impl Gateway {
             .args(["--input", "-", "--format", "csv", "--rate", "16000"])
             .args(["--mqtt", broker, "--site", "plant-1"])
             .args(extra)
+            .env(env.0, env.1)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -479,21 +485,60 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
     let Some((other_ca, _, _)) = certificates(dir.path(), "other") else { return };
     let listener =
         format!("cafile {}\ncertfile {}\nkeyfile {}\n", ca.display(), cert.display(), key.display());
-    let Some(broker) = Mosquitto::start_with(dir.path(), &listener) else { return };
+    // Anonymous clients are refused: a user name and password are needed as well.
+    let passwords = dir.path().join("passwd");
+    std::fs::write(&passwords, "").unwrap();
+    let made = Command::new("mosquitto_passwd")
+        .args(["-b", passwords.to_str().unwrap(), "press-9", "s3cret"])
+        .status();
+    assert!(made.is_ok_and(|s| s.success()), "mosquitto_passwd failed");
+    let auth = format!("allow_anonymous false\npassword_file {}\n", passwords.display());
+    let Some(broker) = Mosquitto::start_with(dir.path(), &listener, &auth) else { return };
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let ca_s = ca.to_str().unwrap();
 
-    let mut gateway = Gateway::named(dir.path(), &url, "press-9", &["--ca-file", ca_s]);
+    let mut gateway = Gateway::named_with_env(
+        dir.path(),
+        &url,
+        "press-9",
+        &["--ca-file", ca_s, "--username", "press-9"],
+        ("VIGIL_MQTT_PASSWORD", "s3cret"),
+    );
     gateway.feed(dir.path(), 1, None, 7);
     let started = Instant::now();
     loop {
-        let status = ok(&["fleet", "status", "--broker", &url, "--ca-file", ca_s, "--quiet", "500ms"]);
+        let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "fleet",
+                "status",
+                "--broker",
+                &url,
+                "--ca-file",
+                ca_s,
+                "--quiet",
+                "500ms",
+                "--username",
+                "press-9",
+            ])
+            .env("VIGIL_MQTT_PASSWORD", "s3cret")
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&o.stdout).into_owned();
         if status.contains("press-9") {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "no status over TLS: {status}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Without the credentials, or with a wrong password, the broker refuses the client.
+    let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", ca_s]);
+    assert!(e.contains(&format!("127.0.0.1:{}", broker.port)), "{e}");
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["fleet", "status", "--broker", &url, "--ca-file", ca_s, "--username", "press-9"])
+        .env("VIGIL_MQTT_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a wrong password was accepted");
     // A broker whose certificate the given authority did not sign is refused.
     let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", other_ca.to_str().unwrap()]);
     assert!(

@@ -361,9 +361,13 @@ impl Cli {
     }
 }
 
-/// TLS to an `mqtts://` broker (docs/mqtt.md).
+/// TLS and credentials for a broker (docs/mqtt.md).
 #[derive(Debug, Args, Default)]
 pub struct TlsArgs {
+    /// User name on the broker; the password comes from the environment variable
+    /// VIGIL_MQTT_PASSWORD, never from the command line.
+    #[arg(long)]
+    username: Option<String>,
     /// For mqtts://: the PEM certificate of the authority that signed the broker's.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
@@ -379,6 +383,15 @@ impl TlsArgs {
     /// The broker at `url`, with these TLS files.
     pub fn broker(&self, url: &str) -> Result<vigil_mqtt::Broker> {
         let client = self.client_cert.as_deref().zip(self.client_key.as_deref());
-        Ok(vigil_mqtt::Broker::parse(url)?.with_tls(self.ca_file.as_deref(), client)?)
+        let mut broker = vigil_mqtt::Broker::parse(url)?.with_tls(self.ca_file.as_deref(), client)?;
+        if let Some(user) = &self.username {
+            let Ok(password) = std::env::var("VIGIL_MQTT_PASSWORD") else {
+                anyhow::bail!(
+                    "--username {user} needs its password in the environment variable VIGIL_MQTT_PASSWORD"
+                );
+            };
+            broker.credentials = Some((user.clone(), password));
+        }
+        Ok(broker)
     }
 }
