@@ -8,98 +8,24 @@ mod common;
 use common::ok;
 use serialport::{SerialPort, TTYPort};
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+use vigil_mqtt::mosquitto::Mosquitto;
 
-/// A Mosquitto broker of this test's own, stopped (SIGTERM, so it saves its sessions) when
-/// dropped.
-struct Mosquitto {
-    child: Child,
-    config: PathBuf,
-    port: u16,
-}
-
-impl Mosquitto {
-    /// Starts mosquitto on a free loopback port, keeping sessions in `dir`; `None` (with a
-    /// SKIPPED line) when mosquitto is not installed and the run does not require it.
-    fn start(dir: &Path) -> Option<Mosquitto> {
-        Mosquitto::start_with(dir, "", "allow_anonymous true\n")
+/// A Mosquitto of this test's own, or `None` (with a SKIPPED line) when it is not
+/// installed and the run does not require it.
+fn mosquitto(dir: &Path, listener: &str, auth: &str) -> Option<Mosquitto> {
+    if Mosquitto::installed().is_none() {
+        assert!(
+            std::env::var_os("VIGIL_REQUIRE_MQTT").is_none(),
+            "mosquitto is required (VIGIL_REQUIRE_MQTT) but not installed"
+        );
+        eprintln!("SKIPPED: the MQTT tests (mosquitto is not installed: apt-get install mosquitto)");
+        return None;
     }
-
-    /// As [`Mosquitto::start`], with more lines for its listener (TLS files, say).
-    fn start_with(dir: &Path, listener: &str, auth: &str) -> Option<Mosquitto> {
-        let binary =
-            ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
-        let Some(binary) = binary else {
-            assert!(
-                std::env::var_os("VIGIL_REQUIRE_MQTT").is_none(),
-                "mosquitto is required (VIGIL_REQUIRE_MQTT) but not installed"
-            );
-            eprintln!("SKIPPED: the MQTT tests (mosquitto is not installed: apt-get install mosquitto)");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = dir.join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                // Started as root, mosquitto would switch to its own user, who cannot read
-                // this test's private temporary folder: it stays the test's user.
-                "user {}\nlistener {port} 127.0.0.1\n{listener}{auth}persistence true\n\
-                 persistence_location {}/\npersistent_client_expiration 1d\n",
-                std::env::var("USER").unwrap_or_else(|_| "root".into()),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let child = spawn(binary, &config);
-        let broker = Mosquitto { child, config, port };
-        broker.wait_listening();
-        Some(broker)
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_listening(&self) {
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops the broker as an operator would (SIGTERM: it saves its sessions and exits).
-    fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again on the same port with the same sessions.
-    fn restart(&mut self) {
-        let binary =
-            ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
-        self.child = spawn(binary.unwrap(), &self.config);
-        self.wait_listening();
-    }
-}
-
-fn spawn(binary: &str, config: &Path) -> Child {
-    Command::new(binary)
-        .args(["-c", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    Some(Mosquitto::start(dir, listener, auth).unwrap())
 }
 
 /// `vigil serve` scoring CSV lines written to its standard input, publishing to a broker.
@@ -199,7 +125,7 @@ fn status_of(broker: &str) -> String {
 #[test]
 fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a_dead_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
+    let Some(mut broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
     let url = broker.url();
     let collected = dir.path().join("fleet.jsonl");
     // The host's first collection creates its session on the broker.
@@ -227,7 +153,7 @@ fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a
         assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not store its reports");
         std::thread::sleep(Duration::from_millis(200));
     }
-    broker.restart();
+    broker.restart().unwrap();
     let all = collect_until(&url, &collected, 3);
     let sequences: Vec<u64> = all.iter().map(|r| r["sequence"].as_u64().unwrap()).collect();
     assert_eq!(sequences, [0, 1, 2], "every report once, in order: {all:?}");
@@ -315,7 +241,7 @@ fn outcome(table: &str, device: &str) -> String {
 #[test]
 fn an_update_fans_out_to_the_site_or_a_group_and_each_device_checks_it_as_over_serial() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(dir.path()) else { return };
+    let Some(broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
     let url = broker.url();
     let mut a = Gateway::named(dir.path(), &url, "press-7", &["--group", "line-2"]);
     let mut b = Gateway::named(dir.path(), &url, "press-8", &[]);
@@ -493,8 +419,8 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
         .status();
     assert!(made.is_ok_and(|s| s.success()), "mosquitto_passwd failed");
     let auth = format!("allow_anonymous false\npassword_file {}\n", passwords.display());
-    let Some(broker) = Mosquitto::start_with(dir.path(), &listener, &auth) else { return };
-    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let Some(broker) = mosquitto(dir.path(), &listener, &auth) else { return };
+    let url = format!("mqtts://127.0.0.1:{}", broker.port());
     let ca_s = ca.to_str().unwrap();
 
     let mut gateway = Gateway::named_with_env(
@@ -532,7 +458,7 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
     }
     // Without the credentials, or with a wrong password, the broker refuses the client.
     let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", ca_s]);
-    assert!(e.contains(&format!("127.0.0.1:{}", broker.port)), "{e}");
+    assert!(e.contains(&format!("127.0.0.1:{}", broker.port())), "{e}");
     let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["fleet", "status", "--broker", &url, "--ca-file", ca_s, "--username", "press-9"])
         .env("VIGIL_MQTT_PASSWORD", "wrong")
@@ -542,7 +468,7 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
     // A broker whose certificate the given authority did not sign is refused.
     let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", other_ca.to_str().unwrap()]);
     assert!(
-        e.contains(&format!("127.0.0.1:{}", broker.port)) && e.to_lowercase().contains("certificate"),
+        e.contains(&format!("127.0.0.1:{}", broker.port())) && e.to_lowercase().contains("certificate"),
         "{e}"
     );
     let e = common::refused(&["fleet", "status", "--broker", &url]);
@@ -556,4 +482,16 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
         key.to_str().unwrap().replace(".key", ".csr").as_str(),
     ]);
     assert!(e.contains("not a PEM file") || e.contains("certificate"), "{e}");
+}
+
+#[test]
+fn the_fleet_benchmark_runs_small_and_checks_what_it_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    // The benchmark starts its own broker; this only checks that mosquitto is there.
+    let Some(_broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
+    let said = ok(&["fleet", "bench", "--agents", "5", "--reports", "4", "--outage", "1s", "--burst", "5"]);
+    assert!(said.contains("5 of 5 gateways delivered every report once, in order (20 reports)"), "{said}");
+    assert!(said.contains("update to 5 devices: 5 applied, 5 applied it exactly once"), "{said}");
+    assert!(said.contains("update with bad signature: refused by 5 of 5"), "{said}");
+    assert!(said.contains("update with older version: refused by 5 of 5"), "{said}");
 }

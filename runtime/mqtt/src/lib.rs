@@ -13,6 +13,7 @@
 
 mod fleet;
 mod forward;
+pub mod mosquitto;
 
 pub use fleet::{
     collect_reports, fleet_snapshots, fleet_status, publish_update, Collected, DeviceStatus, UpdateOutcome,

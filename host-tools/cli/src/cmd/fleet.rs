@@ -30,6 +30,10 @@ enum FleetCommand {
     /// as a serial push (signature, hash, model, version) and applies it through its A/B
     /// slots.
     Push(PushArgs),
+    /// Measure many simulated gateways on one broker (a Mosquitto started here): every
+    /// report delivered once across a broker outage, reports per second end to end, and
+    /// one signed update to every device.
+    Bench(super::fleet_bench::FleetBenchArgs),
 }
 
 /// Options of `vigil fleet push`.
@@ -135,6 +139,7 @@ impl FleetArgs {
             FleetCommand::Status(s) => s.run(),
             FleetCommand::Reports(r) => r.run(),
             FleetCommand::Push(p) => p.run(),
+            FleetCommand::Bench(b) => b.run(),
         }
     }
 }

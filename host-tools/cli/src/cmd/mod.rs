@@ -11,6 +11,7 @@ mod feed;
 #[cfg(feature = "train")]
 mod fine_tune;
 mod fleet;
+mod fleet_bench;
 mod keys;
 mod label;
 #[cfg(not(feature = "train"))]
