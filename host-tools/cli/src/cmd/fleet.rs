@@ -36,14 +36,28 @@ enum FleetCommand {
     Bench(super::fleet_bench::FleetBenchArgs),
 }
 
-/// Options of `vigil fleet push`.
+/// The broker a host command talks to.
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub struct BrokerArgs {
     /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     #[arg(long)]
     broker: String,
     #[command(flatten)]
     tls: super::TlsArgs,
+}
+
+impl BrokerArgs {
+    /// The broker, with its TLS files and credentials.
+    fn connect(&self) -> Result<vigil_mqtt::Broker> {
+        self.tls.broker(&self.broker)
+    }
+}
+
+/// Options of `vigil fleet push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// The site whose devices take the update.
     #[arg(long)]
     site: String,
@@ -60,11 +74,8 @@ pub struct PushArgs {
 /// Options of `vigil fleet status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
-    #[arg(long)]
-    broker: String,
     #[command(flatten)]
-    tls: super::TlsArgs,
+    broker: BrokerArgs,
     /// Only this site [default: every site].
     #[arg(long)]
     site: Option<String>,
@@ -76,11 +87,8 @@ pub struct StatusArgs {
 /// Options of `vigil fleet reports`.
 #[derive(Debug, Args)]
 pub struct ReportsArgs {
-    /// The broker, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
-    #[arg(long)]
-    broker: String,
     #[command(flatten)]
-    tls: super::TlsArgs,
+    broker: BrokerArgs,
     /// Only this site [default: every site].
     #[arg(long)]
     site: Option<String>,
@@ -260,7 +268,7 @@ impl MergeArgs {
 
 impl StatusArgs {
     fn run(self) -> Result<()> {
-        let broker = self.tls.broker(&self.broker)?;
+        let broker = self.broker.connect()?;
         let devices = vigil_mqtt::fleet_status(&broker, self.site.as_deref(), self.quiet)?;
         if devices.is_empty() {
             println!("no device has announced itself on {} yet", broker.name());
@@ -293,7 +301,7 @@ impl StatusArgs {
 impl ReportsArgs {
     fn run(self) -> Result<()> {
         use std::io::Write;
-        let broker = self.tls.broker(&self.broker)?;
+        let broker = self.broker.connect()?;
         let marks_path = PathBuf::from(format!("{}.marks", self.output.display()));
         let mut marks: std::collections::BTreeMap<String, u64> = match std::fs::read_to_string(&marks_path) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
@@ -361,7 +369,7 @@ impl ReportsArgs {
 
 impl PushArgs {
     fn run(self) -> Result<()> {
-        let broker = self.tls.broker(&self.broker)?;
+        let broker = self.broker.connect()?;
         let file = UpdateFile::read(&self.update)?;
         let Some(signature) = file.signature else {
             bail!(
