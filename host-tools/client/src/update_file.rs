@@ -184,14 +184,15 @@ fn key_digits(path: &Path) -> Result<Vec<u8>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ClientError::file(format!("cannot read key {}", path.display()), e))?;
     let text = text.trim();
-    let bytes: Option<Vec<u8>> = if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
-    } else {
-        None
+    let half = |range: std::ops::Range<usize>| text.get(range).and_then(vigil_core::hex::decode_32);
+    let bytes = match text.len() {
+        64 => half(0..64).map(|key| key.to_vec()),
+        128 => half(0..64).zip(half(64..128)).map(|(seed, public)| [seed, public].concat()),
+        _ => None,
     };
     match bytes {
-        Some(bytes) if bytes.len() == 32 || bytes.len() == 64 => Ok(bytes),
-        _ => Err(ClientError::Invalid(format!(
+        Some(bytes) => Ok(bytes),
+        None => Err(ClientError::Invalid(format!(
             "key {} must hold 64 hex digits (a public key) or 128 (a secret key), as `vigil keygen` writes them",
             path.display()
         ))),

@@ -105,6 +105,7 @@ impl Drop for Forwarder {
 
 fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop: &AtomicBool) {
     let mut backoff = Duration::from_secs(1);
+    // Whether the last attempt got through: one warning per outage, not one per retry.
     let mut reachable = true;
     while !stop.load(Ordering::Relaxed) {
         let mut connected = false;
@@ -117,7 +118,7 @@ fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop
                         "MQTT: {e}; reports stay in the store and are published from #{next} when the broker is back"
                     );
                 }
-                reachable = false;
+                reachable = connected;
                 if connected {
                     backoff = Duration::from_secs(1);
                 }
@@ -128,9 +129,6 @@ fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop
             std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if connected {
-            reachable = true;
-        }
     }
 }
 
