@@ -352,53 +352,73 @@ fn an_update_fans_out_to_the_site_or_a_group_and_each_device_checks_it_as_over_s
 /// A certificate authority and a broker certificate for 127.0.0.1 signed by it, made with
 /// openssl in `dir` under `name`; `None` when openssl is missing.
 fn certificates(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl").args(args).current_dir(dir).output().ok()?;
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        Some(())
-    };
-    let (ca_key, ca, key, csr, cert) = (
-        format!("{name}-ca.key"),
-        format!("{name}-ca.pem"),
-        format!("{name}-server.key"),
-        format!("{name}-server.csr"),
-        format!("{name}-server.pem"),
+    let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Vigil test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ],
+    )?;
+    let (cert, key) = issue(dir, name, "server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n")?;
+    Some((dir.join(ca), cert, key))
+}
+
+/// A certificate for `subject` signed by the authority `certificates` made under `name`;
+/// the certificate and its key.
+fn issue(dir: &Path, name: &str, role: &str, subject: &str, extensions: &str) -> Option<(PathBuf, PathBuf)> {
+    let (key, csr, cert, ext) = (
+        format!("{name}-{role}.key"),
+        format!("{name}-{role}.csr"),
+        format!("{name}-{role}.pem"),
+        format!("{name}-{role}.ext"),
     );
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Vigil test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ])?;
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr])?;
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        &cert,
-    ])?;
-    Some((dir.join(ca), dir.join(cert), dir.join(key)))
+    let subject = format!("/CN={subject}");
+    openssl(
+        dir,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr],
+    )?;
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    )?;
+    Some((dir.join(cert), dir.join(key)))
+}
+
+/// Runs openssl in `dir`; `None` when it is missing, a failed assertion when it fails.
+fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().ok()?;
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    Some(())
 }
 
 #[test]
@@ -485,13 +505,112 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
 }
 
 #[test]
+fn a_broker_that_requires_client_certificates_takes_only_one_its_authority_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = certificates(dir.path(), "plant") else {
+        eprintln!("SKIPPED: MQTT with client certificates (openssl is not installed)");
+        return;
+    };
+    let (client_cert, client_key) =
+        issue(dir.path(), "plant", "press-4", "press-4", "extendedKeyUsage=clientAuth\n").unwrap();
+    // A client certificate from another authority, as a device from elsewhere would hold.
+    certificates(dir.path(), "other").unwrap();
+    let (stranger_cert, stranger_key) =
+        issue(dir.path(), "other", "press-5", "press-5", "extendedKeyUsage=clientAuth\n").unwrap();
+    let listener = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let Some(broker) = mosquitto(dir.path(), &listener, "allow_anonymous false\n") else { return };
+    let url = format!("mqtts://127.0.0.1:{}", broker.port());
+    let (ca_s, cert_s, key_s) =
+        (ca.to_str().unwrap(), client_cert.to_str().unwrap(), client_key.to_str().unwrap());
+
+    let mut gateway = Gateway::named(
+        dir.path(),
+        &url,
+        "press-4",
+        &["--ca-file", ca_s, "--client-cert", cert_s, "--client-key", key_s],
+    );
+    gateway.feed(dir.path(), 1, None, 7);
+    let started = Instant::now();
+    let status = loop {
+        let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "fleet",
+                "status",
+                "--broker",
+                &url,
+                "--ca-file",
+                ca_s,
+                "--client-cert",
+                cert_s,
+                "--client-key",
+                key_s,
+                "--quiet",
+                "500ms",
+            ])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&o.stdout).into_owned();
+        if status.contains("press-4") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no status with a client certificate: {status}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(status.contains("online"), "{status}");
+    // Without a client certificate, or with one another authority signed, the broker
+    // refuses the client.
+    let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", ca_s]);
+    assert!(e.contains(&format!("127.0.0.1:{}", broker.port())), "{e}");
+    let e = common::refused(&[
+        "fleet",
+        "status",
+        "--broker",
+        &url,
+        "--ca-file",
+        ca_s,
+        "--client-cert",
+        stranger_cert.to_str().unwrap(),
+        "--client-key",
+        stranger_key.to_str().unwrap(),
+    ]);
+    assert!(e.contains(&format!("127.0.0.1:{}", broker.port())), "{e}");
+    // A certificate without its key is a usage error named before any connection.
+    let e =
+        common::refused(&["fleet", "status", "--broker", &url, "--ca-file", ca_s, "--client-cert", cert_s]);
+    assert!(e.contains("--client-key"), "{e}");
+}
+
+#[test]
 fn the_fleet_benchmark_runs_small_and_checks_what_it_claims() {
     let dir = tempfile::tempdir().unwrap();
     // The benchmark starts its own broker; this only checks that mosquitto is there.
     let Some(_broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
-    let said = ok(&["fleet", "bench", "--agents", "5", "--reports", "4", "--outage", "1s", "--burst", "5"]);
-    assert!(said.contains("5 of 5 gateways delivered every report once, in order (20 reports)"), "{said}");
-    assert!(said.contains("update to 5 devices: 5 applied, 5 applied it exactly once"), "{said}");
+    let said = ok(&[
+        "fleet", "bench", "--agents", "5", "--run", "8s", "--cycle", "2s", "--outage", "2s", "--burst", "5",
+    ]);
+    // Each gateway scores its machine: 16 kHz with a hop of 1,024 is 15.6 windows a second.
+    let windows: u64 = number_after(&said, "8 s of stream = ");
+    assert!((5 * 120..=5 * 126).contains(&windows), "{said}");
+    // Alarms are raised and cleared as the machines turn faulty and healthy again.
+    let reports: u64 = number_after(&said, "windows, ");
+    assert!(reports >= 5 * 2, "{said}");
+    assert!(
+        said.contains(&format!("5 of 5 gateways delivered every report once, in order ({reports} reports)")),
+        "{said}"
+    );
+    assert!(said.contains("update to 5 devices: 5 applied, 5 run head version"), "{said}");
+    assert!(said.contains("5 applied it exactly once"), "{said}");
     assert!(said.contains("update with bad signature: refused by 5 of 5"), "{said}");
     assert!(said.contains("update with older version: refused by 5 of 5"), "{said}");
+}
+
+/// The number that follows `after` in `text`.
+fn number_after(text: &str, after: &str) -> u64 {
+    let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after:?} not in {text}")) + after.len()..];
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }

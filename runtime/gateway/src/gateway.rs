@@ -274,18 +274,22 @@ impl vigil_mqtt::Source for StoreSource {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let p = self.lock();
-        let counts = p.counts();
-        let scorer = p.scorer();
-        serde_json::json!({
-            "software": format!("vigil {}", env!("CARGO_PKG_VERSION")),
-            "model": vigil_core::hex::encode(&scorer.model().hash()[..8]),
-            "head_version": scorer.model().metadata().head_version,
-            "alarm_active": scorer.alarm_active(),
-            "windows_scored": counts.windows,
-            "sensor_faults": counts.sensor_faults,
-            "threshold": scorer.policy().threshold,
-            "next_report": scorer.next_sequence(),
-        })
+        status_json(&self.lock())
     }
+}
+
+/// A gateway's status as the broker's `status` topic carries it (`docs/mqtt.md`).
+pub fn status_json(pipeline: &Pipeline) -> serde_json::Value {
+    let counts = pipeline.counts();
+    let scorer = pipeline.scorer();
+    serde_json::json!({
+        "software": format!("vigil {}", env!("CARGO_PKG_VERSION")),
+        "model": vigil_core::hex::encode(&scorer.model().hash()[..8]),
+        "head_version": scorer.model().metadata().head_version,
+        "alarm_active": scorer.alarm_active(),
+        "windows_scored": counts.windows,
+        "sensor_faults": counts.sensor_faults,
+        "threshold": scorer.policy().threshold,
+        "next_report": scorer.next_sequence(),
+    })
 }
