@@ -222,3 +222,104 @@ fn bad_report_input_names_the_file_and_line() {
     let o = vigil(&["report", "--from", bad.to_str().unwrap(), "--html", "x.html", "--shaft-hz", "30"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--bearing"));
 }
+
+/// A week of one-minute health records of a pump whose outer race degrades slowly from
+/// day 2: each minute is one window of the simulated machine at that minute's severity,
+/// scored by the default model in the gateway's pipeline with its durable store (a full
+/// week of signal would take hours to simulate; one window a minute is what a record of
+/// that minute is made of at the least).
+#[test]
+fn a_simulated_week_of_slow_degradation_shows_its_trend_and_renders() {
+    use vigil_runtime::pipeline::Pipeline;
+    use vigil_runtime::windower::Window;
+    use vigil_sim::{FaultConfig, FaultKind, Simulator};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let model = vigil_runtime::builtin::load_model(None).unwrap();
+    let meta = model.metadata().clone();
+    let store = vigil_runtime::stream::open_store(&state).unwrap();
+    let mut pipeline = Pipeline::new(model, Some(store)).unwrap();
+    pipeline.set_health_every(Some(std::time::Duration::from_secs(60))).unwrap();
+    let machine = MachineConfig::reference(meta.sample_rate_hz, meta.channels);
+    let fault = FaultConfig {
+        kind: FaultKind::OuterRace,
+        severity: 0.0,
+        onset_s: 2.0 * 86_400.0,
+        growth_per_s: 0.6 / (5.0 * 86_400.0),
+    };
+    let minutes = 7 * 24 * 60;
+    for minute in 0..minutes {
+        let t = minute as f64 * 60.0;
+        let now = FaultConfig { severity: fault.severity_at(t), onset_s: 0.0, growth_per_s: 0.0, ..fault };
+        let kind = if now.severity > 0.0 { now } else { FaultConfig::healthy() };
+        let mut sim = Simulator::new(machine.clone(), kind, minute as u64);
+        let samples = sim.generate(meta.window as f64 / meta.sample_rate_hz);
+        pipeline.process(&Window::new(samples, minute as u64, t + 60.0)).unwrap();
+    }
+    let store_bytes = std::fs::metadata(pipeline.store().unwrap().path()).unwrap().len();
+    drop(pipeline);
+    let reports = vigil_runtime::store::ReportStore::read_all(&state).unwrap();
+    let health: Vec<&AnomalyReport> =
+        reports.iter().filter(|r| matches!(r.kind, ReportKind::Health(_))).collect();
+    assert!(health.len() >= minutes - 2, "{} health records for {minutes} minutes", health.len());
+    let record_bytes = postcard::to_allocvec(health[health.len() / 2]).unwrap().len() + 8;
+    eprintln!(
+        "a week of one-minute health records: {} records, {record_bytes} bytes each in the store ({} KiB); \
+         the store with the alarms: {store_bytes} bytes",
+        health.len(),
+        health.len() * record_bytes / 1024
+    );
+    assert!(record_bytes <= 128, "a health record takes {record_bytes} bytes");
+    // The trend is in the records: the last day's scores and kurtosis stand well above the first's.
+    let day = |d: usize| &health[d * 1440..(d * 1440 + 1440).min(health.len())];
+    let median = |rs: &[&AnomalyReport]| {
+        let mut s: Vec<f32> = rs.iter().map(|r| r.score).collect();
+        s.sort_by(f32::total_cmp);
+        s[s.len() / 2]
+    };
+    let kurtosis = |rs: &[&AnomalyReport]| {
+        rs.iter()
+            .map(|r| match r.kind {
+                ReportKind::Health(h) => h.kurtosis,
+                _ => 0.0,
+            })
+            .sum::<f32>()
+            / rs.len() as f32
+    };
+    let (first, last) = (day(0), day(6));
+    assert!(median(last) > 3.0 * median(first), "score {} -> {}", median(first), median(last));
+    assert!(kurtosis(last) > kurtosis(first) + 1.0, "kurtosis {} -> {}", kurtosis(first), kurtosis(last));
+
+    let jsonl = dir.path().join("week.jsonl");
+    write_jsonl(&jsonl, &reports, &meta.class_names).unwrap();
+    let (html, csv) = (dir.path().join("week.html"), dir.path().join("week.csv"));
+    ok(&[
+        "report",
+        "--from",
+        jsonl.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--machine-class",
+        "III",
+    ]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Health trend") && page.contains("class III machine"), "no trend section");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().filter(|l| l.contains(",Health,")).count(), health.len());
+    let size = page.len();
+    let Some(r) = render_in_chromium(&html, &artefacts().join("report-week.png")) else { return };
+    assert!(r.console.is_empty(), "console messages: {:?}", r.console);
+    assert!(r.dom.contains("id=\"trend\""), "the trend section did not render");
+    assert!(r.dom.contains("<div class=\"trend\"><svg"), "the trend plot did not render");
+    // The trend comes above the alarm details.
+    assert!(r.dom.find("id=\"trend\"") < r.dom.find("id=\"alarms\""));
+    let empty = dir.path().join("empty.html");
+    std::fs::write(&empty, "<!DOCTYPE html><html><body></body></html>").unwrap();
+    let Some(baseline) = render_in_chromium(&empty, &dir.path().join("empty.png")) else { return };
+    let page_seconds = r.seconds - baseline.seconds;
+    eprintln!("a week's HTML: {size} bytes, {page_seconds:.2} s to open beyond an empty page");
+    assert!(page_seconds < 2.0, "the page took {page_seconds:.2} s to open");
+}

@@ -7,8 +7,8 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use vigil_core::bearing::FaultOrders;
-use vigil_core::report::{AnomalyReport, ReportKind, SpectrumBins};
-use vigil_runtime::report_io::{bands_text, finding_label, finding_probability};
+use vigil_core::report::{AnomalyReport, HealthStats, ReportKind, SpectrumBins};
+use vigil_runtime::report_io::{bands_text, finding_label, finding_probability, health_of, kind_name};
 
 /// Alarms shown with their spectra (the highest-scoring ones); the table lists every report.
 pub const MAX_DETAILED_ALARMS: usize = 12;
@@ -48,6 +48,64 @@ pub struct ReportContext {
     pub class_names: Vec<String>,
     /// The machine, when known, for fault-frequency markers.
     pub machine: Option<MachineFrequencies>,
+    /// The machine's class, for the vibration-severity zones of the health trend.
+    pub machine_class: MachineClass,
+}
+
+/// The machine classes of ISO 10816-1, whose vibration-severity zones (RMS velocity over
+/// 10-1000 Hz) the health trend draws. ISO 20816-1 keeps the same kind of zones and leaves
+/// the limits to each machine type's part; these are the general guide values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MachineClass {
+    /// Small machines, up to 15 kW.
+    #[value(name = "I")]
+    I,
+    /// Medium machines, 15-75 kW, or up to 300 kW on special foundations.
+    #[default]
+    #[value(name = "II")]
+    II,
+    /// Large machines on rigid foundations.
+    #[value(name = "III")]
+    III,
+    /// Large machines on soft foundations.
+    #[value(name = "IV")]
+    IV,
+}
+
+impl MachineClass {
+    /// The upper limits of zones A, B and C in mm/s RMS (zone D lies above the last).
+    pub fn zone_limits(self) -> [f32; 3] {
+        match self {
+            MachineClass::I => [0.71, 1.8, 4.5],
+            MachineClass::II => [1.12, 2.8, 7.1],
+            MachineClass::III => [1.8, 4.5, 11.2],
+            MachineClass::IV => [2.8, 7.1, 18.0],
+        }
+    }
+
+    /// The zone (`A` to `D`) a velocity falls in, with what ISO 10816 says of it.
+    pub fn zone(self, velocity_mm_s: f32) -> (&'static str, &'static str) {
+        let [a, b, c] = self.zone_limits();
+        if velocity_mm_s <= a {
+            ("A", "newly commissioned machines")
+        } else if velocity_mm_s <= b {
+            ("B", "acceptable for unrestricted long-term operation")
+        } else if velocity_mm_s <= c {
+            ("C", "unsatisfactory for long-term continuous operation")
+        } else {
+            ("D", "severe enough to cause damage")
+        }
+    }
+
+    /// The class's name as ISO 10816-1 writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineClass::I => "I",
+            MachineClass::II => "II",
+            MachineClass::III => "III",
+            MachineClass::IV => "IV",
+        }
+    }
 }
 
 /// Renders the whole page.
@@ -120,14 +178,22 @@ fn device_sections(
     }
     let alarms = reports.iter().filter(|r| r.kind == ReportKind::AlarmRaised).count();
     let faults = reports.iter().filter(|r| r.kind == ReportKind::SensorFault).count();
+    let health: Vec<(&AnomalyReport, &HealthStats)> =
+        reports.iter().filter_map(|r| health_of(r).map(|h| (r, h))).collect();
+    let events: Vec<AnomalyReport> = reports.iter().filter(|r| health_of(r).is_none()).cloned().collect();
     let _ = writeln!(
         html,
-        "<tr><th>reports</th><td>{} ({alarms} alarms, {faults} sensor faults)</td></tr></table></section>",
-        reports.len()
+        "<tr><th>reports</th><td>{} ({alarms} alarms, {faults} sensor faults, {} health records)</td></tr></table></section>",
+        reports.len(),
+        health.len()
     );
 
+    if !health.is_empty() {
+        health_section(html, prefix, &health, ctx)?;
+    }
+
     let _ = write!(html, "<section id=\"{prefix}score\"><h2>Anomaly score over time</h2>");
-    html.push_str(&score_plot(reports)?);
+    html.push_str(&score_plot(&events)?);
     html.push_str("<p class=\"note\">Score of each report against the stream time; the dashed line is the alarm threshold. Red: alarm raised, green: cleared, grey: sensor fault.</p></section>\n");
 
     let _ = write!(html, "<section id=\"{prefix}alarms\"><h2>Alarms</h2>");
@@ -152,17 +218,165 @@ fn device_sections(
     html.push_str("</section>\n");
 
     let _ = write!(html, "<section id=\"{prefix}reports\"><h2>Reports</h2><table class=\"list\"><tr><th>#</th><th>time (s)</th><th>kind</th><th>class</th><th>p</th><th>score</th><th>threshold</th><th>head</th><th>top bands</th></tr>");
-    for r in reports {
+    if !health.is_empty() {
+        let _ = write!(
+            html,
+            "<p class=\"note\">The {} health records are in the trend above and in the CSV and JSON exports, not in this table.</p>",
+            health.len()
+        );
+    }
+    for r in &events {
         let class = finding_label(r, &ctx.class_names);
         let p = finding_probability(r).map_or_else(|| "-".to_string(), |p| format!("{p:.2}"));
         let _ = write!(
             html,
-            "<tr class=\"{:?}\"><td>{}</td><td>{:.2}</td><td>{:?}</td><td>{}</td><td>{p}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
-            r.kind, r.sequence, r.stream_time_s, r.kind, escape(&class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
+            "<tr class=\"{}\"><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{p}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            kind_name(&r.kind), r.sequence, r.stream_time_s, kind_name(&r.kind), escape(&class), r.score, r.threshold, r.head_version, escape(&bands_text(r))
         );
     }
     html.push_str("</table></section>\n");
     Ok(())
+}
+
+/// The health trend: the latest levels with their ISO zone, then velocity with the zone
+/// bands and the score's median and maximum, over time.
+fn health_section(
+    html: &mut String,
+    prefix: &str,
+    health: &[(&AnomalyReport, &HealthStats)],
+    ctx: &ReportContext,
+) -> Result<()> {
+    let class = ctx.machine_class;
+    let _ = write!(html, "<section id=\"{prefix}trend\"><h2>Health trend</h2>");
+    if let Some((r, h)) = health.last() {
+        let (zone, meaning) = class.zone(h.velocity_mm_s);
+        let _ = write!(
+            html,
+            "<p>Latest record (#{}, {}): velocity <b>{:.2} mm/s RMS</b> (10-1000 Hz), zone <b>{zone}</b> for an ISO 10816 class {} machine ({meaning}); acceleration {:.3} g RMS, peak {:.2} g, kurtosis {:.1}; anomaly score median {:.2}, max {:.2} (threshold {:.2}).</p>",
+            r.sequence,
+            time_text(r.stream_time_s),
+            h.velocity_mm_s,
+            class.name(),
+            h.rms_g,
+            h.peak_g,
+            h.kurtosis,
+            r.score,
+            h.score_max,
+            r.threshold
+        );
+    }
+    html.push_str(&trend_plot(health, class)?);
+    let [a, b, c] = class.zone_limits();
+    let _ = writeln!(
+        html,
+        "<p class=\"note\">One point per health record against stream time. Top: RMS velocity over 10-1000 Hz with the ISO 10816-1 zones of a class {} machine (A up to {a} mm/s, B up to {b}, C up to {c}, D above; choose the class with <code>--machine-class</code>). Bottom: the anomaly score's median (blue) and maximum (red) over each record's period; the dashed line is the alarm threshold.</p></section>",
+        class.name()
+    );
+    Ok(())
+}
+
+/// A stream time as people read it: seconds, hours or days.
+fn time_text(seconds: f64) -> String {
+    if seconds < 7200.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 2.0 * 86_400.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else {
+        format!("day {:.1}", seconds / 86_400.0)
+    }
+}
+
+fn trend_plot(health: &[(&AnomalyReport, &HealthStats)], class: MachineClass) -> Result<String> {
+    let span = health.iter().map(|(r, _)| r.stream_time_s).fold(1.0f64, f64::max);
+    let (scale, unit) = if span < 7200.0 {
+        (1.0, "s")
+    } else if span < 2.0 * 86_400.0 {
+        (3600.0, "h")
+    } else {
+        (86_400.0, "days")
+    };
+    let t = |r: &AnomalyReport| (r.stream_time_s / scale) as f32;
+    let t_max = (span / scale) as f32 * 1.02;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH * 2, HEIGHT * 2)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let (top, bottom) = root.split_vertically(HEIGHT);
+        let limits = class.zone_limits();
+        let v_max = health
+            .iter()
+            .map(|(_, h)| h.velocity_mm_s)
+            .filter(|v| v.is_finite())
+            .fold(limits[2] * 1.3, f32::max);
+        let mut chart = ChartBuilder::on(&top)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f32..t_max, 0f32..v_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(format!("stream time ({unit})"))
+            .y_desc("velocity (mm/s RMS)")
+            .draw()
+            .map_err(plot_error)?;
+        let zones = [
+            (0.0, limits[0], RGBColor(200, 235, 200)),
+            (limits[0], limits[1], RGBColor(230, 245, 200)),
+            (limits[1], limits[2], RGBColor(255, 230, 190)),
+            (limits[2], v_max, RGBColor(255, 205, 205)),
+        ];
+        chart
+            .draw_series(
+                zones
+                    .iter()
+                    .map(|&(lo, hi, colour)| Rectangle::new([(0.0, lo), (t_max, hi)], colour.filled())),
+            )
+            .map_err(plot_error)?;
+        chart
+            .draw_series(LineSeries::new(
+                health.iter().map(|(r, h)| (t(r), h.velocity_mm_s.min(v_max))),
+                &BLACK,
+            ))
+            .map_err(plot_error)?;
+
+        let s_max = health
+            .iter()
+            .map(|(r, h)| h.score_max.max(r.threshold))
+            .filter(|v| v.is_finite())
+            .fold(1.0f32, f32::max)
+            * 1.2;
+        let mut chart = ChartBuilder::on(&bottom)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f32..t_max, 0f32..s_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(format!("stream time ({unit})"))
+            .y_desc("anomaly score")
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                health.iter().map(|(r, _)| (t(r), r.threshold.min(s_max))),
+                6,
+                4,
+                ShapeStyle::from(&BLACK).stroke_width(1),
+            ))
+            .map_err(plot_error)?;
+        chart
+            .draw_series(LineSeries::new(health.iter().map(|(r, h)| (t(r), h.score_max.min(s_max))), &RED))
+            .map_err(plot_error)?;
+        chart
+            .draw_series(LineSeries::new(health.iter().map(|(r, _)| (t(r), r.score.min(s_max))), &BLUE))
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(format!("<div class=\"trend\">{svg}</div>"))
 }
 
 fn alarm_section(prefix: &str, r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {

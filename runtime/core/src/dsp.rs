@@ -271,6 +271,27 @@ fn split_real_fft(spectrum: &mut [Complex32]) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// Standard gravity, in mm/s² per g.
+const MM_S2_PER_G: f32 = 9_806.65;
+
+/// RMS velocity in mm/s between `low_hz` and `high_hz` of an acceleration window in g, from
+/// its [`power_spectrum`] (`power`, bins of `bin_hz` from 0 Hz, Hann-tapered over the
+/// window's own length): each bin's acceleration divided by 2πf, the taper's power (3/8)
+/// restored, one-sided bins doubled.
+pub fn velocity_rms_mm_s(power: &[f32], bin_hz: f32, low_hz: f32, high_hz: f32) -> f32 {
+    if bin_hz.is_nan() || bin_hz <= 0.0 {
+        return 0.0;
+    }
+    let first = libm::ceilf(low_hz / bin_hz).max(1.0) as usize;
+    let last = ((high_hz / bin_hz) as usize).min(power.len().saturating_sub(1));
+    let mut sum = 0.0f32;
+    for (k, &p) in power.iter().enumerate().take(last + 1).skip(first) {
+        let v = MM_S2_PER_G / (2.0 * core::f32::consts::PI * k as f32 * bin_hz);
+        sum += 2.0 * p * v * v;
+    }
+    libm::sqrtf(sum / 0.375)
+}
+
 /// Power spectrum of a real window, Hann-tapered, mean removed.
 ///
 /// `scratch.len()` must be a power of two and at least `x.len()`; the window is
@@ -382,6 +403,26 @@ mod envelope_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn velocity_of_a_sine_is_its_acceleration_over_two_pi_f() {
+        // 0.5 g at 100 Hz and at 3 kHz (outside 10-1000 Hz), sampled at 16 kHz.
+        let (rate, n) = (16_000.0f32, 2048);
+        let x: std::vec::Vec<f32> = (0..n)
+            .map(|i| {
+                let t = i as f32 / rate;
+                0.5 * libm::sinf(2.0 * core::f32::consts::PI * 100.0 * t)
+                    + 0.5 * libm::sinf(2.0 * core::f32::consts::PI * 3000.0 * t)
+            })
+            .collect();
+        let mut scratch = std::vec![Complex32::default(); n];
+        let mut power = std::vec![0.0; n / 2];
+        power_spectrum(&x, &mut scratch, &mut power).unwrap();
+        let v = velocity_rms_mm_s(&power, rate / n as f32, 10.0, 1000.0);
+        let expected = 0.5 * 9806.65 / (2.0 * core::f32::consts::PI * 100.0) / core::f32::consts::SQRT_2;
+        assert!((v / expected - 1.0).abs() < 0.03, "{v} mm/s, expected {expected}");
+        assert_eq!(velocity_rms_mm_s(&[0.0; 16], 0.0, 10.0, 1000.0), 0.0);
+    }
 
     #[test]
     fn statistics_of_known_signals() {

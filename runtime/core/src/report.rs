@@ -8,7 +8,7 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 /// What a report records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ReportKind {
     /// The alarm policy raised an alarm on this window.
@@ -18,6 +18,35 @@ pub enum ReportKind {
     /// The window was not a measurement (see [`crate::sensor`]) and was not scored; the
     /// reason is [`AnomalyReport::sensor_fault`].
     SensorFault,
+    /// A periodic health record of the machine (`score` is the period's median score,
+    /// `class_index` its commonest class, `probabilities` the share of windows in each
+    /// class).
+    Health(HealthStats),
+}
+
+/// What a health record sums up over its period, beside the median score: the overall
+/// levels a technician compares with ISO 10816 / ISO 20816 zones, and the worst score.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HealthStats {
+    /// Seconds of stream the record covers.
+    pub period_s: f32,
+    /// Windows scored in it.
+    pub windows: u32,
+    /// Windows not scored because the sensor was at fault.
+    pub sensor_faults: u32,
+    /// Overall RMS acceleration, in g.
+    pub rms_g: f32,
+    /// RMS velocity over 10-1000 Hz, in mm/s.
+    pub velocity_mm_s: f32,
+    /// Largest absolute acceleration, in g.
+    pub peak_g: f32,
+    /// Mean kurtosis of the windows (3 for Gaussian vibration; impacts raise it).
+    pub kurtosis: f32,
+    /// Largest anomaly score of the period.
+    pub score_max: f32,
+    /// The shaft speed in Hz, where the gateway knows it.
+    pub shaft_hz: Option<f32>,
 }
 
 /// One frequency band and how far its energy stands above the normal-state baseline.
@@ -106,6 +135,8 @@ pub enum Finding {
     Cleared,
     /// The window was not a measurement.
     SensorFault(Option<SensorFaultReason>),
+    /// A periodic health record.
+    Health(HealthStats),
 }
 
 impl AnomalyReport {
@@ -115,6 +146,7 @@ impl AnomalyReport {
         match self.kind {
             ReportKind::AlarmCleared => Finding::Cleared,
             ReportKind::SensorFault => Finding::SensorFault(self.sensor_fault()),
+            ReportKind::Health(stats) => Finding::Health(stats),
             ReportKind::AlarmRaised if self.class_index != NO_KNOWN_CLASS => {
                 Finding::Fault { class: self.class_index, probability: p(self.class_index) }
             }
@@ -188,6 +220,24 @@ impl<'a, N: Fn(u8) -> Option<&'a str>> fmt::Display for Description<'a, N> {
             Finding::SensorFault(reason) => {
                 let why = reason.map_or("a sensor fault this build does not know", |r| r.explanation());
                 return write!(f, "SENSOR FAULT #{} at {:.2} s: {why}; not scored", at.0, at.1);
+            }
+            Finding::Health(h) => {
+                return write!(
+                    f,
+                    "health #{} at {:.2} s: {:.3} g RMS, {:.2} mm/s RMS (10-1000 Hz), peak {:.2} g, kurtosis {:.1}; \
+                     score median {:.2}, max {:.2} (threshold {:.2}); {} windows over {:.0} s",
+                    at.0,
+                    at.1,
+                    h.rms_g,
+                    h.velocity_mm_s,
+                    h.peak_g,
+                    h.kurtosis,
+                    r.score,
+                    h.score_max,
+                    r.threshold,
+                    h.windows,
+                    h.period_s
+                )
             }
         }
         if !r.top_bands.is_empty() {

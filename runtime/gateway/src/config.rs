@@ -122,6 +122,8 @@ pub struct InputConfig {
     /// Largest magnitude the sensor measures, in the stream's units (g); samples beyond
     /// it make a sensor-fault report [default: 500].
     pub range_g: Option<f32>,
+    /// How often a health record is stored, as `90s`, `1m`, `1h` [default: 1m].
+    pub health_every: Option<String>,
 }
 
 /// Alarm policy overrides; unset keys keep the model's values.

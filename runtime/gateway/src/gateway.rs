@@ -135,6 +135,7 @@ pub fn run(
     let mut pipeline = Pipeline::new(model, Some(store))?;
     if let Some((_, options, _)) = &input {
         pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
+        pipeline.set_health_every(options.health_every)?;
     }
     let pipeline = Arc::new(Mutex::new(pipeline));
     let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);

@@ -45,6 +45,7 @@ pub mod builtin;
 pub mod config;
 mod error;
 pub mod gateway;
+pub mod health;
 pub mod input;
 pub mod metadata;
 pub mod model;

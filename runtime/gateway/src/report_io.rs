@@ -3,7 +3,9 @@
 use crate::error::{Result, RuntimeError};
 use serde::Deserialize;
 use std::path::Path;
-use vigil_core::report::{AnomalyReport, BandContribution, Finding, ReportKind, SpectrumSnapshot};
+use vigil_core::report::{
+    AnomalyReport, BandContribution, Finding, HealthStats, ReportKind, SpectrumSnapshot,
+};
 
 /// What the report found, in a table cell: the fault class's name, `no known pattern`,
 /// the likeliest class of a cleared alarm, or `sensor: <reason>`.
@@ -14,6 +16,26 @@ pub fn finding_label(report: &AnomalyReport, class_names: &[String]) -> String {
         Finding::Unrecognised { .. } => "no known pattern".into(),
         Finding::Cleared => name(report.class_index),
         Finding::SensorFault(reason) => format!("sensor: {}", reason.map_or("unknown", |r| r.name())),
+        Finding::Health(_) => "health".into(),
+    }
+}
+
+/// The kind of a report as files name it: `AlarmRaised`, `AlarmCleared`, `SensorFault`
+/// or `Health` (whose figures go in a `health` field of their own).
+pub fn kind_name(kind: &ReportKind) -> &'static str {
+    match kind {
+        ReportKind::AlarmRaised => "AlarmRaised",
+        ReportKind::AlarmCleared => "AlarmCleared",
+        ReportKind::SensorFault => "SensorFault",
+        ReportKind::Health(_) => "Health",
+    }
+}
+
+/// The health figures of a health record.
+pub fn health_of(report: &AnomalyReport) -> Option<&HealthStats> {
+    match &report.kind {
+        ReportKind::Health(stats) => Some(stats),
+        _ => None,
     }
 }
 
@@ -29,7 +51,7 @@ pub fn finding_probability(report: &AnomalyReport) -> Option<f32> {
 fn indexed_class<'a>(report: &AnomalyReport, class_names: &'a [String]) -> Option<&'a String> {
     match report.finding() {
         Finding::Fault { .. } | Finding::Cleared => class_names.get(usize::from(report.class_index)),
-        Finding::Unrecognised { .. } | Finding::SensorFault(_) => None,
+        Finding::Unrecognised { .. } | Finding::SensorFault(_) | Finding::Health(_) => None,
     }
 }
 
@@ -53,7 +75,7 @@ pub fn bands_text(report: &AnomalyReport) -> String {
 pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json::Value {
     serde_json::json!({
         "sequence": report.sequence,
-        "kind": report.kind,
+        "kind": kind_name(&report.kind),
         "stream_time_s": report.stream_time_s,
         "score": report.score,
         "threshold": report.threshold,
@@ -65,6 +87,7 @@ pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json
         "head_version": report.head_version,
         "top_bands": report.top_bands.as_slice(),
         "spectrum": report.spectrum,
+        "health": health_of(report),
     })
 }
 
@@ -72,7 +95,7 @@ pub fn report_json(report: &AnomalyReport, class_names: &[String]) -> serde_json
 #[derive(Debug, Deserialize)]
 struct ReportLine {
     sequence: u64,
-    kind: ReportKind,
+    kind: String,
     stream_time_s: f64,
     score: f32,
     threshold: f32,
@@ -84,6 +107,8 @@ struct ReportLine {
     top_bands: Vec<BandContribution>,
     #[serde(default)]
     spectrum: Option<SpectrumSnapshot>,
+    #[serde(default)]
+    health: Option<HealthStats>,
     /// The device's site and name, in reports collected from a broker.
     #[serde(default)]
     site: Option<String>,
@@ -138,6 +163,24 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
             }
             names[k] = name;
         }
+        let kind = match (r.kind.as_str(), r.health) {
+            ("AlarmRaised", _) => ReportKind::AlarmRaised,
+            ("AlarmCleared", _) => ReportKind::AlarmCleared,
+            ("SensorFault", _) => ReportKind::SensorFault,
+            ("Health", Some(stats)) => ReportKind::Health(stats),
+            ("Health", None) => {
+                return Err(RuntimeError::Reports(format!(
+                    "{}: a Health record without its health figures",
+                    at()
+                )))
+            }
+            (other, _) => {
+                return Err(RuntimeError::Reports(format!(
+                    "{}: unknown report kind {other:?} (AlarmRaised, AlarmCleared, SensorFault or Health)",
+                    at()
+                )))
+            }
+        };
         let too_many = |what: &str| RuntimeError::Reports(format!("{}: too many {what}", at()));
         let source = match (&r.site, &r.device) {
             (Some(site), Some(device)) => format!("{site}/{device}"),
@@ -148,7 +191,7 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
             source,
             AnomalyReport {
                 sequence: r.sequence,
-                kind: r.kind,
+                kind,
                 stream_time_s: r.stream_time_s,
                 score: r.score,
                 threshold: r.threshold,
@@ -168,7 +211,8 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
 
 /// The CSV header of [`csv_line`].
 pub const CSV_HEADER: &str =
-    "sequence,kind,stream_time_s,score,threshold,class,probabilities,head_version,top_bands";
+    "sequence,kind,stream_time_s,score,threshold,class,probabilities,head_version,top_bands,\
+     rms_g,velocity_mm_s,peak_g,kurtosis,score_max,windows";
 
 /// One report as a CSV line (lists inside a cell are `;`-separated).
 pub fn csv_line(r: &AnomalyReport, classes: &[String]) -> String {
@@ -179,10 +223,17 @@ pub fn csv_line(r: &AnomalyReport, classes: &[String]) -> String {
         .iter()
         .map(|b| format!("{:.0}-{:.0}Hz:{:+.1}dB", b.low_hz, b.high_hz, b.excess_db))
         .collect();
+    // Health records fill the last columns; other reports leave them empty.
+    let health = health_of(r).map_or(",,,,,".to_string(), |h| {
+        format!(
+            "{:.4},{:.3},{:.3},{:.2},{:.3},{}",
+            h.rms_g, h.velocity_mm_s, h.peak_g, h.kurtosis, h.score_max, h.windows
+        )
+    });
     format!(
-        "{},{:?},{:.3},{:.3},{:.3},{class},{},{},{}",
+        "{},{},{:.3},{:.3},{:.3},{class},{},{},{},{health}",
         r.sequence,
-        r.kind,
+        kind_name(&r.kind),
         r.stream_time_s,
         r.score,
         r.threshold,

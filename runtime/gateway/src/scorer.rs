@@ -38,6 +38,15 @@ pub struct WindowOutcome {
     pub report: Option<AnomalyReport>,
     /// The threshold commissioning calibrated, on the window where it ended.
     pub commissioned: Option<f32>,
+    /// The health record this window completed, if any ([`crate::health`]).
+    pub health: Option<AnomalyReport>,
+}
+
+impl WindowOutcome {
+    /// The reports this window produced: its event, then the health record it completed.
+    pub fn reports(&self) -> impl Iterator<Item = &AnomalyReport> {
+        self.report.iter().chain(self.health.iter())
+    }
 }
 
 /// The numbers computed for one scored window.
@@ -224,6 +233,29 @@ impl WindowScorer {
         Ok(())
     }
 
+    /// A health record ending with `window`, numbered as the next report.
+    pub fn health_report(&mut self, summary: crate::health::HealthSummary, window: &Window) -> AnomalyReport {
+        let mut probabilities = vigil_core::heapless::Vec::new();
+        for &share in summary.class_mix.iter().take(vigil_core::MAX_CLASSES) {
+            let _ = probabilities.push(share);
+        }
+        let report = AnomalyReport {
+            sequence: self.next_sequence,
+            kind: ReportKind::Health(summary.stats),
+            stream_time_s: window.end_time_s,
+            score: summary.median_score,
+            threshold: self.alarm.policy().threshold,
+            class_index: argmax(&summary.class_mix).unwrap_or(self.model.metadata().normal_class) as u8,
+            probabilities,
+            model_hash: self.model.hash(),
+            head_version: self.model.metadata().head_version,
+            top_bands: vigil_core::heapless::Vec::new(),
+            spectrum: None,
+        };
+        self.next_sequence += 1;
+        report
+    }
+
     /// The sequence number the next report will carry.
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence
@@ -270,6 +302,7 @@ impl WindowScorer {
             transition: AlarmTransition::None,
             report: None,
             commissioned: None,
+            health: None,
         };
         let check = self.sensor.check(&window.samples);
         outcome.sensor_fault = check.fault();

@@ -30,6 +30,8 @@ pub struct StreamOptions {
     pub sensor: SensorLimits,
     /// How the stream learns its machine before alarms are armed, if it does.
     pub commissioning: Option<Commissioning>,
+    /// Store a health record every this long of stream ([`crate::health`]), if at all.
+    pub health_every: Option<Duration>,
 }
 
 impl Default for StreamOptions {
@@ -41,6 +43,7 @@ impl Default for StreamOptions {
             streamed: false,
             sensor: SensorLimits::DEFAULT,
             commissioning: None,
+            health_every: None,
         }
     }
 }
@@ -225,6 +228,7 @@ pub fn run_stream<E: From<RuntimeError>>(
             .into());
         }
     }
+    pipeline.set_health_every(options.health_every)?;
     if options.streamed {
         let streamer = pipeline.scorer_mut().stream(hop)?;
         if let Some(why) = streamer.inexact_reason() {
@@ -319,7 +323,7 @@ pub fn stream_into<E: From<RuntimeError>>(
         for w in &windows {
             let outcome = lock()?.process(w)?;
             on_window(&outcome)?;
-            if let Some(report) = &outcome.report {
+            for report in outcome.reports() {
                 on_event(&outcome, report)?;
             }
         }

@@ -34,7 +34,7 @@ pub fn fleet_status(broker: &Broker, site: Option<&str>, quiet: Duration) -> Res
     let id = format!("vigil-status-{}", std::process::id());
     let filter = format!("vigil/{}/+/status", site.unwrap_or("+"));
     let mut found = BTreeMap::new();
-    receive(broker, &id, true, &filter, quiet, |topic, payload| {
+    receive(broker, &id, true, std::slice::from_ref(&filter), quiet, |topic, payload| {
         if let (Some((site, device, "status")), Ok(status)) =
             (parse_topic(topic), serde_json::from_slice::<serde_json::Value>(payload))
         {
@@ -57,7 +57,7 @@ pub fn fleet_snapshots(
     let id = format!("vigil-snapshots-{}", std::process::id());
     let filter = format!("vigil/{}/+/snapshot", site.unwrap_or("+"));
     let mut found = BTreeMap::new();
-    receive(broker, &id, true, &filter, quiet, |topic, payload| {
+    receive(broker, &id, true, std::slice::from_ref(&filter), quiet, |topic, payload| {
         if let Some((site, device, "snapshot")) = parse_topic(topic) {
             if !payload.is_empty() {
                 found.insert(format!("{site}/{device}"), payload.to_vec());
@@ -79,10 +79,11 @@ pub fn collect_reports(
     marks: &mut BTreeMap<String, u64>,
     quiet: Duration,
 ) -> Result<Collected> {
-    let filter = format!("vigil/{}/+/report", site.unwrap_or("+"));
+    // Health records are reports too, numbered in the same sequence, on a topic of their own.
+    let filters = ["report", "health"].map(|leaf| format!("vigil/{}/+/{leaf}", site.unwrap_or("+")));
     let mut collected = Collected::default();
-    receive(broker, client_id, false, &filter, quiet, |topic, payload| {
-        let Some((site, device, "report")) = parse_topic(topic) else { return };
+    receive(broker, client_id, false, &filters, quiet, |topic, payload| {
+        let Some((site, device, "report" | "health")) = parse_topic(topic) else { return };
         let Ok(mut report) = serde_json::from_slice::<serde_json::Value>(payload) else {
             log::warn!("{topic}: a payload that is not JSON was skipped");
             return;
@@ -114,7 +115,7 @@ fn receive(
     broker: &Broker,
     id: &str,
     clean: bool,
-    filter: &str,
+    filters: &[String],
     quiet: Duration,
     mut on_message: impl FnMut(&str, &[u8]),
 ) -> Result<()> {
@@ -122,7 +123,9 @@ fn receive(
     let mut options = broker.options(id);
     options.set_clean_session(clean);
     let (client, mut connection) = Client::new(options, 64);
-    client.subscribe(filter, QoS::AtLeastOnce).map_err(|e| broker.failed(e))?;
+    client
+        .subscribe_many(filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)))
+        .map_err(|e| broker.failed(e))?;
     let connect_by = Instant::now() + Duration::from_secs(10);
     let mut subscribed = false;
     let mut last = Instant::now();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vigil_core::report::AnomalyReport;
+use vigil_core::report::{AnomalyReport, ReportKind};
 use vigil_core::wire::NackReason;
 
 /// File in the state folder holding the sequence number of the next report to publish.
@@ -198,6 +198,7 @@ fn session(
     let (site, device) = (&settings.site, &settings.device);
     let status_topic = topic(site, device, "status");
     let report_topic = topic(site, device, "report");
+    let health_topic = topic(site, device, "health");
     let ack_topic = topic(site, device, "ack");
     let snapshot_topic = topic(site, device, "snapshot");
     let (mut snapshot_sent, mut first): (Option<Vec<u8>>, bool) = (None, true);
@@ -244,7 +245,11 @@ fn session(
             let mut json = source.report_json(&report);
             json["site"] = site.as_str().into();
             json["device"] = device.as_str().into();
-            s.publish(&report_topic, false, json.to_string())?;
+            let to = match report.kind {
+                ReportKind::Health(_) => &health_topic,
+                _ => &report_topic,
+            };
+            s.publish(to, false, json.to_string())?;
             *next = report.sequence + 1;
             write_mark(&settings.state, *next)?;
             continue;

@@ -153,6 +153,7 @@ impl DemoArgs {
                 shaft_hz,
                 faults: bearing.fault_orders().at_shaft_hz(shaft_hz),
             }),
+            machine_class: crate::report_html::MachineClass::default(),
         };
         std::fs::write(&html_path, render(&reports, &ctx)?)
             .with_context(|| format!("cannot write {}", html_path.display()))?;

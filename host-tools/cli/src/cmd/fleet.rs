@@ -107,6 +107,10 @@ pub struct ReportsArgs {
     /// overview of the devices, worst first, then a section per device.
     #[arg(long)]
     html: Option<PathBuf>,
+    /// The machines' ISO 10816-1 class, for the zones of the health trend in --html (I,
+    /// II, III or IV; see `vigil report --help`).
+    #[arg(long, value_enum, default_value_t = crate::report_html::MachineClass::II)]
+    machine_class: crate::report_html::MachineClass,
 }
 
 /// Options of `vigil fleet merge`.
@@ -346,6 +350,7 @@ impl ReportsArgs {
                 device: vec![("source".to_owned(), self.output.display().to_string())],
                 class_names,
                 machine: None,
+                machine_class: self.machine_class,
             };
             let page = crate::report_html::render_fleet(&devices, &ctx)?;
             std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;

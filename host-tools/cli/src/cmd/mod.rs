@@ -84,6 +84,11 @@ pub struct StreamInputArgs {
     /// faults (once per episode) and not scored.
     #[arg(long, default_value_t = SensorLimits::DEFAULT.range_g, value_name = "G")]
     range_g: f32,
+    /// Store a health record every DURATION of stream: overall RMS in g, RMS velocity in
+    /// mm/s over 10-1000 Hz, peak, kurtosis, the score's median and maximum and the class
+    /// mix, for the trend in `vigil report` [default: 1m for `serve`; none for `run`].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    health_every: Option<Duration>,
 }
 
 impl StreamInputArgs {
@@ -103,6 +108,14 @@ impl StreamInputArgs {
             realtime: input.realtime,
             streamed: false,
             range_g: input.range_g.unwrap_or(SensorLimits::DEFAULT.range_g),
+            health_every: match &input.health_every {
+                Some(text) => {
+                    Some(parse_duration(text).map_err(|e| {
+                        anyhow::anyhow!("config {}: [input] health_every: {e}", path.display())
+                    })?)
+                }
+                None => None,
+            },
         })
     }
 
@@ -129,6 +142,7 @@ impl StreamInputArgs {
                 streamed: self.streamed,
                 sensor: SensorLimits { range_g: self.range_g, ..SensorLimits::DEFAULT },
                 commissioning: None,
+                health_every: self.health_every,
             },
         ))
     }

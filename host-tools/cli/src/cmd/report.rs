@@ -1,6 +1,6 @@
 //! `vigil report`: the technician's report from pulled reports.
 
-use crate::report_html::{render, MachineFrequencies, ReportContext};
+use crate::report_html::{render, MachineClass, MachineFrequencies, ReportContext};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,11 @@ pub struct ReportOutputs {
     /// 9,7.94,39.04 for a 6205.
     #[arg(long)]
     pub bearing: Option<String>,
+    /// The machine's ISO 10816-1 class, for the vibration-severity zones of the health
+    /// trend: I (small, up to 15 kW), II (medium, 15-75 kW), III (large, rigid
+    /// foundation), IV (large, soft foundation).
+    #[arg(long, value_enum, default_value_t = MachineClass::II)]
+    pub machine_class: MachineClass,
 }
 
 impl ReportOutputs {
@@ -118,6 +123,7 @@ impl ReportArgs {
             device: source_rows(&self.from, &reports),
             class_names,
             machine,
+            machine_class: o.machine_class,
         };
         for path in o.write(&reports, &ctx)? {
             println!("{}", path.display());

@@ -149,6 +149,7 @@ impl PullArgs {
                 ],
                 class_names: classes,
                 machine,
+                machine_class: self.outputs.machine_class,
             };
             for path in self.outputs.write(&pulled, &ctx)? {
                 eprintln!("wrote {}", path.display());

@@ -151,7 +151,11 @@ impl ServeArgs {
         let model = vigil_runtime::builtin::load_model(s.model.as_deref())?;
         let class_names = model.metadata().class_names.clone();
         let input = match &s.input {
-            Some((path, stream)) => Some(stream.open(path)?),
+            Some((path, stream)) => {
+                let (source, mut options) = stream.open(path)?;
+                options.health_every.get_or_insert(vigil_runtime::health::DEFAULT_HEALTH_EVERY);
+                Some((source, options))
+            }
             None => None,
         };
         let name = s.name.clone().unwrap_or_else(host_name);
