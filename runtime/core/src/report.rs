@@ -20,7 +20,9 @@ pub enum ReportKind {
     SensorFault,
     /// A periodic health record of the machine (`score` is the period's median score,
     /// `class_index` its commonest class, `probabilities` the share of windows in each
-    /// class).
+    /// class). Gateways and hosts only (feature `std`): the firmware keeps no health
+    /// records, and without the variant its report ring stays the size it was.
+    #[cfg(feature = "std")]
     Health(HealthStats),
 }
 
@@ -136,6 +138,7 @@ pub enum Finding {
     /// The window was not a measurement.
     SensorFault(Option<SensorFaultReason>),
     /// A periodic health record.
+    #[cfg(feature = "std")]
     Health(HealthStats),
 }
 
@@ -146,6 +149,7 @@ impl AnomalyReport {
         match self.kind {
             ReportKind::AlarmCleared => Finding::Cleared,
             ReportKind::SensorFault => Finding::SensorFault(self.sensor_fault()),
+            #[cfg(feature = "std")]
             ReportKind::Health(stats) => Finding::Health(stats),
             ReportKind::AlarmRaised if self.class_index != NO_KNOWN_CLASS => {
                 Finding::Fault { class: self.class_index, probability: p(self.class_index) }
@@ -221,6 +225,7 @@ impl<'a, N: Fn(u8) -> Option<&'a str>> fmt::Display for Description<'a, N> {
                 let why = reason.map_or("a sensor fault this build does not know", |r| r.explanation());
                 return write!(f, "SENSOR FAULT #{} at {:.2} s: {why}; not scored", at.0, at.1);
             }
+            #[cfg(feature = "std")]
             Finding::Health(h) => {
                 return write!(
                     f,
