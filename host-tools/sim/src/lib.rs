@@ -94,6 +94,36 @@ pub struct MachineConfig {
     pub slip: f64,
 }
 
+impl MachineConfig {
+    /// The phases of the 2x and 3x shaft components relative to 1x, in radians. Imbalance
+    /// and misalignment are the machine's geometry, so these belong to the machine, not
+    /// to a recording: two recordings of one machine share them, two machines differ.
+    /// The simulator derives them from the machine's parameters (a hash of their bits),
+    /// which spreads them evenly over machines drawn from a source domain.
+    pub fn harmonic_phases(&self) -> [f64; 2] {
+        // FNV-1a over the parameters' bits.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |v: f64| {
+            for b in v.to_bits().to_le_bytes() {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for v in
+            [self.shaft_hz, self.load, self.sensor_gain, self.noise_rms, self.imbalance, self.misalignment]
+        {
+            eat(v);
+        }
+        for r in &self.resonances {
+            eat(r.freq_hz);
+        }
+        let unit = |bits: u64| (bits >> 11) as f64 / (1u64 << 53) as f64;
+        let second = unit(hash);
+        let third = unit(hash.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        [second * 2.0 * PI, third * 2.0 * PI]
+    }
+}
+
 /// A fault and how it develops.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FaultConfig {
@@ -145,6 +175,7 @@ pub struct Simulator {
     active: Vec<Impact>,
     ringdown_s: f64,
     shaft_phase: [f64; 3],
+    cage_phase: f64,
     channel_mix: Vec<f64>,
     spare_gaussian: Option<f64>,
     ball_contact: f64,
@@ -160,8 +191,16 @@ impl Simulator {
             .iter()
             .map(|r| RINGDOWN_TAU / (r.damping * 2.0 * PI * r.freq_hz))
             .fold(0.0, f64::max);
-        let shaft_phase =
-            [rng.gen::<f64>() * 2.0 * PI, rng.gen::<f64>() * 2.0 * PI, rng.gen::<f64>() * 2.0 * PI];
+        // A recording starts anywhere in the shaft's turn, but the 2x and 3x components
+        // keep their phase relative to 1x from one recording of a machine to the next
+        // (`MachineConfig::harmonic_phases`). The cage's phase (a ball defect's load
+        // zone) is the recording's own. Three draws, as before, so the noise that
+        // follows is the same sequence.
+        let turn = rng.gen::<f64>() * 2.0 * PI;
+        let cage = rng.gen::<f64>() * 2.0 * PI;
+        let _unused: f64 = rng.gen();
+        let [second, third] = machine.harmonic_phases();
+        let shaft_phase = [turn, 2.0 * turn + second, 3.0 * turn + third];
         // Further channels see the same sources through a different path.
         let channel_mix =
             (0..machine.channels).map(|c| if c == 0 { 1.0 } else { rng.gen_range(0.4..0.9) }).collect();
@@ -175,6 +214,7 @@ impl Simulator {
             active: Vec::new(),
             ringdown_s,
             shaft_phase,
+            cage_phase: cage,
             channel_mix,
             spare_gaussian: None,
             ball_contact: 1.0,
@@ -274,8 +314,7 @@ impl Simulator {
             // The ball travels with the cage; its defect only sometimes meets a race
             // squarely as the ball spins.
             FaultKind::Ball => {
-                let phase =
-                    2.0 * PI * f64::from(orders.ftf) * self.machine.shaft_hz * at + self.shaft_phase[1];
+                let phase = 2.0 * PI * f64::from(orders.ftf) * self.machine.shaft_hz * at + self.cage_phase;
                 self.ball_contact = 0.7 * self.ball_contact + 0.3 * self.rng.gen_range(0.2..1.3);
                 // Successive impacts alternate between the outer race and the (farther)
                 // inner race.
