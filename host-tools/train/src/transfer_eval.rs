@@ -2,6 +2,9 @@
 //! docs/results-mfpt.md): for N labelled windows per class drawn from the training
 //! recordings, accuracy on the test recordings of
 //!
+//! - a label-free rule: the envelope-spectrum peak at BPFO against the one at BPFI, over
+//!   a threshold taken from the healthy training windows alone (needs the speed and the
+//!   bearing, no fault label; N plays no part);
 //! - the textbook envelope-spectrum classifier: envelope-spectrum levels at BPFO and BPFI
 //!   (harmonics 1 to 3, each relative to the median envelope level) and the nearest
 //!   class centroid on standardised levels;
@@ -74,6 +77,29 @@ pub fn envelope_levels(
         }
     }
     Ok(levels)
+}
+
+/// The label-free rule on [`envelope_levels`]: the envelope peak at BPFO (first harmonic)
+/// against the one at BPFI; the higher names the fault when it stands at least
+/// `threshold` (a natural log of a power ratio over the median envelope level) above the
+/// median, otherwise the window is normal. Returns the index of the class named
+/// `normal`, `outer_race` or `inner_race` in `classes` (`None` when the dataset lacks it).
+pub fn envelope_rule(levels: &[f32], threshold: f32, classes: &[String]) -> Option<usize> {
+    let (outer, inner) = (levels[0], levels[3]);
+    let name = if outer.max(inner) < threshold {
+        "normal"
+    } else if outer >= inner {
+        "outer_race"
+    } else {
+        "inner_race"
+    };
+    classes.iter().position(|c| c == name)
+}
+
+/// The rule's one threshold, from healthy windows only (no fault label): the highest
+/// fault-frequency peak any of them shows.
+pub fn envelope_rule_threshold(healthy: impl Iterator<Item = Vec<f32>>) -> f32 {
+    healthy.map(|l| l[0].max(l[3])).fold(f32::MIN, f32::max)
 }
 
 /// Nearest class centroid on inputs standardised over the training rows.
@@ -199,6 +225,10 @@ pub fn run(
         .unwrap_or("model");
     let row = |what: &str| MethodResult { name: format!("{name}{what}"), accuracy: Vec::new() };
     let mut results = vec![
+        MethodResult {
+            name: "envelope rule: BPFO vs BPFI peak, threshold from healthy windows (no fault label)".into(),
+            accuracy: Vec::new(),
+        },
         MethodResult { name: "envelope spectrum, nearest centroid (textbook)".into(), accuracy: Vec::new() },
         row(" zero-shot"),
         row(", head fine-tuned"),
@@ -230,6 +260,14 @@ pub fn run(
         zero_hits += usize::from(predicted == Some(classes[label].as_str()));
     }
     let zero_shot = zero_hits as f64 / test_e.rows.len().max(1) as f64;
+    // The rule's threshold comes from the healthy training windows alone.
+    let threshold = envelope_rule_threshold(
+        env.train.iter().zip(&train.labels).filter(|(_, &c)| c == normal).map(|(l, _)| l.clone()),
+    );
+    let rule = accuracy(
+        env.test.iter().map(|l| envelope_rule(l, threshold, classes).unwrap_or(usize::MAX)),
+        &test.labels,
+    );
     // The anomaly side is fitted on every healthy training window, as fine-tune does.
     let mut healthy = HealthyEmbeddings::default();
     for ((row, &label), &recording) in train_e.rows.iter().zip(&train_e.labels).zip(&train.recordings) {
@@ -241,16 +279,22 @@ pub fn run(
     let embedded_side = HealthySide { normal, healthy: &healthy, false_alarms_per_day: 1.0 };
     let windows_side = HealthySide { normal, healthy: train, false_alarms_per_day: 1.0 };
     for &n in shots {
-        let mut per: [Vec<f64>; 10] = Default::default();
-        for seed in 1..=seeds {
+        let mut per: [Vec<f64>; 11] = Default::default();
+        if n == 0 {
+            // No labelled window: only what needs none.
+            per[0].push(rule);
+            per[2].push(zero_shot);
+        }
+        for seed in (1..=seeds).filter(|_| n > 0) {
+            per[0].push(rule);
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
             let pick =
                 |rows: &[Vec<f32>]| -> Vec<Vec<f32>> { index.iter().map(|&i| rows[i].clone()).collect() };
 
             let centroid = NearestCentroid::fit(&pick(&env.train), &labels, classes.len());
-            per[0].push(accuracy(env.test.iter().map(|r| centroid.predict(r)), &test.labels));
-            per[1].push(zero_shot);
+            per[1].push(accuracy(env.test.iter().map(|r| centroid.predict(r)), &test.labels));
+            per[2].push(zero_shot);
             let shots_e = Embedded { rows: pick(&train_e.rows), labels: labels.clone() };
             let tuned = fine_tune_head(
                 model,
@@ -262,17 +306,17 @@ pub fn run(
                 TrainOptions::default(),
                 |_, _, _| {},
             )?;
-            per[2].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
+            per[3].push(tuned.head.accuracy(&test_e.rows, &test_e.labels));
             let means = TrainOptions { kind: HeadKind::ClassMeans, ..TrainOptions::default() };
             let means = linear::fit(&shots_e.rows, &labels, classes.len(), means, |_, _| {})?;
-            per[3].push(means.accuracy(&test_e.rows, &test_e.labels));
+            per[4].push(means.accuracy(&test_e.rows, &test_e.labels));
             // Both heads run in f32 on the int8 backbone's embeddings, as the runtime runs
             // the head of an int8 file.
             let q_test = embed(&int8(&tuned.onnx)?, test, || {})?;
-            per[7].push(tuned.head.accuracy(&q_test.rows, &q_test.labels));
-            per[8].push(means.accuracy(&q_test.rows, &q_test.labels));
+            per[8].push(tuned.head.accuracy(&q_test.rows, &q_test.labels));
+            per[9].push(means.accuracy(&q_test.rows, &q_test.labels));
             let shots = take_shots(train, classes, Some(n), seed)?;
-            for (slot, what, scratch) in [(4, Trainable::Last(2), None), (5, Trainable::All, Some(seed))] {
+            for (slot, what, scratch) in [(5, Trainable::Last(2), None), (6, Trainable::All, Some(seed))] {
                 let cfg = GraphTraining {
                     epochs: if scratch.is_some() { 60 } else { 40 },
                     lr: 1e-3,
@@ -295,16 +339,38 @@ pub fn run(
                 )?;
                 per[slot].push(model_accuracy(VigilModel::from_bytes(&out.onnx, model.path())?, test)?);
                 if what == Trainable::Last(2) {
-                    per[9].push(model_accuracy(int8(&out.onnx)?, test)?);
+                    per[10].push(model_accuracy(int8(&out.onnx)?, test)?);
                 }
             }
             let feature_head =
                 linear::fit(&pick(&feat.train), &labels, classes.len(), TrainOptions::default(), |_, _| {})?;
-            per[6].push(feature_head.accuracy(&feat.test, &test.labels));
+            per[7].push(feature_head.accuracy(&feat.test, &test.labels));
         }
         for (r, accs) in results.iter_mut().zip(per) {
             r.accuracy.push((n, accs));
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_rule_names_the_higher_fault_peak_over_the_healthy_threshold() {
+        let classes: Vec<String> = ["normal", "outer_race", "inner_race"].map(String::from).to_vec();
+        let healthy = vec![vec![0.5, 0.0, 0.0, 1.0, 0.0, 0.0], vec![1.5, 0.0, 0.0, 0.2, 0.0, 0.0]];
+        let t = envelope_rule_threshold(healthy.into_iter());
+        assert_eq!(t, 1.5);
+        assert_eq!(
+            envelope_rule(&[1.0, 9.0, 9.0, 1.2, 9.0, 9.0], t, &classes),
+            Some(0),
+            "harmonics 2-3 play no part"
+        );
+        assert_eq!(envelope_rule(&[3.0, 0.0, 0.0, 2.0, 0.0, 0.0], t, &classes), Some(1));
+        assert_eq!(envelope_rule(&[2.0, 0.0, 0.0, 3.0, 0.0, 0.0], t, &classes), Some(2));
+        let no_inner: Vec<String> = ["normal", "outer_race"].map(String::from).to_vec();
+        assert_eq!(envelope_rule(&[2.0, 0.0, 0.0, 3.0, 0.0, 0.0], t, &no_inner), None);
+    }
 }

@@ -24,7 +24,8 @@ pub struct TransferEvalArgs {
     /// The dataset's classes, comma-separated, `normal` first.
     #[arg(long, value_delimiter = ',', default_value = "normal,outer_race,inner_race")]
     classes: Vec<String>,
-    /// Labelled windows per class to compare at.
+    /// Labelled windows per class to compare at; 0 gives the rows that need no label
+    /// (the envelope rule and the zero-shot model) in seconds.
     #[arg(long, value_delimiter = ',', default_value = "5,10,50")]
     shots: Vec<usize>,
     /// Draws of the labelled windows per N.
@@ -61,12 +62,16 @@ impl TransferEvalArgs {
             || pb.inc(1),
         )?;
         pb.finish_and_clear();
+        let draws = if self.shots.iter().all(|&n| n == 0) {
+            "no labelled window".to_string()
+        } else {
+            format!("mean (min-max) over {} draws of the labelled windows", self.seeds)
+        };
         println!(
-            "{}: {} training and {} test windows; accuracy on the test recordings, mean (min-max) over {} draws of the labelled windows\n",
+            "{}: {} training and {} test windows; accuracy on the test recordings, {draws}\n",
             self.data.display(),
             train.len(),
             test.len(),
-            self.seeds
         );
         print!("{}", table(&results));
         Ok(())
@@ -86,6 +91,9 @@ pub fn table(results: &[MethodResult]) -> String {
             .accuracy
             .iter()
             .map(|(_, accs)| {
+                if accs.is_empty() {
+                    return "-".to_string();
+                }
                 let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
                 let (lo, hi) = accs.iter().fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
                 format!("{:.1}% ({:.1}-{:.1})", 100.0 * mean, 100.0 * lo, 100.0 * hi)
