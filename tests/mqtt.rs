@@ -118,6 +118,28 @@ fn collect_until(broker: &str, file: &Path, count: usize) -> Vec<serde_json::Val
     }
 }
 
+/// `vigil fleet status` with the broker options `broker` (and an environment variable),
+/// run until its table names `device`; the table. Fails after 30 s.
+fn status_until(broker: &[&str], env: Option<(&str, &str)>, device: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command.args(["fleet", "status", "--quiet", "500ms"]).args(broker);
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let status = String::from_utf8_lossy(&command.output().unwrap().stdout).into_owned();
+        if status.contains(device) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no status of {device} with {broker:?}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn status_of(broker: &str) -> String {
     ok(&["fleet", "status", "--broker", broker, "--quiet", "500ms"])
 }
@@ -451,31 +473,11 @@ fn over_tls_the_broker_is_verified_against_the_given_authority() {
         ("VIGIL_MQTT_PASSWORD", "s3cret"),
     );
     gateway.feed(dir.path(), 1, None, 7);
-    let started = Instant::now();
-    loop {
-        let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args([
-                "fleet",
-                "status",
-                "--broker",
-                &url,
-                "--ca-file",
-                ca_s,
-                "--quiet",
-                "500ms",
-                "--username",
-                "press-9",
-            ])
-            .env("VIGIL_MQTT_PASSWORD", "s3cret")
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&o.stdout).into_owned();
-        if status.contains("press-9") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no status over TLS: {status}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    status_until(
+        &["--broker", &url, "--ca-file", ca_s, "--username", "press-9"],
+        Some(("VIGIL_MQTT_PASSWORD", "s3cret")),
+        "press-9",
+    );
     // Without the credentials, or with a wrong password, the broker refuses the client.
     let e = common::refused(&["fleet", "status", "--broker", &url, "--ca-file", ca_s]);
     assert!(e.contains(&format!("127.0.0.1:{}", broker.port())), "{e}");
@@ -535,32 +537,11 @@ fn a_broker_that_requires_client_certificates_takes_only_one_its_authority_signe
         &["--ca-file", ca_s, "--client-cert", cert_s, "--client-key", key_s],
     );
     gateway.feed(dir.path(), 1, None, 7);
-    let started = Instant::now();
-    let status = loop {
-        let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args([
-                "fleet",
-                "status",
-                "--broker",
-                &url,
-                "--ca-file",
-                ca_s,
-                "--client-cert",
-                cert_s,
-                "--client-key",
-                key_s,
-                "--quiet",
-                "500ms",
-            ])
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&o.stdout).into_owned();
-        if status.contains("press-4") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no status with a client certificate: {status}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let status = status_until(
+        &["--broker", &url, "--ca-file", ca_s, "--client-cert", cert_s, "--client-key", key_s],
+        None,
+        "press-4",
+    );
     assert!(status.contains("online"), "{status}");
     // Without a client certificate, or with one another authority signed, the broker
     // refuses the client.
