@@ -301,6 +301,75 @@ fn wrong_channel_count_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let signal = simulate(dir.path(), "two.csv", &["--seconds", "1", "--channels", "2"]);
     assert_fails_with(run(&signal, &[]), "2 channel(s) but model");
+    assert_fails_with(run(&signal, &[]), "--sensor-per-channel");
+}
+
+/// Columns of the simulated CSV files `names` in `dir` side by side, plus a dead sensor.
+fn four_sensors(dir: &Path, names: &[&Path]) -> PathBuf {
+    let columns: Vec<Vec<String>> = names
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.lines().filter(|l| !l.starts_with('#')).skip(1).map(str::to_owned).collect()
+        })
+        .collect();
+    let mut out = String::from("# sample_rate_hz=16000\npump-de,pump-nde,motor,dead\n");
+    for i in 0..columns[0].len() {
+        let row: Vec<&str> = columns.iter().map(|c| c[i].as_str()).collect();
+        out.push_str(&format!("{},0.0\n", row.join(",")));
+    }
+    let path = dir.join("four.csv");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn each_channel_is_scored_as_a_sensor_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = simulate(dir.path(), "a.csv", &["--seconds", "30", "--seed", "1"]);
+    let other = simulate(dir.path(), "b.csv", &["--seconds", "30", "--seed", "2", "--shaft-hz", "45"]);
+    let fault = simulate(
+        dir.path(),
+        "c.csv",
+        &["--seconds", "30", "--seed", "3", "--fault", "outer-race", "--severity", "0.4", "--onset", "15"],
+    );
+    let input = four_sensors(dir.path(), &[&healthy, &other, &fault]);
+    let store = dir.path().join("reports");
+    let o = run(
+        &input,
+        &["--sensor-per-channel", "--commission", "5s", "--json", "--reports", store.to_str().unwrap()],
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    // JSON lines; the note on how the header was read comes before them.
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reports_of = |sensor: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["sensor"] == sensor && l.get("summary").is_none()).collect()
+    };
+    // The healthy sensors stay quiet after commissioning; the faulty one alarms after its
+    // onset with the right class; the dead one is a sensor fault, not a bearing alarm.
+    assert!(reports_of("ch0").is_empty() && reports_of("ch1").is_empty(), "{stdout}");
+    let motor = reports_of("ch2");
+    let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm on ch2");
+    assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0, "{alarm}");
+    assert_eq!(alarm["class"], "outer_race", "{alarm}");
+    let dead = reports_of("ch3");
+    assert_eq!(dead.len(), 1, "{stdout}");
+    assert_eq!(dead[0]["finding"], "sensor: flat", "{stdout}");
+    // Every sensor was commissioned on its own, to its own threshold, and has its own store.
+    let summaries: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("summary")).collect();
+    assert_eq!(summaries.len(), 4, "{stdout}");
+    let thresholds: Vec<f64> =
+        summaries[..3].iter().map(|s| s["commissioned_threshold"].as_f64().unwrap()).collect();
+    assert!(thresholds[0] != thresholds[1] && thresholds[1] != thresholds[2], "{thresholds:?}");
+    for (sensor, count) in [("ch0", 0), ("ch1", 0), ("ch2", motor.len()), ("ch3", 1)] {
+        let stored = vigil_runtime::store::ReportStore::read_all(&store.join(sensor)).unwrap();
+        assert_eq!(stored.len(), count, "store of {sensor}");
+    }
+    // Not yet: a baseline per sensor.
+    let o = run(&input, &["--sensor-per-channel", "--baseline", healthy.to_str().unwrap()]);
+    assert_fails_with(o, "--commission");
 }
 
 /// Runs the shipped model over a CSV file holding `content`.

@@ -57,6 +57,7 @@ pub mod pooling;
 pub mod profile;
 pub mod report_io;
 pub mod scorer;
+pub mod sensors;
 pub mod slots;
 pub mod store;
 pub mod stream;

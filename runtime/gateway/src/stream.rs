@@ -126,23 +126,10 @@ impl StreamSummary {
     }
 }
 
-/// Checks a stream against a model and builds its windower; also returns the stream's
-/// sample rate (the `--rate` override, else what the input states).
-pub fn windower_for(
-    model: &VigilModel,
-    source: &dyn SampleSource,
-    options: &StreamOptions,
-) -> Result<(Windower, f64)> {
+/// The stream's sample rate (the `--rate` override, else what the input states), checked
+/// to be one a vibration sensor delivers.
+pub fn stream_rate(model: &VigilModel, source: &dyn SampleSource, options: &StreamOptions) -> Result<f64> {
     let meta = model.metadata();
-    let name = model.path().display();
-    let Some(channels) = source.channels() else { return Err(empty_input()) };
-    if channels != meta.channels {
-        return Err(RuntimeError::StreamMismatch(format!(
-            "the stream has {channels} channel(s) but model {name} expects {} (metadata vigil.channels); \
-             give it one column per sensor channel the model was trained on",
-            meta.channels
-        )));
-    }
     let Some(rate) = options.rate.or(source.sample_rate_hz()) else {
         return Err(RuntimeError::StreamMismatch(format!(
             "the input does not say its sample rate; pass --rate HZ (the model runs at {} Hz)",
@@ -167,6 +154,28 @@ pub fn windower_for(
             );
         }
     }
+    Ok(rate)
+}
+
+/// Checks a stream against a model and builds its windower; also returns the stream's
+/// sample rate (the `--rate` override, else what the input states).
+pub fn windower_for(
+    model: &VigilModel,
+    source: &dyn SampleSource,
+    options: &StreamOptions,
+) -> Result<(Windower, f64)> {
+    let meta = model.metadata();
+    let name = model.path().display();
+    let Some(channels) = source.channels() else { return Err(empty_input()) };
+    if channels != meta.channels {
+        return Err(RuntimeError::StreamMismatch(format!(
+            "the stream has {channels} channel(s) but model {name} expects {} (metadata vigil.channels); \
+             give it one column per sensor channel the model was trained on, or score each channel on its \
+             own with --sensor-per-channel",
+            meta.channels
+        )));
+    }
+    let rate = stream_rate(model, source, options)?;
     let windower =
         Windower::new(channels, rate, meta.sample_rate_hz, meta.window, options.hop.unwrap_or(meta.hop))?;
     Ok((windower, rate))

@@ -5,6 +5,7 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use vigil_runtime::report_io::{describe, report_json};
+use vigil_runtime::sensors::{channel_sensor_name, run_sensors};
 use vigil_runtime::stream::{
     peak_rss_bytes, run_stream, BaselineFile, CommissionFrom, Commissioning, StreamOptions,
 };
@@ -34,6 +35,12 @@ pub struct RunArgs {
     /// Also print every window's anomaly score and class probabilities (JSON lines).
     #[arg(long)]
     trace: bool,
+    /// Score each channel of a multi-channel input as a sensor of its own (`ch0`, `ch1`,
+    /// ...) with the single-channel model: each with its own alarms, commissioning and,
+    /// with --reports DIR, its own store in DIR/chN. The sensors are spread over the
+    /// machine's cores.
+    #[arg(long, conflicts_with = "trace")]
+    sensor_per_channel: bool,
     /// Learn this machine's normal state from the first part of the stream (such as 30s
     /// or 10m), alarms disarmed meanwhile, then arm them with a threshold calibrated to
     /// --false-alarms-per-day: the commissioning of `vigil serve --commission`. The
@@ -80,6 +87,9 @@ impl RunArgs {
 
     /// Runs the command.
     pub fn run(self) -> Result<()> {
+        if self.sensor_per_channel {
+            return self.run_sensors();
+        }
         let model = vigil_runtime::builtin::load_model(self.model.as_deref())?;
         let class_names = model.metadata().class_names.clone();
         let (source, mut opts) = self.stream.open(&self.input)?;
@@ -143,6 +153,68 @@ impl RunArgs {
                 summary.sensor_faults,
                 summary.wall_seconds,
                 summary.realtime_factor(),
+                peak_rss_bytes()
+                    .map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `--sensor-per-channel`: every channel a sensor of its own.
+    fn run_sensors(self) -> Result<()> {
+        let model = vigil_runtime::builtin::load_model(self.model.as_deref())?;
+        let class_names = model.metadata().class_names.clone();
+        let (source, mut opts) = self.stream.open(&self.input)?;
+        opts.commissioning = self.commissioning(&opts)?;
+        let json = self.json;
+        let mut out = std::io::stdout().lock();
+        let summaries = run_sensors::<anyhow::Error>(
+            model,
+            source,
+            &opts,
+            self.reports.as_deref(),
+            |sensor, _, report| {
+                let name = channel_sensor_name(sensor);
+                if json {
+                    let mut line = report_json(report, &class_names);
+                    line["sensor"] = name.into();
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "[{name}] {}", describe(report, &class_names))?;
+                }
+                out.flush().context("writing to standard output")
+            },
+        )?;
+        let mut out = std::io::stdout().lock();
+        let wall = summaries.first().map_or(0.0, |s| s.wall_seconds);
+        let stream = summaries.first().map_or(0.0, |s| s.stream_seconds);
+        for (sensor, s) in summaries.iter().enumerate() {
+            let name = channel_sensor_name(sensor);
+            if json {
+                let line = serde_json::json!({ "summary": {
+                    "sensor": name, "windows": s.windows, "alarms": s.alarms,
+                    "sensor_faults": s.sensor_faults, "stream_seconds": s.stream_seconds,
+                    "commissioned_threshold": s.commissioned.as_ref().map(|c| c.threshold),
+                }});
+                writeln!(out, "{line}")?;
+            } else {
+                let commissioned = s.commissioned.as_ref().map_or(String::new(), |c| {
+                    format!("; commissioned on {} windows, threshold {:.2}", c.windows, c.threshold)
+                });
+                writeln!(
+                    out,
+                    "summary {name}: {} windows scored, {} alarm(s), {} window(s) skipped as sensor faults{commissioned}",
+                    s.windows, s.alarms, s.sensor_faults
+                )?;
+            }
+        }
+        if !json {
+            writeln!(
+                out,
+                "{} sensors over {stream:.1} s of signal in {wall:.2} s wall time ({:.0}x real time for all of them){}",
+                summaries.len(),
+                stream / wall.max(1e-9),
                 peak_rss_bytes()
                     .map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0))
                     .unwrap_or_default()
