@@ -341,9 +341,10 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    // JSON lines; the note on how the header was read comes before them.
-    let lines: Vec<serde_json::Value> =
-        stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Standard output is JSON lines only: the note on how the CSV header was read goes to
+    // standard error with --json.
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(stderr.contains("taken as 4 channel(s)"), "{stderr}");
     let reports_of = |sensor: &str| -> Vec<&serde_json::Value> {
         lines.iter().filter(|l| l["sensor"] == sensor && l.get("summary").is_none()).collect()
     };

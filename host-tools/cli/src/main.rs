@@ -4,8 +4,9 @@ use clap::Parser;
 use std::process::ExitCode;
 use vigil::cmd::Cli;
 
-/// Shows what Vigil's libraries log: information on standard output as it is, warnings
-/// and errors on standard error behind `warning:`. Other crates' records (tract reports
+/// Shows what Vigil's libraries log: information on standard output as it is (on standard
+/// error when the command's standard output is data, `--json`), warnings and errors on
+/// standard error behind `warning:`. Other crates' records (tract reports
 /// its CPU detection at info level) and debug records show only with `VIGIL_LOG=debug`,
 /// so standard output stays what the command prints (JSON lines with `--json`).
 struct Console {
@@ -23,7 +24,12 @@ impl log::Log for Console {
         }
         let ours = record.target().starts_with("vigil");
         match record.level() {
-            log::Level::Info if ours => println!("{}", record.args()),
+            log::Level::Info
+                if ours && !vigil::cmd::STDOUT_IS_DATA.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                println!("{}", record.args())
+            }
+            log::Level::Info if ours => eprintln!("{}", record.args()),
             log::Level::Warn | log::Level::Error if ours => eprintln!("warning: {}", record.args()),
             _ => eprintln!("{}: {}", record.target(), record.args()),
         }

@@ -80,6 +80,7 @@ fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
 impl EvaluateArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
+        super::stdout_is_data(self.json);
         let model = vigil_runtime::builtin::load_model(self.model.as_deref())?;
         let manifest = Manifest::load(&self.data)?;
         if let Some(s) = &self.split {

@@ -44,6 +44,17 @@ use vigil_runtime::input::{self, InputFormat, SampleSource};
 use vigil_runtime::stream::StreamOptions;
 use vigil_serial::{open_port, DEFAULT_BAUD};
 
+/// Set by a command whose standard output is data (JSON lines with `--json`): what the
+/// libraries log at info level then goes to standard error, so the data stays parseable.
+pub static STDOUT_IS_DATA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks standard output as data when `json` is set (see [`STDOUT_IS_DATA`]).
+pub fn stdout_is_data(json: bool) {
+    if json {
+        STDOUT_IS_DATA.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A progress bar for `len` steps of `what` (0: a spinner with a count), in one style for
 /// every command.
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {

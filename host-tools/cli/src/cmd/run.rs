@@ -87,6 +87,7 @@ impl RunArgs {
 
     /// Runs the command.
     pub fn run(self) -> Result<()> {
+        super::stdout_is_data(self.json);
         if self.sensor_per_channel {
             return self.run_sensors();
         }

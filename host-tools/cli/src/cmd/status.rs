@@ -17,6 +17,7 @@ pub struct StatusArgs {
 impl StatusArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
+        super::stdout_is_data(self.json);
         let mut client = self.port.connect()?;
         let info = client.info()?;
         let status = client.status()?;
