@@ -371,6 +371,39 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     // Not yet: a baseline per sensor.
     let o = run(&input, &["--sensor-per-channel", "--baseline", healthy.to_str().unwrap()]);
     assert_fails_with(o, "--commission");
+
+    // Live, as a DAQ tool or `arecord -t raw -f FLOAT_LE -c 4` delivers it: interleaved
+    // f32le frames on standard input from another program.
+    let frames: Vec<u8> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .skip(2)
+        .flat_map(|l| l.split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--input", "-", "--format", "f32le", "--channels", "4", "--rate", "16000"])
+        .args(["--sensor-per-channel", "--commission", "5s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Written from a thread of its own, in pieces, as a producer program would.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for piece in frames.chunks(4 * 4 * 1000) {
+            stdin.write_all(piece).unwrap();
+        }
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("[ch2] ALARM") && stdout.contains("outer_race"), "{stdout}");
+    assert!(stdout.contains("[ch3] SENSOR FAULT") && !stdout.contains("[ch0] ALARM"), "{stdout}");
+    assert!(stdout.contains("4 sensors over 30.0 s of signal"), "{stdout}");
 }
 
 /// Runs the shipped model over a CSV file holding `content`.
