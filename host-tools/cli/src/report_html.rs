@@ -308,19 +308,8 @@ fn trend_plot(health: &[(&AnomalyReport, &HealthStats)], class: MachineClass) ->
             .map(|(_, h)| h.velocity_mm_s)
             .filter(|v| v.is_finite())
             .fold(limits[2] * 1.3, f32::max);
-        let mut chart = ChartBuilder::on(&top)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f32..t_max, 0f32..v_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc(format!("stream time ({unit})"))
-            .y_desc("velocity (mm/s RMS)")
-            .draw()
-            .map_err(plot_error)?;
+        let x_desc = format!("stream time ({unit})");
+        let mut chart = linear_axes(&top, t_max, v_max, &x_desc, "velocity (mm/s RMS)")?;
         let zones = [
             (0.0, limits[0], RGBColor(200, 235, 200)),
             (limits[0], limits[1], RGBColor(230, 245, 200)),
@@ -347,19 +336,7 @@ fn trend_plot(health: &[(&AnomalyReport, &HealthStats)], class: MachineClass) ->
             .filter(|v| v.is_finite())
             .fold(1.0f32, f32::max)
             * 1.2;
-        let mut chart = ChartBuilder::on(&bottom)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f32..t_max, 0f32..s_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc(format!("stream time ({unit})"))
-            .y_desc("anomaly score")
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = linear_axes(&bottom, t_max, s_max, &x_desc, "anomaly score")?;
         chart
             .draw_series(DashedLineSeries::new(
                 health.iter().map(|(r, _)| (t(r), r.threshold.min(s_max))),
@@ -377,6 +354,30 @@ fn trend_plot(health: &[(&AnomalyReport, &HealthStats)], class: MachineClass) ->
         root.present().map_err(plot_error)?;
     }
     Ok(format!("<div class=\"trend\">{svg}</div>"))
+}
+
+/// A chart on `area` from 0 to `x_max` and 0 to `y_max`, its axes labelled.
+fn linear_axes<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    x_max: f32,
+    y_max: f32,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf32, plotters::coord::types::RangedCoordf32>,
+    >,
+> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f32..x_max, 0f32..y_max)
+        .map_err(plot_error)?;
+    chart.configure_mesh().disable_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(plot_error)?;
+    Ok(chart)
 }
 
 fn alarm_section(prefix: &str, r: &AnomalyReport, ctx: &ReportContext) -> Result<String> {
