@@ -12,6 +12,7 @@ use crate::scorer::WindowOutcome;
 use crate::stream::{open_store, stream_rate, CommissionFrom, Commissioned, StreamOptions, StreamSummary};
 use crate::windower::{Window, Windower};
 use std::path::Path;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use vigil_core::report::AnomalyReport;
 
@@ -26,7 +27,6 @@ struct Sensor {
     windower: Windower,
     samples: Vec<f32>,
     outcomes: Vec<WindowOutcome>,
-    commissioned: Option<Commissioned>,
 }
 
 impl Sensor {
@@ -102,7 +102,6 @@ pub fn run_sensors<E: From<RuntimeError>>(
             windower: Windower::new(1, rate, meta.sample_rate_hz, meta.window, hop)?,
             samples: Vec::new(),
             outcomes: Vec::new(),
-            commissioned: None,
         });
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(channels);
@@ -110,58 +109,92 @@ pub fn run_sensors<E: From<RuntimeError>>(
     let windows_per_s = crate::adaptation::windows_per_s(&meta, Some(hop));
     let started = Instant::now();
     let mut frames = 0u64;
-    let mut chunk = Vec::new();
-    let chunk_frames = (rate / 20.0).max(64.0) as usize;
-    while source.read_chunk(&mut chunk, chunk_frames)? {
-        frames += (chunk.len() / channels) as u64;
-        for (c, sensor) in sensors.iter_mut().enumerate() {
-            sensor.samples.clear();
-            sensor.samples.extend(chunk.iter().skip(c).step_by(channels));
-        }
-        // The sensors of one chunk are independent: score them on every core.
-        let scored: Vec<Result<()>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = sensors
-                .chunks_mut(share)
-                .map(|group| scope.spawn(move || group.iter_mut().try_for_each(Sensor::score)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| Err(RuntimeError::Input("a scoring thread panicked".into())))
-                })
-                .collect()
-        });
-        scored.into_iter().collect::<Result<Vec<()>>>()?;
-        for (c, sensor) in sensors.iter_mut().enumerate() {
-            for outcome in sensor.outcomes.drain(..) {
-                if let (Some(threshold), None) = (outcome.commissioned, &sensor.commissioned) {
-                    let windows = outcome.index + 1;
-                    sensor.commissioned = Some(Commissioned {
-                        windows,
-                        seconds: windows as f64 / windows_per_s,
-                        threshold,
-                        model_threshold: meta.alarm.threshold,
-                    });
+    let mut commissioned: Vec<Option<Commissioned>> = vec![None; channels];
+    // A quarter second per chunk keeps each worker's share of a chunk worth the hand-over
+    // (a twentieth, as one stream reads, left the second core half idle); paced input
+    // reads a twentieth so alarms are not held back.
+    let chunk_frames = (rate / if options.realtime { 20.0 } else { 4.0 }).max(64.0) as usize;
+    // One long-lived worker per core, each with its share of the sensors: the sensors of
+    // a chunk are independent, and threads that live as long as the stream keep their
+    // buffers (a thread per chunk spent as long in the kernel as in scoring).
+    let streamed: std::result::Result<(), E> = std::thread::scope(|scope| {
+        let (done_tx, done_rx) = mpsc::channel::<Result<Vec<(usize, Vec<WindowOutcome>)>>>();
+        let mut workers = Vec::new();
+        for (g, group) in sensors.chunks_mut(share).enumerate() {
+            let (chunk_tx, chunk_rx) = mpsc::channel::<Arc<Vec<f32>>>();
+            let done_tx = done_tx.clone();
+            workers.push(chunk_tx);
+            scope.spawn(move || {
+                while let Ok(chunk) = chunk_rx.recv() {
+                    let scored = group
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, sensor)| {
+                            let channel = g * share + i;
+                            sensor.samples.clear();
+                            sensor.samples.extend(chunk.iter().skip(channel).step_by(channels));
+                            sensor.score()?;
+                            Ok((channel, std::mem::take(&mut sensor.outcomes)))
+                        })
+                        .collect();
+                    if done_tx.send(scored).is_err() {
+                        return;
+                    }
                 }
-                for report in outcome.reports() {
-                    on_event(c, &outcome, report)?;
+            });
+        }
+        let mut chunk = Vec::new();
+        while source.read_chunk(&mut chunk, chunk_frames)? {
+            frames += (chunk.len() / channels) as u64;
+            let shared = Arc::new(std::mem::take(&mut chunk));
+            for worker in &workers {
+                worker
+                    .send(shared.clone())
+                    .map_err(|_| RuntimeError::Input("a scoring thread stopped".into()))?;
+            }
+            let mut scored = Vec::with_capacity(channels);
+            for _ in 0..workers.len() {
+                let group =
+                    done_rx.recv().map_err(|_| RuntimeError::Input("a scoring thread stopped".into()))?;
+                scored.extend(group?);
+            }
+            scored.sort_by_key(|(channel, _)| *channel);
+            for (channel, outcomes) in scored {
+                for outcome in outcomes {
+                    if let (Some(threshold), None) = (outcome.commissioned, &commissioned[channel]) {
+                        let windows = outcome.index + 1;
+                        commissioned[channel] = Some(Commissioned {
+                            windows,
+                            seconds: windows as f64 / windows_per_s,
+                            threshold,
+                            model_threshold: meta.alarm.threshold,
+                        });
+                    }
+                    for report in outcome.reports() {
+                        on_event(channel, &outcome, report)?;
+                    }
+                }
+            }
+            if options.realtime {
+                let due = Duration::from_secs_f64(frames as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
                 }
             }
         }
-        if options.realtime {
-            let due = Duration::from_secs_f64(frames as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
+        // Dropping the senders ends the workers.
+        drop(workers);
+        Ok(())
+    });
+    streamed?;
     if frames == 0 {
         return Err(RuntimeError::Input("the input is empty: no samples to score".into()).into());
     }
     let wall_seconds = started.elapsed().as_secs_f64();
     Ok(sensors
         .into_iter()
-        .map(|s| {
+        .zip(commissioned)
+        .map(|(s, commissioned)| {
             let counts = s.pipeline.counts();
             StreamSummary {
                 frames,
@@ -170,7 +203,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
                 alarms: counts.alarms,
                 sensor_faults: counts.sensor_faults,
                 wall_seconds,
-                commissioned: s.commissioned,
+                commissioned,
             }
         })
         .collect())
