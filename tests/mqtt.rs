@@ -220,6 +220,29 @@ fn reports_reach_the_host_once_each_across_a_broker_restart_and_the_will_marks_a
 }
 
 #[test]
+fn health_records_travel_on_their_own_topic_in_the_report_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
+    let url = broker.url();
+    // The collector's session exists before the first record.
+    let collected = dir.path().join("fleet.jsonl");
+    ok(&["fleet", "reports", "--broker", &url, "-o", collected.to_str().unwrap(), "--quiet", "300ms"]);
+    let mut gateway = Gateway::named(dir.path(), &url, "press-3", &["--health-every", "1s"]);
+    gateway.feed(dir.path(), 4, None, 5);
+    let reports = collect_until(&url, &collected, 3);
+    let health: Vec<&serde_json::Value> = reports.iter().filter(|r| r["kind"] == "Health").collect();
+    assert!(health.len() >= 3, "{reports:?}");
+    for r in &health {
+        assert!(r["health"]["windows"].as_u64().unwrap() >= 14, "{r}");
+        assert!(r["health"]["velocity_mm_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["device"], "press-3", "{r}");
+    }
+    // Numbered in the one sequence of the device's reports, each once.
+    let sequences: Vec<u64> = reports.iter().map(|r| r["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>(), "{reports:?}");
+}
+
+#[test]
 fn a_bad_broker_url_or_site_is_refused_clearly() {
     let e = common::refused(&["fleet", "status", "--broker", "mqtts://b:8883"]);
     assert!(e.contains("needs the CA certificate") && e.contains("mqtts://b:8883"), "{e}");
