@@ -9,7 +9,9 @@ use crate::input::SampleSource;
 use crate::model::VigilModel;
 use crate::pipeline::Pipeline;
 use crate::scorer::WindowOutcome;
-use crate::stream::{open_store, stream_rate, CommissionFrom, Commissioned, StreamOptions, StreamSummary};
+use crate::stream::{
+    empty_input, open_store, stream_rate, CommissionFrom, Commissioned, StreamOptions, StreamSummary,
+};
 use crate::windower::{Window, Windower};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -63,7 +65,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
         .into());
     }
     let Some(channels) = source.channels() else {
-        return Err(RuntimeError::Input("the input is empty: no samples to score".into()).into());
+        return Err(empty_input().into());
     };
     let rate = stream_rate(&model, source.as_ref(), options)?;
     let hop = options.hop.unwrap_or(meta.hop);
@@ -188,7 +190,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
     });
     streamed?;
     if frames == 0 {
-        return Err(RuntimeError::Input("the input is empty: no samples to score".into()).into());
+        return Err(empty_input().into());
     }
     let wall_seconds = started.elapsed().as_secs_f64();
     Ok(sensors

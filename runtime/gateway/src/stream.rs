@@ -368,6 +368,6 @@ pub fn stream_into<E: From<RuntimeError>>(
 }
 
 /// The error for a stream with no samples.
-fn empty_input() -> RuntimeError {
+pub(crate) fn empty_input() -> RuntimeError {
     RuntimeError::Input("the input is empty: no samples to score".into())
 }
