@@ -2,6 +2,7 @@
 
 use super::{FaultConfig, FaultKind, MachineConfig, Resonance};
 use rand::Rng;
+use std::f64::consts::PI;
 use vigil_core::bearing::BearingGeometry;
 
 impl MachineConfig {
@@ -53,6 +54,11 @@ pub struct SourceDomain {
     pub misalignment: (f64, f64),
     /// Fault severity range.
     pub severity: (f64, f64),
+    /// Keep drawn machines realisable: shrink rolling elements that would not fit side
+    /// by side on the pitch circle, move resonances above 45% of the sample rate below
+    /// it. (The reference and shifted domains predate this and keep their machines as
+    /// they were.)
+    pub realisable: bool,
 }
 
 impl Default for SourceDomain {
@@ -69,6 +75,7 @@ impl Default for SourceDomain {
             imbalance: (0.02, 0.5),
             misalignment: (0.0, 0.3),
             severity: (0.4, 1.0),
+            realisable: false,
         }
     }
 }
@@ -95,25 +102,64 @@ impl SourceDomain {
         }
     }
 
-    /// Draws a machine.
+    /// The whole range of kinematics a model meant for any machine must cover: shaft
+    /// speeds of 2-200 Hz (drawn evenly on a log scale), 3-20 rolling elements,
+    /// resonances anywhere up to 45% of the sample rate, sensors of a tenth to ten
+    /// times the nominal gain, quiet to noisy sites, imbalance and misalignment from
+    /// none to strong.
+    pub fn wide() -> Self {
+        SourceDomain {
+            shaft_hz: (2.0, 200.0),
+            load: (0.1, 1.0),
+            n_balls: (6, 20),
+            ball_ratio: (0.1, 0.32),
+            resonance_hz: (500.0, 45_000.0),
+            damping: (0.01, 0.1),
+            sensor_gain: (0.1, 10.0),
+            noise_rms: (0.005, 0.2),
+            imbalance: (0.005, 1.0),
+            misalignment: (0.0, 0.5),
+            severity: (0.2, 1.0),
+            realisable: true,
+        }
+    }
+
+    /// Draws a machine. Shaft speeds over a range wider than tenfold are drawn evenly on
+    /// a log scale.
     pub fn machine(&self, rng: &mut impl Rng, sample_rate_hz: f64, channels: usize) -> MachineConfig {
         let pitch = 40.0;
         let n_modes = rng.gen_range(1..=3);
         let resonances = (0..n_modes)
             .map(|i| Resonance {
-                freq_hz: uniform(rng, self.resonance_hz),
+                freq_hz: match uniform(rng, self.resonance_hz) {
+                    hz if self.realisable => hz.min(0.45 * sample_rate_hz),
+                    hz => hz,
+                },
                 damping: uniform(rng, self.damping),
                 gain: if i == 0 { 1.0 } else { rng.gen_range(0.2..0.8) },
             })
             .collect();
+        // Drawn in the order the reference domain always drew them, so its machines stay
+        // what they were.
+        let shaft_hz = if self.shaft_hz.1 > 10.0 * self.shaft_hz.0 {
+            uniform(rng, (self.shaft_hz.0.ln(), self.shaft_hz.1.ln())).exp()
+        } else {
+            uniform(rng, self.shaft_hz)
+        };
+        let load = uniform(rng, self.load);
+        let n_balls = rng.gen_range(self.n_balls.0..=self.n_balls.1);
+        let mut ball_ratio = uniform(rng, self.ball_ratio);
+        if self.realisable {
+            ball_ratio = ball_ratio.min(0.9 * (PI / f64::from(n_balls)).sin());
+        }
         MachineConfig {
             sample_rate_hz,
             channels,
-            shaft_hz: uniform(rng, self.shaft_hz),
-            load: uniform(rng, self.load),
+            shaft_hz,
+            load,
             bearing: BearingGeometry {
-                n_balls: rng.gen_range(self.n_balls.0..=self.n_balls.1),
-                ball_diameter: (pitch * uniform(rng, self.ball_ratio)) as f32,
+                n_balls,
+                ball_diameter: (pitch * ball_ratio) as f32,
                 pitch_diameter: pitch as f32,
                 contact_angle: rng.gen_range(0.0..0.3),
             },

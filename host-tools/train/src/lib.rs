@@ -13,6 +13,7 @@ pub mod fine_tune;
 pub mod graph;
 pub mod manifest;
 pub mod quantize;
+pub mod speed_eval;
 pub mod transfer_eval;
 
 use anyhow::{Context, Result};

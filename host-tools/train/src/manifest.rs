@@ -11,6 +11,7 @@
 //! split = "train"           # train, val or test; recordings without one serve any split
 //! load = 270.0              # operating condition, optional
 //! speed = 25.0              # shaft speed in Hz, optional
+//! bearing = "NICE"          # the bearing: a designation or "N,ELEMENT,PITCH[,ANGLE_DEG]", optional
 //! machine = "rig-1"         # optional
 //! ```
 //!
@@ -20,6 +21,8 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use vigil_core::bearing::BearingGeometry;
+use vigil_core::kinematics::{check_shaft_hz, Kinematics};
 use vigil_runtime::input::{self, InputFormat};
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::windower::{Window, Windower};
@@ -44,11 +47,22 @@ pub struct RecordingEntry {
     pub load: Option<f64>,
     /// Shaft speed in Hz.
     pub speed: Option<f64>,
+    /// The bearing: a designation (`vigil_core::kinematics::CATALOGUE`) or
+    /// `N,ELEMENT,PITCH[,ANGLE_DEG]`.
+    pub bearing: Option<String>,
     /// Machine identifier.
     pub machine: Option<String>,
 }
 
 impl RecordingEntry {
+    /// The recording's kinematics as far as given (checked when the manifest was loaded).
+    pub fn kinematics(&self) -> Kinematics {
+        Kinematics {
+            shaft_hz: self.speed.map(|s| s as f32),
+            bearing: self.bearing.as_deref().and_then(|b| BearingGeometry::parse(b).ok()),
+        }
+    }
+
     /// The operating condition, for accuracy per condition: machine, load and speed as
     /// far as given.
     pub fn condition(&self) -> String {
@@ -97,6 +111,17 @@ impl Manifest {
             bail!("manifest {} lists no [[recording]]", path.display());
         }
         for (i, r) in file.recording.iter().enumerate() {
+            let entry = || format!("manifest {}, recording {} ({})", path.display(), i + 1, r.path.display());
+            if let Some(speed) = r.speed {
+                if let Err(e) = check_shaft_hz(speed as f32) {
+                    bail!("{}: speed: {e}", entry());
+                }
+            }
+            if let Some(bearing) = &r.bearing {
+                if let Err(e) = BearingGeometry::parse(bearing) {
+                    bail!("{}: bearing `{bearing}`: {e}", entry());
+                }
+            }
             if let Some(split) = &r.split {
                 if !["train", "val", "test"].contains(&split.as_str()) {
                     bail!(
@@ -113,11 +138,42 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The one bearing the recordings name (a dataset of one machine line), or an error
+    /// saying what is missing or differs.
+    pub fn one_bearing(&self) -> Result<BearingGeometry> {
+        let mut found: Option<(usize, BearingGeometry)> = None;
+        for (i, r) in self.recordings.iter().enumerate() {
+            let Some(b) = r.kinematics().bearing else {
+                bail!(
+                    "{}: no `bearing`; add one (such as bearing = \"6205\") or pass --bearing",
+                    self.entry_name(i)
+                );
+            };
+            match found {
+                Some((first, f)) if f != b => bail!(
+                    "{}: its bearing differs from recording {}'s; pass --bearing for the one to use",
+                    self.entry_name(i),
+                    first + 1
+                ),
+                Some(_) => {}
+                None => found = Some((i, b)),
+            }
+        }
+        found
+            .map(|(_, b)| b)
+            .ok_or_else(|| anyhow::anyhow!("manifest {} lists no recording", self.path.display()))
+    }
+
     /// Refuses a file listed twice: with two labels it contradicts itself, in two splits
     /// it would validate or test on what it trained on.
     fn check_each_recording_once(&self) -> Result<()> {
         for (i, r) in self.recordings.iter().enumerate() {
-            let Some(first) = self.recordings[..i].iter().position(|p| p.path == r.path) else { continue };
+            // The same file however written (`a.csv`, `./a.csv`, a link).
+            let file = |e: &RecordingEntry| {
+                let path = self.resolve(e);
+                path.canonicalize().unwrap_or(path)
+            };
+            let Some(first) = self.recordings[..i].iter().position(|p| file(p) == file(r)) else { continue };
             let p = &self.recordings[first];
             let why = if p.label != r.label {
                 format!("labelled `{}` there and `{}` here; one recording has one label", p.label, r.label)
@@ -158,9 +214,33 @@ impl Manifest {
             split: None,
             load: None,
             speed: None,
+            bearing: None,
             machine: None,
         }));
         Manifest { recordings, path: here.join("healthy recordings") }
+    }
+
+    /// Reads recording `i` whole.
+    pub fn read(&self, i: usize) -> Result<Recording> {
+        let entry = &self.recordings[i];
+        let name = self.entry_name(i);
+        let path = self.resolve(entry);
+        let format = match &entry.format {
+            Some(f) => f.parse::<InputFormat>().with_context(|| name.clone())?,
+            None => InputFormat::from_path(&path.to_string_lossy()).unwrap_or(InputFormat::Csv),
+        };
+        let mut source =
+            input::open(&path.to_string_lossy(), format, entry.channels).with_context(|| name.clone())?;
+        let mut samples = Vec::new();
+        let mut chunk = Vec::new();
+        while source.read_chunk(&mut chunk, 1 << 16).with_context(|| name.clone())? {
+            samples.extend_from_slice(&chunk);
+        }
+        let channels = source.channels().unwrap_or(1);
+        let Some(rate) = entry.rate.or(source.sample_rate_hz()) else {
+            bail!("{name}: the file does not say its sample rate; add `rate = HZ` to the entry");
+        };
+        Ok(Recording { samples, channels, rate })
     }
 
     fn resolve(&self, entry: &RecordingEntry) -> PathBuf {
@@ -176,6 +256,17 @@ impl Manifest {
             self.recordings[i].path.display()
         )
     }
+}
+
+/// A recording read whole.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// Interleaved frames.
+    pub samples: Vec<f32>,
+    /// Channels per frame.
+    pub channels: usize,
+    /// Sample rate in Hz.
+    pub rate: f64,
 }
 
 /// Labelled windows of a model's shape, each knowing its recording.
@@ -230,25 +321,10 @@ pub fn windows_for(
         let Some(label) = classes.iter().position(|c| *c == entry.label) else {
             bail!("{name}: label `{}` is not one of the classes ({})", entry.label, classes.join(", "));
         };
-        let path = manifest.resolve(entry);
-        let format = match &entry.format {
-            Some(f) => f.parse::<InputFormat>().with_context(|| name.clone())?,
-            None => InputFormat::from_path(&path.to_string_lossy()).unwrap_or(InputFormat::Csv),
-        };
-        let mut source =
-            input::open(&path.to_string_lossy(), format, entry.channels).with_context(|| name.clone())?;
-        let mut samples = Vec::new();
-        let mut chunk = Vec::new();
-        while source.read_chunk(&mut chunk, 1 << 16).with_context(|| name.clone())? {
-            samples.extend_from_slice(&chunk);
-        }
-        let channels = source.channels().unwrap_or(1);
+        let Recording { samples, channels, rate } = manifest.read(i)?;
         if channels != meta.channels {
             bail!("{name}: {channels} channel(s), the model takes {}", meta.channels);
         }
-        let Some(rate) = entry.rate.or(source.sample_rate_hz()) else {
-            bail!("{name}: the file does not say its sample rate; add `rate = HZ` to the entry");
-        };
         let mut windower = Windower::new(channels, rate, meta.sample_rate_hz, meta.window, meta.hop)
             .with_context(|| {
                 format!("{name}: cannot resample {rate} Hz to the model's {} Hz", meta.sample_rate_hz)

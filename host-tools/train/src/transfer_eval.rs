@@ -165,6 +165,26 @@ fn speeds(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// Shaft speed of each window read from its recording's first
+/// [`vigil_runtime::speed::DEFAULT_BLOCK_S`] seconds, as `vigil run` reads it when no speed
+/// is given (NaN where the signal shows none).
+fn speeds_read(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
+    let mut read = std::collections::HashMap::new();
+    for &r in &set.recordings {
+        if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(r) {
+            let recording = manifest.read(r)?;
+            let first: Vec<f32> = recording.samples.iter().step_by(recording.channels).copied().collect();
+            let estimate = vigil_runtime::speed::estimate_recording(
+                &first,
+                recording.rate,
+                vigil_runtime::speed::DEFAULT_BLOCK_S,
+            )?;
+            slot.insert(estimate.map_or(f64::NAN, |e| f64::from(e.shaft_hz)));
+        }
+    }
+    Ok(set.recordings.iter().map(|r| read[r]).collect())
+}
+
 fn accuracy(predictions: impl Iterator<Item = usize>, labels: &[usize]) -> f64 {
     let hits = predictions.zip(labels).filter(|(p, l)| p == *l).count();
     hits as f64 / labels.len().max(1) as f64
@@ -212,6 +232,16 @@ pub fn run(
         bail!("the model's window is shorter than the feature backbone's {FEATURE_WINDOW} samples");
     }
     let env = Rows { train: envelope(train, &train_speed)?, test: envelope(test, &test_speed)? };
+    // The rule again with the speed read from the signal: the bearing is all it is told.
+    let (train_read, test_read) = (speeds_read(manifest, train)?, speeds_read(manifest, test)?);
+    let levels_or_none = |set: &LabelledWindows, speed: &[f64]| -> Result<Vec<Option<Vec<f32>>>> {
+        set.windows
+            .iter()
+            .zip(speed)
+            .map(|(w, &s)| s.is_finite().then(|| envelope_levels(&w.samples, rate, s, bearing)).transpose())
+            .collect()
+    };
+    let env_read = (levels_or_none(train, &train_read)?, levels_or_none(test, &test_read)?);
     let feat = Rows { train: feature_rows(train, &train_speed)?, test: feature_rows(test, &test_speed)? };
     let train_e = embed(model, train, &mut progress)?;
     let test_e = embed(model, test, &mut progress)?;
@@ -239,6 +269,10 @@ pub fn run(
         row(", head fine-tuned, int8"),
         row(", head as class means, int8"),
         row(", last:2 fine-tuned, int8"),
+        MethodResult {
+            name: "envelope rule, shaft speed read from the signal (bearing given, no speed)".into(),
+            accuracy: Vec::new(),
+        },
     ];
     // Calibration needs no labels: the training windows, as a site would record them.
     let calibration = calibration_tensor(model.metadata(), &train.windows, 256)?;
@@ -268,6 +302,16 @@ pub fn run(
         env.test.iter().map(|l| envelope_rule(l, threshold, classes).unwrap_or(usize::MAX)),
         &test.labels,
     );
+    let read_threshold = envelope_rule_threshold(
+        env_read.0.iter().zip(&train.labels).filter(|(_, &c)| c == normal).filter_map(|(l, _)| l.clone()),
+    );
+    // A window whose recording shows no speed is counted wrong.
+    let rule_read = accuracy(
+        env_read.1.iter().map(|l| {
+            l.as_ref().and_then(|l| envelope_rule(l, read_threshold, classes)).unwrap_or(usize::MAX)
+        }),
+        &test.labels,
+    );
     // The anomaly side is fitted on every healthy training window, as fine-tune does.
     let mut healthy = HealthyEmbeddings::default();
     for ((row, &label), &recording) in train_e.rows.iter().zip(&train_e.labels).zip(&train.recordings) {
@@ -279,14 +323,16 @@ pub fn run(
     let embedded_side = HealthySide { normal, healthy: &healthy, false_alarms_per_day: 1.0 };
     let windows_side = HealthySide { normal, healthy: train, false_alarms_per_day: 1.0 };
     for &n in shots {
-        let mut per: [Vec<f64>; 11] = Default::default();
+        let mut per: [Vec<f64>; 12] = Default::default();
         if n == 0 {
             // No labelled window: only what needs none.
             per[0].push(rule);
             per[2].push(zero_shot);
+            per[11].push(rule_read);
         }
         for seed in (1..=seeds).filter(|_| n > 0) {
             per[0].push(rule);
+            per[11].push(rule_read);
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
             let pick =
@@ -350,6 +396,9 @@ pub fn run(
             r.accuracy.push((n, accs));
         }
     }
+    // The rule with the speed read from the signal goes beside the rule.
+    let read = results.remove(11);
+    results.insert(1, read);
     Ok(results)
 }
 

@@ -40,6 +40,7 @@ mod error;
 pub mod features;
 pub mod head;
 pub mod hex;
+pub mod kinematics;
 pub mod normalise;
 pub mod report;
 pub mod resample;

@@ -6,6 +6,8 @@
 use crate::error::{Result, RuntimeError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use vigil_core::bearing::BearingGeometry;
+use vigil_core::kinematics::{check_shaft_hz, Kinematics, KinematicsError};
 use vigil_core::sensor::SensorLimits;
 
 /// What `vigil serve` runs, as a file (see `packaging/vigil.toml` for every key).
@@ -34,6 +36,29 @@ pub struct GatewayConfig {
     pub alarm: Option<AlarmConfig>,
     /// The MQTT broker to publish status and reports to.
     pub mqtt: Option<MqttConfig>,
+    /// What the nameplate says of the machine: shaft speed and bearing.
+    pub machine: Option<MachineConfig>,
+}
+
+/// The machine's kinematics (`docs/kinematics.md`); what is left out is read from the
+/// signal (the speed) or unknown (the bearing).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Shaft speed in Hz.
+    pub shaft_hz: Option<f32>,
+    /// The bearing: a designation such as `6205`, or `N,ELEMENT,PITCH[,ANGLE_DEG]`.
+    pub bearing: Option<String>,
+}
+
+impl MachineConfig {
+    /// The kinematics, checked; errors name the key.
+    pub fn kinematics(&self) -> std::result::Result<Kinematics, (&'static str, KinematicsError)> {
+        let shaft_hz = self.shaft_hz.map(check_shaft_hz).transpose().map_err(|e| ("shaft_hz", e))?;
+        let bearing =
+            self.bearing.as_deref().map(BearingGeometry::parse).transpose().map_err(|e| ("bearing", e))?;
+        Ok(Kinematics { shaft_hz, bearing })
+    }
 }
 
 /// The broker (`docs/mqtt.md`).
@@ -211,6 +236,11 @@ impl GatewayConfig {
                 )));
             }
         }
+        if let Some(machine) = &self.machine {
+            if let Err((key, e)) = machine.kinematics() {
+                return Err(RuntimeError::Config(format!("{}: {e}", at(key))));
+            }
+        }
         if let Some(alarm) = &self.alarm {
             let policy = alarm.apply(vigil_core::alarm::AlarmPolicy {
                 threshold: 1.0,
@@ -274,5 +304,21 @@ mod tests {
         assert!(e.contains("line 7, key `format`"), "{e}");
         let e = format!("{:#}", load(&format!("{GOOD}[alarm]\nraise_k = 9\nwindow_n = 5\n")).unwrap_err());
         assert!(e.contains("line 6, key `raise_k`"), "{e}");
+    }
+
+    #[test]
+    fn the_machine_kinematics_are_read_and_impossible_ones_refused() {
+        let c = load(&format!("{GOOD}[machine]\nshaft_hz = 29.95\nbearing = \"6205\"\n")).unwrap();
+        let k = c.machine.unwrap().kinematics().unwrap();
+        assert_eq!(k.shaft_hz, Some(29.95));
+        assert_eq!(k.bearing.unwrap().n_balls, 9);
+        let c = load(&format!("{GOOD}[machine]\nbearing = \"8, 0.235, 1.245\"\n")).unwrap();
+        assert_eq!(c.machine.unwrap().kinematics().unwrap().shaft_hz, None);
+        let e = format!("{:#}", load(&format!("{GOOD}[machine]\nshaft_hz = -3.0\n")).unwrap_err());
+        assert!(e.contains("line 6, key `shaft_hz`") && e.contains("not a positive speed"), "{e}");
+        let e = format!("{:#}", load(&format!("{GOOD}[machine]\nbearing = \"6205-XYZ\"\n")).unwrap_err());
+        assert!(e.contains("line 6, key `bearing`") && e.contains("not a known designation"), "{e}");
+        let e = format!("{:#}", load(&format!("{GOOD}[machine]\nbearing = \"30,0.5,1.0\"\n")).unwrap_err());
+        assert!(e.contains("do not fit on the pitch circle (room for 6)"), "{e}");
     }
 }

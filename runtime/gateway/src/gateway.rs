@@ -136,6 +136,7 @@ pub fn run(
     if let Some((_, options, _)) = &input {
         pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
         pipeline.set_health_every(options.health_every)?;
+        pipeline.set_kinematics(options.kinematics, options.speed_range)?;
     }
     let pipeline = Arc::new(Mutex::new(pipeline));
     let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);

@@ -59,6 +59,7 @@ pub mod report_io;
 pub mod scorer;
 pub mod sensors;
 pub mod slots;
+pub mod speed;
 pub mod store;
 pub mod stream;
 pub mod streaming;

@@ -4,10 +4,32 @@
 use crate::error::Result;
 use crate::health::HealthMonitor;
 use crate::scorer::{WindowOutcome, WindowScorer};
+use crate::speed::SpeedTracker;
 use crate::store::ReportStore;
 use crate::windower::Window;
 use std::time::Duration;
 use vigil_core::alarm::AlarmTransition;
+use vigil_core::kinematics::Kinematics;
+
+/// The shaft speed a pipeline works with.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ShaftSpeed {
+    /// Shaft speed in Hz.
+    pub hz: f32,
+    /// How sure the estimate read from the signal is, 0 to 1; None for a speed given.
+    pub confidence: Option<f32>,
+}
+
+/// Where a pipeline's shaft speed comes from.
+#[derive(Debug)]
+enum Shaft {
+    /// Not asked for.
+    Unknown,
+    /// From the nameplate or the config.
+    Given(f32),
+    /// Read from the first channel's last seconds.
+    Tracked { tracker: Box<SpeedTracker>, last_end_s: Option<f64> },
+}
 
 /// Counts since the pipeline started.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -29,6 +51,8 @@ pub struct Pipeline {
     store: Option<ReportStore>,
     counts: PipelineCounts,
     health: Option<HealthMonitor>,
+    kinematics: Kinematics,
+    shaft: Shaft,
 }
 
 impl Pipeline {
@@ -40,7 +64,41 @@ impl Pipeline {
             store,
             counts: PipelineCounts::default(),
             health: None,
+            kinematics: Kinematics::default(),
+            shaft: Shaft::Unknown,
         })
+    }
+
+    /// Sets what is known of the machine. Without a shaft speed, the speed is read from
+    /// the first channel's last [`crate::speed::DEFAULT_BLOCK_S`] seconds, looking in
+    /// `range` Hz ([`crate::speed`]).
+    pub fn set_kinematics(&mut self, kinematics: Kinematics, range: (f32, f32)) -> Result<()> {
+        let rate = self.scorer.model().metadata().sample_rate_hz;
+        self.shaft = match kinematics.shaft_hz {
+            Some(hz) => Shaft::Given(hz),
+            None => Shaft::Tracked {
+                tracker: Box::new(SpeedTracker::new(rate, crate::speed::DEFAULT_BLOCK_S, range)?),
+                last_end_s: None,
+            },
+        };
+        self.kinematics = kinematics;
+        Ok(())
+    }
+
+    /// What is known of the machine.
+    pub fn kinematics(&self) -> Kinematics {
+        self.kinematics
+    }
+
+    /// The shaft speed: as given, or read from the signal when it shows one.
+    pub fn shaft_speed(&mut self) -> Option<ShaftSpeed> {
+        match &mut self.shaft {
+            Shaft::Unknown => None,
+            Shaft::Given(hz) => Some(ShaftSpeed { hz: *hz, confidence: None }),
+            Shaft::Tracked { tracker, .. } => {
+                tracker.estimate().map(|e| ShaftSpeed { hz: e.shaft_hz, confidence: Some(e.confidence) })
+            }
+        }
     }
 
     /// Stores a health record every `every` of stream ([`crate::health`]); `None` stops.
@@ -55,9 +113,21 @@ impl Pipeline {
     /// Scores one window, counts it and stores its report.
     pub fn process(&mut self, window: &Window) -> Result<WindowOutcome> {
         let mut outcome = self.scorer.score(window)?;
-        if let Some(summary) =
+        if let Shaft::Tracked { tracker, last_end_s } = &mut self.shaft {
+            // The window's samples not seen in the last one, of the first channel.
+            let meta = self.scorer.model().metadata();
+            let fresh = match last_end_s {
+                Some(last) => ((window.end_time_s - *last) * meta.sample_rate_hz).round().max(0.0) as usize,
+                None => meta.window,
+            };
+            let first = &window.samples[..meta.window.min(window.samples.len())];
+            tracker.push(&first[first.len() - fresh.min(first.len())..]);
+            *last_end_s = Some(window.end_time_s);
+        }
+        if let Some(mut summary) =
             self.health.as_mut().map(|h| h.observe(window, &outcome)).transpose()?.flatten()
         {
+            summary.stats.shaft_hz = self.shaft_speed().map(|s| s.hz);
             outcome.health = Some(self.scorer.health_report(summary, window));
         }
         if let Some(score) = &outcome.scored {

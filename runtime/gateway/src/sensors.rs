@@ -96,6 +96,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
             pipeline.scorer_mut().adapt(settings, None)?;
         }
         pipeline.set_health_every(options.health_every)?;
+        pipeline.set_kinematics(options.kinematics, options.speed_range)?;
         if options.streamed {
             pipeline.scorer_mut().stream(hop)?;
         }
@@ -196,7 +197,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
     Ok(sensors
         .into_iter()
         .zip(commissioned)
-        .map(|(s, commissioned)| {
+        .map(|(mut s, commissioned)| {
             let counts = s.pipeline.counts();
             StreamSummary {
                 frames,
@@ -206,6 +207,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
                 sensor_faults: counts.sensor_faults,
                 wall_seconds,
                 commissioned,
+                shaft: s.pipeline.shaft_speed(),
             }
         })
         .collect())

@@ -5,13 +5,14 @@ use crate::adaptation::AdaptationSettings;
 use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
 use crate::model::VigilModel;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, ShaftSpeed};
 use crate::scorer::WindowOutcome;
 use crate::store::{FsyncPolicy, ReportStore};
 use crate::windower::Windower;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use vigil_core::kinematics::Kinematics;
 use vigil_core::report::AnomalyReport;
 use vigil_core::sensor::SensorLimits;
 
@@ -32,6 +33,10 @@ pub struct StreamOptions {
     pub commissioning: Option<Commissioning>,
     /// Store a health record every this long of stream ([`crate::health`]), if at all.
     pub health_every: Option<Duration>,
+    /// What is known of the machine; without a shaft speed it is read from the signal.
+    pub kinematics: Kinematics,
+    /// Shaft speeds to look for when reading the speed from the signal, in Hz.
+    pub speed_range: (f32, f32),
 }
 
 impl Default for StreamOptions {
@@ -44,6 +49,8 @@ impl Default for StreamOptions {
             sensor: SensorLimits::DEFAULT,
             commissioning: None,
             health_every: None,
+            kinematics: Kinematics::default(),
+            speed_range: crate::speed::DEFAULT_RANGE_HZ,
         }
     }
 }
@@ -117,6 +124,8 @@ pub struct StreamSummary {
     pub wall_seconds: f64,
     /// What commissioning learned, when it ended during this run.
     pub commissioned: Option<Commissioned>,
+    /// The shaft speed at the end of the stream, as given or read from the signal.
+    pub shaft: Option<ShaftSpeed>,
 }
 
 impl StreamSummary {
@@ -238,6 +247,7 @@ pub fn run_stream<E: From<RuntimeError>>(
         }
     }
     pipeline.set_health_every(options.health_every)?;
+    pipeline.set_kinematics(options.kinematics, options.speed_range)?;
     if options.streamed {
         let streamer = pipeline.scorer_mut().stream(hop)?;
         if let Some(why) = streamer.inexact_reason() {
@@ -255,6 +265,7 @@ pub fn run_stream<E: From<RuntimeError>>(
         on_window(o)
     })?;
     summary.commissioned = commissioned;
+    summary.shaft = pipeline.lock().ok().and_then(|mut p| p.shaft_speed());
     Ok(summary)
 }
 

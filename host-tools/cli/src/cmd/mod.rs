@@ -29,6 +29,8 @@ mod serve;
 mod sim_eval;
 mod simulate;
 mod snapshot;
+#[cfg(feature = "train")]
+mod speed_eval;
 mod status;
 #[cfg(feature = "train")]
 mod transfer_eval;
@@ -39,6 +41,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::Duration;
 use vigil_client::client::Client;
+use vigil_core::bearing::BearingGeometry;
+use vigil_core::kinematics::Kinematics;
 use vigil_core::sensor::SensorLimits;
 use vigil_runtime::input::{self, InputFormat, SampleSource};
 use vigil_runtime::stream::StreamOptions;
@@ -100,6 +104,33 @@ pub struct StreamInputArgs {
     /// mix, for the trend in `vigil report` [default: 1m for `serve`; none for `run`].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     health_every: Option<Duration>,
+    /// The machine's shaft speed in Hz, from its nameplate. Without it the speed is read
+    /// from the signal (the shaft's 1x line and harmonics) and shown in the summary and
+    /// health records.
+    #[arg(long, value_name = "HZ", value_parser = parse_shaft_hz)]
+    shaft_hz: Option<f32>,
+    /// The bearing under observation: a designation (6205, 6203, NICE, ZA-2115, UER204)
+    /// or N,ELEMENT,PITCH[,ANGLE_DEG] (rolling elements, element and pitch diameter in one
+    /// unit, contact angle in degrees).
+    #[arg(long, value_name = "BEARING", value_parser = parse_bearing)]
+    bearing: Option<BearingGeometry>,
+    /// Shaft speeds to look for when reading the speed from the signal, as LOW-HIGH in Hz;
+    /// a narrower range (such as 20-30 for a four-pole motor on 50 Hz mains) avoids
+    /// taking a bearing fault's lines or the 2x line for the shaft.
+    #[arg(long, value_name = "LOW-HIGH", default_value = "2-200", value_parser = vigil_runtime::speed::parse_range)]
+    shaft_range: (f32, f32),
+}
+
+/// Parses `--shaft-hz`.
+pub fn parse_shaft_hz(text: &str) -> std::result::Result<f32, String> {
+    let hz: f32 =
+        text.trim().parse().map_err(|_| format!("`{text}` is not a shaft speed in Hz, such as 29.95"))?;
+    vigil_core::kinematics::check_shaft_hz(hz).map_err(|e| e.to_string())
+}
+
+/// Parses `--bearing`.
+pub fn parse_bearing(text: &str) -> std::result::Result<BearingGeometry, String> {
+    BearingGeometry::parse(text).map_err(|e| format!("bearing `{text}`: {e}"))
 }
 
 impl StreamInputArgs {
@@ -119,6 +150,9 @@ impl StreamInputArgs {
             realtime: input.realtime,
             streamed: false,
             range_g: input.range_g.unwrap_or(SensorLimits::DEFAULT.range_g),
+            shaft_hz: None,
+            bearing: None,
+            shaft_range: vigil_runtime::speed::DEFAULT_RANGE_HZ,
             health_every: match &input.health_every {
                 Some(text) => {
                     Some(parse_duration(text).map_err(|e| {
@@ -128,6 +162,12 @@ impl StreamInputArgs {
                 None => None,
             },
         })
+    }
+
+    /// Sets the machine's kinematics (the `[machine]` table of a config file).
+    pub fn set_kinematics(&mut self, kinematics: Kinematics) {
+        self.shaft_hz = kinematics.shaft_hz;
+        self.bearing = kinematics.bearing;
     }
 
     /// The format `input` is read in: --format, else from its extension, else CSV.
@@ -154,6 +194,8 @@ impl StreamInputArgs {
                 sensor: SensorLimits { range_g: self.range_g, ..SensorLimits::DEFAULT },
                 commissioning: None,
                 health_every: self.health_every,
+                kinematics: Kinematics { shaft_hz: self.shaft_hz, bearing: self.bearing },
+                speed_range: self.shaft_range,
             },
         ))
     }
@@ -267,6 +309,13 @@ enum Command {
     /// Evaluate a model on freshly simulated held-out recordings of the source domain (in the full build only).
     #[cfg(not(feature = "train"))]
     SimEval(lean::NeedsTrainer),
+    /// Read the shaft speed from the signal and compare it with the truth, on simulated
+    /// machines across the whole range or on a manifest's recordings.
+    #[cfg(feature = "train")]
+    SpeedEval(speed_eval::SpeedEvalArgs),
+    /// Read the shaft speed from the signal and compare it with the truth (in the full build only).
+    #[cfg(not(feature = "train"))]
+    SpeedEval(lean::NeedsTrainer),
     /// Fine-tune a pretrained model on labelled recordings of one machine line.
     #[cfg(feature = "train")]
     FineTune(fine_tune::FineTuneArgs),
@@ -304,7 +353,7 @@ enum Command {
     #[cfg(not(feature = "train"))]
     AdaptEval(lean::NeedsTrainer),
     /// Run the pipeline and serve the device protocol on a serial port (gateway agent).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Ask a device who it is and what it is doing.
     Status(status::StatusArgs),
     /// Push a signed head update to a device.
@@ -348,6 +397,10 @@ impl Cli {
             Command::Pretrain(a) => a.run("pretrain"),
             #[cfg(feature = "train")]
             Command::SimEval(a) => a.run(),
+            #[cfg(feature = "train")]
+            Command::SpeedEval(a) => a.run(),
+            #[cfg(not(feature = "train"))]
+            Command::SpeedEval(a) => a.run("speed-eval"),
             #[cfg(not(feature = "train"))]
             Command::SimEval(a) => a.run("sim-eval"),
             #[cfg(feature = "train")]
@@ -370,7 +423,7 @@ impl Cli {
             Command::TransferEval(a) => a.run(),
             #[cfg(not(feature = "train"))]
             Command::TransferEval(a) => a.run("transfer-eval"),
-            Command::Serve(a) => a.run(),
+            Command::Serve(a) => (*a).run(),
             Command::Status(a) => a.run(),
             Command::Push(a) => a.run(),
             Command::Report(a) => a.run(),

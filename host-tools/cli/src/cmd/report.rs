@@ -33,10 +33,10 @@ pub struct ReportOutputs {
     /// Shaft speed in Hz, for the fault-frequency markers (with --bearing).
     #[arg(long)]
     pub shaft_hz: Option<f32>,
-    /// Bearing as BALLS,BALL_DIAMETER,PITCH_DIAMETER[,CONTACT_ANGLE_DEGREES], such as
-    /// 9,7.94,39.04 for a 6205.
-    #[arg(long)]
-    pub bearing: Option<String>,
+    /// The bearing, for the fault-frequency markers: a designation (6205, 6203, NICE,
+    /// ZA-2115, UER204) or N,ELEMENT,PITCH[,ANGLE_DEG], such as 9,7.94,39.04 for a 6205.
+    #[arg(long, value_parser = super::parse_bearing)]
+    pub bearing: Option<BearingGeometry>,
     /// The machine's ISO 10816-1 class, for the vibration-severity zones of the health
     /// trend: I (small, up to 15 kW), II (medium, 15-75 kW), III (large, rigid
     /// foundation), IV (large, soft foundation).
@@ -49,13 +49,10 @@ impl ReportOutputs {
     pub fn machine(&self) -> Result<Option<MachineFrequencies>> {
         match (self.shaft_hz, &self.bearing) {
             (None, None) => Ok(None),
-            (Some(shaft_hz), Some(bearing)) => {
-                let geometry = parse_bearing(bearing)?;
-                Ok(Some(MachineFrequencies {
-                    shaft_hz,
-                    faults: geometry.fault_orders().at_shaft_hz(shaft_hz),
-                }))
-            }
+            (Some(shaft_hz), Some(geometry)) => Ok(Some(MachineFrequencies {
+                shaft_hz,
+                faults: geometry.fault_orders().at_shaft_hz(shaft_hz),
+            })),
             _ => bail!("fault-frequency markers need both --shaft-hz and --bearing"),
         }
     }
@@ -82,31 +79,6 @@ impl ReportOutputs {
         }
         Ok(written)
     }
-}
-
-pub(crate) fn parse_bearing(text: &str) -> Result<BearingGeometry> {
-    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-    let number = |i: usize, what: &str| -> Result<f32> {
-        parts[i].parse::<f32>().with_context(|| format!("--bearing: {what} `{}` is not a number", parts[i]))
-    };
-    if !(3..=4).contains(&parts.len()) {
-        bail!("--bearing takes BALLS,BALL_DIAMETER,PITCH_DIAMETER[,CONTACT_ANGLE_DEGREES], got `{text}`");
-    }
-    let n_balls = parts[0]
-        .parse::<u16>()
-        .with_context(|| format!("--bearing: ball count `{}` is not a whole number", parts[0]))?;
-    let geometry = BearingGeometry {
-        n_balls,
-        ball_diameter: number(1, "ball diameter")?,
-        pitch_diameter: number(2, "pitch diameter")?,
-        contact_angle: if parts.len() == 4 { number(3, "contact angle")?.to_radians() } else { 0.0 },
-    };
-    if geometry.n_balls == 0
-        || !(geometry.ball_diameter > 0.0 && geometry.ball_diameter < geometry.pitch_diameter)
-    {
-        bail!("--bearing `{text}`: needs at least one ball and a ball diameter below the pitch diameter");
-    }
-    Ok(geometry)
 }
 
 impl ReportArgs {

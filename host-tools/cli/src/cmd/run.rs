@@ -135,6 +135,8 @@ impl RunArgs {
                     "sensor_faults": summary.sensor_faults, "stream_seconds": summary.stream_seconds,
                     "wall_seconds": summary.wall_seconds, "realtime_factor": summary.realtime_factor(),
                     "peak_rss_bytes": peak_rss_bytes(),
+                    "shaft_hz": summary.shaft.map(|s| s.hz),
+                    "shaft_hz_confidence": summary.shaft.and_then(|s| s.confidence),
                     "commissioned": summary.commissioned.map(|c| serde_json::json!({
                         "windows": c.windows, "seconds": c.seconds, "threshold": c.threshold,
                         "model_threshold": c.model_threshold,
@@ -144,6 +146,7 @@ impl RunArgs {
             });
             writeln!(out, "{s}")?;
         } else {
+            writeln!(out, "{}", describe_shaft(summary.shaft))?;
             writeln!(
                 out,
                 "summary: {} windows scored over {:.1} s of signal, {} alarm(s), {} window(s) skipped as sensor faults; \
@@ -222,5 +225,21 @@ impl RunArgs {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The summary's line on the shaft speed.
+fn describe_shaft(shaft: Option<vigil_runtime::pipeline::ShaftSpeed>) -> String {
+    match shaft {
+        Some(s) => match s.confidence {
+            None => format!("shaft speed: {:.2} Hz ({:.0} rpm), as given", s.hz, 60.0 * s.hz),
+            Some(c) => format!(
+                "shaft speed: {:.2} Hz ({:.0} rpm) read from the signal's last seconds, confidence {c:.2}{}",
+                s.hz,
+                60.0 * s.hz,
+                if c < 0.2 { " (low: give --shaft-hz, or narrow --shaft-range)" } else { "" }
+            ),
+        },
+        None => "shaft speed: not read from the signal (no shaft line stands out); give --shaft-hz".into(),
     }
 }

@@ -123,7 +123,17 @@ impl ServeArgs {
         };
         let c = GatewayConfig::load(path)?;
         let input = match c.input {
-            Some(i) => Some((i.path.clone(), super::StreamInputArgs::from_config(&i, path)?)),
+            Some(i) => {
+                let mut stream = super::StreamInputArgs::from_config(&i, path)?;
+                if let Some(machine) = &c.machine {
+                    // Checked when the config was loaded.
+                    let kinematics = machine.kinematics().map_err(|(key, e)| {
+                        anyhow::anyhow!("config {}: [machine] {key}: {e}", path.display())
+                    })?;
+                    stream.set_kinematics(kinematics);
+                }
+                Some((i.path.clone(), stream))
+            }
             None => None,
         };
         Ok(ServeSettings {

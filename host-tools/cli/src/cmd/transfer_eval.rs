@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use indicatif::ProgressBar;
 use std::path::PathBuf;
+use vigil_core::bearing::BearingGeometry;
 use vigil_train::manifest::{windows_for, Manifest};
 use vigil_train::transfer_eval::{self, MethodResult};
 
@@ -17,10 +18,11 @@ pub struct TransferEvalArgs {
     /// Dataset manifest with train and test recordings, each with `speed` (shaft Hz).
     #[arg(long)]
     data: PathBuf,
-    /// The monitored bearing: BALLS,BALL_DIAMETER,PITCH_DIAMETER[,CONTACT_ANGLE_DEGREES]
-    /// (MFPT's: 8,0.235,1.245).
-    #[arg(long)]
-    bearing: String,
+    /// The monitored bearing: a designation (6205, 6203, NICE, ZA-2115, UER204) or
+    /// N,ELEMENT,PITCH[,ANGLE_DEG] (MFPT's: NICE, that is 8,0.235,1.245) [default: the
+    /// manifest's `bearing`].
+    #[arg(long, value_parser = super::parse_bearing)]
+    bearing: Option<BearingGeometry>,
     /// The dataset's classes, comma-separated, `normal` first.
     #[arg(long, value_delimiter = ',', default_value = "normal,outer_race,inner_race")]
     classes: Vec<String>,
@@ -43,9 +45,12 @@ impl TransferEvalArgs {
             self.seeds > 0 && !self.shots.is_empty(),
             "--seeds and --shots must not be empty or zero"
         );
-        let bearing = super::report::parse_bearing(&self.bearing)?;
         let (model, proto, _) = vigil_runtime::builtin::load_model_and_proto(self.model.as_deref())?;
         let manifest = Manifest::load(&self.data)?;
+        let bearing = match self.bearing {
+            Some(b) => b,
+            None => manifest.one_bearing()?,
+        };
         let train = windows_for(&model, &manifest, Some("train"), &self.classes)?;
         let test = windows_for(&model, &manifest, Some("test"), &self.classes)?;
         let pb = ProgressBar::new((train.len() + test.len()) as u64).with_message("backbone (tract)");
