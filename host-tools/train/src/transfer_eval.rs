@@ -4,7 +4,11 @@
 //!
 //! - a label-free rule: the envelope-spectrum peak at BPFO against the one at BPFI, over
 //!   a threshold taken from the healthy training windows alone (needs the speed and the
-//!   bearing, no fault label; N plays no part);
+//!   bearing, no fault label; N plays no part), and the same with the shaft speed read
+//!   from each recording's signal (told the bearing only);
+//! - kinematic levels (the envelope spectrum at the machine's own fault, shaft and
+//!   sideband frequencies) with a head trained on simulated machines only: zero-shot,
+//!   given the speed, then with the speed read from the signal;
 //! - the textbook envelope-spectrum classifier: envelope-spectrum levels at BPFO and BPFI
 //!   (harmonics 1 to 3, each relative to the median envelope level) and the nearest
 //!   class centroid on standardised levels;
@@ -41,6 +45,50 @@ use vigil_runtime::model::VigilModel;
 /// Envelope high-pass, in Hz: the textbook band starts above the shaft harmonics.
 const ENVELOPE_HIGH_PASS_HZ: f64 = 1000.0;
 
+/// The envelope spectrum of a window (high-passed above [`ENVELOPE_HIGH_PASS_HZ`]) and
+/// a reader of its log level at any frequency: the peak of the 3 bins around it over the
+/// median level up to 3.5 x BPFI.
+struct EnvelopeLevels {
+    power: Vec<f32>,
+    bin_hz: f64,
+    median: f32,
+}
+
+impl EnvelopeLevels {
+    fn new(window: &[f32], rate: f64, shaft_hz: f64, bearing: &BearingGeometry) -> Result<Self> {
+        let n = window.len().next_power_of_two();
+        let mut scratch = vec![Complex32::default(); n];
+        let mut envelope = vec![0.0; window.len()];
+        let mut power = vec![0.0; n / 2];
+        let bin_hz = rate / n as f64;
+        dsp::envelope_spectrum(
+            window,
+            (ENVELOPE_HIGH_PASS_HZ / bin_hz) as usize,
+            &mut scratch,
+            &mut envelope,
+            &mut power,
+        )?;
+        let reach = ((3.5 * f64::from(bearing.fault_orders().bpfi) * shaft_hz) / bin_hz) as usize;
+        let mut sorted: Vec<f32> = power[1..reach.clamp(2, power.len())].to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let median = sorted[sorted.len() / 2].max(f32::MIN_POSITIVE);
+        Ok(EnvelopeLevels { power, bin_hz, median })
+    }
+
+    /// The log level at `hz` (0 beyond the spectrum).
+    fn at(&self, hz: f64) -> f32 {
+        let bin = (hz / self.bin_hz).round() as usize;
+        if bin >= self.power.len() {
+            return 0.0;
+        }
+        let peak = self.power[bin.saturating_sub(1)..(bin + 2).min(self.power.len())]
+            .iter()
+            .copied()
+            .fold(0.0f32, f32::max);
+        (peak / self.median).max(1e-6).ln()
+    }
+}
+
 /// Log envelope-spectrum levels at BPFO and BPFI, harmonics 1-3, over the median level.
 pub fn envelope_levels(
     window: &[f32],
@@ -48,35 +96,90 @@ pub fn envelope_levels(
     shaft_hz: f64,
     bearing: &BearingGeometry,
 ) -> Result<Vec<f32>> {
-    let n = window.len().next_power_of_two();
-    let mut scratch = vec![Complex32::default(); n];
-    let mut envelope = vec![0.0; window.len()];
-    let mut power = vec![0.0; n / 2];
-    let bin_hz = rate / n as f64;
-    dsp::envelope_spectrum(
-        window,
-        (ENVELOPE_HIGH_PASS_HZ / bin_hz) as usize,
-        &mut scratch,
-        &mut envelope,
-        &mut power,
-    )?;
-    let reach = ((3.5 * f64::from(bearing.fault_orders().bpfi) * shaft_hz) / bin_hz) as usize;
-    let mut sorted: Vec<f32> = power[1..reach.clamp(2, power.len())].to_vec();
-    sorted.sort_by(f32::total_cmp);
-    let median = sorted[sorted.len() / 2].max(f32::MIN_POSITIVE);
+    let levels = EnvelopeLevels::new(window, rate, shaft_hz, bearing)?;
     let orders = bearing.fault_orders();
-    let mut levels = Vec::with_capacity(6);
+    let mut out = Vec::with_capacity(6);
     for order in [orders.bpfo, orders.bpfi] {
         for harmonic in 1..=3 {
-            let bin = (f64::from(order) * shaft_hz * f64::from(harmonic) / bin_hz).round() as usize;
-            let peak = power[bin.saturating_sub(1)..(bin + 2).min(power.len())]
-                .iter()
-                .copied()
-                .fold(0.0f32, f32::max);
-            levels.push((peak / median).max(1e-6).ln());
+            out.push(levels.at(f64::from(order) * shaft_hz * f64::from(harmonic)));
         }
     }
-    Ok(levels)
+    Ok(out)
+}
+
+/// Log envelope-spectrum levels at every kinematic frequency of a machine, over the
+/// median level: harmonics 1-3 of BPFO, of BPFI, of twice the ball spin frequency and of
+/// the shaft; BPFI's first sidebands at one shaft order, and twice the ball spin's at
+/// one cage order. 16 values; told the speed and the bearing, they read the same on any
+/// machine, so a head trained on simulated machines applies to a real one.
+pub fn kinematic_levels(
+    window: &[f32],
+    rate: f64,
+    shaft_hz: f64,
+    bearing: &BearingGeometry,
+) -> Result<Vec<f32>> {
+    let levels = EnvelopeLevels::new(window, rate, shaft_hz, bearing)?;
+    let o = bearing.fault_orders();
+    let mut out = Vec::with_capacity(KINEMATIC_LEVELS);
+    for order in [o.bpfo, o.bpfi, 2.0 * o.bsf, 1.0] {
+        for harmonic in 1..=3 {
+            out.push(levels.at(f64::from(order) * shaft_hz * f64::from(harmonic)));
+        }
+    }
+    for (centre, side) in [(o.bpfi, 1.0), (2.0 * o.bsf, o.ftf)] {
+        let (c, s) = (f64::from(centre) * shaft_hz, f64::from(side) * shaft_hz);
+        out.push(levels.at(c - s));
+        out.push(levels.at(c + s));
+    }
+    Ok(out)
+}
+
+/// Values [`kinematic_levels`] gives.
+pub const KINEMATIC_LEVELS: usize = 16;
+
+/// [`kinematic_levels`] of simulated machines told their true speed and bearing, with
+/// their class (`vigil_sim::FaultKind::index`): `recordings` machines of the wide source
+/// domain with shaft speeds of 10-200 Hz (slower ones leave a window of `window` samples
+/// at `rate` too few turns), a quarter each healthy and with each fault, 4 windows each.
+pub fn simulated_kinematic_rows(
+    rate: f64,
+    window: usize,
+    recordings: usize,
+    seed: u64,
+) -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
+    use rand::SeedableRng;
+    let domain = vigil_sim::SourceDomain { shaft_hz: (10.0, 200.0), ..vigil_sim::SourceDomain::wide() };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    let mut samples = vec![0.0f32; window];
+    for r in 0..recordings {
+        let kind = vigil_sim::FaultKind::ALL[r % vigil_sim::FaultKind::ALL.len()];
+        let machine = domain.machine(&mut rng, rate, 1);
+        let fault = domain.fault(&mut rng, kind);
+        let (shaft_hz, bearing) = (machine.shaft_hz, machine.bearing);
+        let recording_seed = seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
+        let mut sim = vigil_sim::Simulator::new(machine, fault, recording_seed);
+        for _ in 0..4 {
+            sim.fill(&mut samples);
+            rows.push(kinematic_levels(&samples, rate, shaft_hz, &bearing)?);
+            labels.push(kind.index());
+        }
+    }
+    Ok((rows, labels))
+}
+
+/// A softmax head over [`kinematic_levels`] trained on simulated machines only
+/// ([`simulated_kinematic_rows`]); returns it and its class names (the simulator's).
+pub fn simulated_kinematic_head(
+    rate: f64,
+    window: usize,
+    recordings: usize,
+    seed: u64,
+) -> Result<(linear::LinearHead, Vec<String>)> {
+    let (rows, labels) = simulated_kinematic_rows(rate, window, recordings, seed)?;
+    let names = vigil_sim::FaultKind::ALL.iter().map(|k| k.name().to_string()).collect();
+    let classes = vigil_sim::FaultKind::ALL.len();
+    Ok((linear::fit(&rows, &labels, classes, TrainOptions::default(), |_, _| {})?, names))
 }
 
 /// The label-free rule on [`envelope_levels`]: the envelope peak at BPFO (first harmonic)
@@ -242,6 +345,22 @@ pub fn run(
             .collect()
     };
     let env_read = (levels_or_none(train, &train_read)?, levels_or_none(test, &test_read)?);
+    // Zero-shot from the kinematics: a head trained on simulated machines only.
+    let (sim_head, sim_classes) = simulated_kinematic_head(rate, model.metadata().window, 800, 7)?;
+    let kinematic_zero_shot = |speed: &[f64]| -> Result<f64> {
+        let mut predicted = Vec::with_capacity(test.len());
+        for (w, &s) in test.windows.iter().zip(speed) {
+            predicted.push(if s.is_finite() {
+                let levels = kinematic_levels(&w.samples, rate, s, bearing)?;
+                let name = &sim_classes[sim_head.predict(&levels)];
+                classes.iter().position(|c| c == name).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            });
+        }
+        Ok(accuracy(predicted.into_iter(), &test.labels))
+    };
+    let kinematic = (kinematic_zero_shot(&test_speed)?, kinematic_zero_shot(&test_read)?);
     let feat = Rows { train: feature_rows(train, &train_speed)?, test: feature_rows(test, &test_speed)? };
     let train_e = embed(model, train, &mut progress)?;
     let test_e = embed(model, test, &mut progress)?;
@@ -271,6 +390,14 @@ pub fn run(
         row(", last:2 fine-tuned, int8"),
         MethodResult {
             name: "envelope rule, shaft speed read from the signal (bearing given, no speed)".into(),
+            accuracy: Vec::new(),
+        },
+        MethodResult {
+            name: "kinematic levels + head trained on simulated machines only (zero-shot)".into(),
+            accuracy: Vec::new(),
+        },
+        MethodResult {
+            name: "the same, shaft speed read from the signal (bearing given, no speed)".into(),
             accuracy: Vec::new(),
         },
     ];
@@ -323,16 +450,20 @@ pub fn run(
     let embedded_side = HealthySide { normal, healthy: &healthy, false_alarms_per_day: 1.0 };
     let windows_side = HealthySide { normal, healthy: train, false_alarms_per_day: 1.0 };
     for &n in shots {
-        let mut per: [Vec<f64>; 12] = Default::default();
+        let mut per: [Vec<f64>; 14] = Default::default();
         if n == 0 {
             // No labelled window: only what needs none.
             per[0].push(rule);
             per[2].push(zero_shot);
             per[11].push(rule_read);
+            per[12].push(kinematic.0);
+            per[13].push(kinematic.1);
         }
         for seed in (1..=seeds).filter(|_| n > 0) {
             per[0].push(rule);
             per[11].push(rule_read);
+            per[12].push(kinematic.0);
+            per[13].push(kinematic.1);
             let index = shot_indices(train, classes, n, seed)?;
             let labels: Vec<usize> = index.iter().map(|&i| train.labels[i]).collect();
             let pick =
@@ -396,15 +527,28 @@ pub fn run(
             r.accuracy.push((n, accs));
         }
     }
-    // The rule with the speed read from the signal goes beside the rule.
-    let read = results.remove(11);
-    results.insert(1, read);
+    // The label-free rows go together at the top.
+    let moved: Vec<MethodResult> = results.drain(11..).collect();
+    for (i, r) in moved.into_iter().enumerate() {
+        results.insert(1 + i, r);
+    }
     Ok(results)
 }
 
 #[cfg(test)]
 mod rule_tests {
     use super::*;
+
+    #[test]
+    fn a_head_on_kinematic_levels_trained_in_simulation_classifies_machines_it_never_saw() {
+        let (head, names) = simulated_kinematic_head(16_000.0, 2048, 200, 7).unwrap();
+        assert_eq!(names, ["normal", "outer_race", "inner_race", "ball"]);
+        // Other machines (another seed): other speeds, bearings, resonances, sensors.
+        let (rows, labels) = simulated_kinematic_rows(16_000.0, 2048, 80, 8).unwrap();
+        assert_eq!(rows[0].len(), KINEMATIC_LEVELS);
+        let accuracy = head.accuracy(&rows, &labels);
+        assert!(accuracy >= 0.85, "{accuracy}");
+    }
 
     #[test]
     fn the_envelope_rule_names_the_higher_fault_peak_over_the_healthy_threshold() {
