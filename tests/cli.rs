@@ -381,29 +381,51 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
         .flat_map(|l| l.split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
         .flat_map(f32::to_le_bytes)
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--input", "-", "--format", "f32le", "--channels", "4", "--rate", "16000"])
-        .args(["--sensor-per-channel", "--commission", "5s"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // Written from a thread of its own, in pieces, as a producer program would.
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        for piece in frames.chunks(4 * 4 * 1000) {
-            stdin.write_all(piece).unwrap();
-        }
-    });
-    let o = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("[ch2] ALARM") && stdout.contains("outer_race"), "{stdout}");
-    assert!(stdout.contains("[ch3] SENSOR FAULT") && !stdout.contains("[ch0] ALARM"), "{stdout}");
-    assert!(stdout.contains("4 sensors over 30.0 s of signal"), "{stdout}");
+    let live = |format: &[&str], bytes: Vec<u8>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["run", "--input", "-"])
+            .args(format)
+            .args(["--sensor-per-channel", "--commission", "5s"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Written from a thread of its own, in pieces, as a producer program would.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            for piece in bytes.chunks(4 * 4 * 1000) {
+                stdin.write_all(piece).unwrap();
+            }
+        });
+        let o = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{format:?}: {stderr}");
+        assert!(stdout.contains("[ch2] ALARM") && stdout.contains("outer_race"), "{stdout}");
+        assert!(stdout.contains("[ch3] SENSOR FAULT") && !stdout.contains("[ch0] ALARM"), "{stdout}");
+        assert!(stdout.contains("4 sensors over 30.0 s of signal"), "{stdout}");
+    };
+    live(&["--format", "f32le", "--channels", "4", "--rate", "16000"], frames.clone());
+    // `arecord -f FLOAT_LE -c 4 -r 16000` to a pipe: a WAV header whose RIFF and data
+    // lengths are placeholders (it cannot go back to fill them in), then frames until the
+    // end of the stream.
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&0x7fff_f024u32.to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk length
+    wav.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+    wav.extend_from_slice(&4u16.to_le_bytes()); // channels
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&(16_000u32 * 16).to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bytes per frame
+    wav.extend_from_slice(&32u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&0x7fff_f000u32.to_le_bytes());
+    wav.extend_from_slice(&frames);
+    live(&["--format", "wav"], wav);
 }
 
 /// Runs the shipped model over a CSV file holding `content`.

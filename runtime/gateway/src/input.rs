@@ -86,7 +86,7 @@ pub fn open(path: &str, format: InputFormat, channels: Option<usize>) -> Result<
 }
 
 /// The error for sample data a WAV reader could not decode.
-fn corrupt(name: &str, e: hound::Error) -> RuntimeError {
+fn corrupt(name: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Input(format!("{name}: truncated or corrupt sample data ({e})"))
 }
 
@@ -301,20 +301,81 @@ impl SampleSource for TextSource {
     }
 }
 
-/// WAV files through hound.
+/// WAV: the header through hound, the samples read here, so that a stream from a pipe
+/// (`arecord` writing to standard output) works: such a writer cannot go back to fill in
+/// the data length, and leaves it 0 or near 2^31. Such a length is taken as "until the
+/// end of the stream"; a partial frame at the end is dropped.
 struct WavSource {
-    reader: hound::WavReader<BufReader<Box<dyn Read + Send>>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     name: String,
     spec: hound::WavSpec,
+    /// Samples left by the data chunk's length; None until the end of the stream.
+    remaining: Option<u64>,
+    bytes: Vec<u8>,
 }
+
+/// A data chunk at least this long (in bytes) is a streaming writer's placeholder.
+const WAV_STREAMING_BYTES: u64 = 0x7fff_0000;
 
 impl WavSource {
     fn new(reader: Box<dyn Read + Send>, name: String) -> Result<Self> {
-        let reader = hound::WavReader::new(BufReader::new(reader))
+        let reader = placeholder_length_as_zero(reader)
+            .map_err(|e| RuntimeError::io(format!("reading the WAV header of {name}"), e))?;
+        let wav = hound::WavReader::new(BufReader::new(reader))
             .map_err(|e| RuntimeError::Input(format!("{name}: not a readable WAV file ({e})")))?;
-        let spec = reader.spec();
-        Ok(WavSource { reader, name, spec })
+        let spec = wav.spec();
+        match (spec.sample_format, spec.bits_per_sample) {
+            (hound::SampleFormat::Float, 32) | (hound::SampleFormat::Int, 8 | 16 | 24 | 32) => {}
+            (format, bits) => {
+                return Err(RuntimeError::Input(format!(
+                    "{name}: {bits}-bit {format:?} WAV samples are not supported; write 16-, 24- or 32-bit \
+                     integer or 32-bit float"
+                )))
+            }
+        }
+        let len = u64::from(wav.len());
+        let bytes = len * u64::from(spec.bits_per_sample / 8);
+        let remaining = (len != 0 && bytes < WAV_STREAMING_BYTES).then_some(len);
+        Ok(WavSource { reader: wav.into_inner(), name, spec, remaining, bytes: Vec::new() })
     }
+
+    fn decode(&self, sample: &[u8]) -> f32 {
+        let bits = self.spec.bits_per_sample;
+        let scale = 1.0 / (1u64 << (bits - 1)) as f32;
+        match (self.spec.sample_format, sample) {
+            (hound::SampleFormat::Float, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+            (_, &[a]) => (f32::from(a) - 128.0) * scale,
+            (_, &[a, b]) => f32::from(i16::from_le_bytes([a, b])) * scale,
+            (_, &[a, b, c]) => (i32::from_le_bytes([0, a, b, c]) >> 8) as f32 * scale,
+            (_, &[a, b, c, d]) => i32::from_le_bytes([a, b, c, d]) as f32 * scale,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Reads a WAV stream's header and, when its data chunk's length is a streaming writer's
+/// placeholder (at least [`WAV_STREAMING_BYTES`], which may not even be a whole number of
+/// samples), writes it as 0 before the header parser sees it.
+fn placeholder_length_as_zero(mut reader: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 64];
+    // The header is at most a few chunks; give up looking after 64 KiB.
+    while head.len() < 65_536 {
+        let at = head.windows(4).position(|w| w == b"data");
+        if let Some(at) = at.filter(|&at| head.len() >= at + 8) {
+            let len = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]);
+            if u64::from(len) >= WAV_STREAMING_BYTES {
+                head[at + 4..at + 8].copy_from_slice(&0u32.to_le_bytes());
+            }
+            break;
+        }
+        let n = reader.read(&mut buffer[..if head.len() < 64 { 64 - head.len() } else { 1 }])?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..n]);
+    }
+    Ok(Box::new(std::io::Cursor::new(head).chain(reader)))
 }
 
 impl SampleSource for WavSource {
@@ -328,20 +389,38 @@ impl SampleSource for WavSource {
 
     fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool> {
         out.clear();
-        let n = max_frames * usize::from(self.spec.channels);
-        let name = &self.name;
-        match self.spec.sample_format {
-            hound::SampleFormat::Float => {
-                for s in self.reader.samples::<f32>().take(n) {
-                    out.push(s.map_err(|e| corrupt(name, e))?);
-                }
+        let channels = usize::from(self.spec.channels);
+        let width = usize::from(self.spec.bits_per_sample / 8);
+        let mut samples = max_frames * channels;
+        if let Some(left) = self.remaining {
+            samples = samples.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        self.bytes.resize(samples * width, 0);
+        let mut filled = 0;
+        while filled < self.bytes.len() {
+            match self.reader.read(&mut self.bytes[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RuntimeError::io(format!("reading {}", self.name), e)),
             }
-            hound::SampleFormat::Int => {
-                let scale = 1.0 / (1u64 << (self.spec.bits_per_sample.max(1) - 1)) as f32;
-                for s in self.reader.samples::<i32>().take(n) {
-                    out.push(s.map_err(|e| corrupt(name, e))? as f32 * scale);
-                }
+        }
+        // Whole frames only: a partial one at the end of a stream is dropped. A file
+        // whose header states its length must hold it.
+        let frames = filled / (width * channels);
+        if filled < self.bytes.len() {
+            if let Some(left) = self.remaining {
+                return Err(corrupt(
+                    &self.name,
+                    format!("the header promises {left} more samples; only {} follow", filled / width),
+                ));
             }
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        out.extend(bytes[..frames * width * channels].chunks_exact(width).map(|b| self.decode(b)));
+        self.bytes = bytes;
+        if let Some(left) = self.remaining.as_mut() {
+            *left -= (frames * channels) as u64;
         }
         Ok(!out.is_empty())
     }
@@ -391,5 +470,74 @@ impl SampleSource for RawSource {
         self.offset += filled as u64;
         out.extend(buf[..whole].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         Ok(!out.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAV of `values` (one channel, 8 kHz) in `spec`'s sample format, as hound writes it.
+    fn wav(bits: u16, float: bool, values: &[f32]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: bits,
+            sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+        };
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut bytes, spec).unwrap();
+        let full = (1i64 << (bits - 1)) as f32;
+        for &v in values {
+            if float {
+                w.write_sample(v).unwrap();
+            } else if bits == 8 {
+                // hound takes 8-bit samples signed and stores them offset by 128.
+                w.write_sample((v * full) as i8).unwrap();
+            } else {
+                w.write_sample((v * full) as i32).unwrap();
+            }
+        }
+        w.finalize().unwrap();
+        bytes.into_inner()
+    }
+
+    fn read(bytes: Vec<u8>) -> Result<Vec<f32>> {
+        let mut source = WavSource::new(Box::new(std::io::Cursor::new(bytes)), "test.wav".into())?;
+        let (mut all, mut chunk) = (Vec::new(), Vec::new());
+        while source.read_chunk(&mut chunk, 3)? {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn wav_samples_of_every_width_read_as_written() {
+        let values = [0.0, 0.5, -0.5, -1.0, 0.25, -0.125, 0.75];
+        for (bits, float) in [(8, false), (16, false), (24, false), (32, false), (32, true)] {
+            let got = read(wav(bits, float, &values)).unwrap();
+            assert_eq!(got.len(), values.len(), "{bits} bits");
+            for (g, v) in got.iter().zip(values) {
+                assert!((g - v).abs() < 1e-2, "{bits}-bit {float}: {g} for {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_wav_reads_to_the_end_and_a_truncated_file_is_refused() {
+        let values = [0.5f32; 10];
+        let whole = wav(16, false, &values);
+        // The data length as a writer to a pipe leaves it: 0, or a placeholder near 2^31.
+        let data = whole.windows(4).position(|w| w == b"data").unwrap();
+        for placeholder in [0u32, 0x7fff_f000, u32::MAX] {
+            let mut streamed = whole.clone();
+            streamed[data + 4..data + 8].copy_from_slice(&placeholder.to_le_bytes());
+            // A partial frame at the end of the stream is dropped.
+            streamed.push(0x12);
+            assert_eq!(read(streamed).unwrap().len(), 10, "{placeholder:#x}");
+        }
+        let truncated = whole[..whole.len() - 4].to_vec();
+        let e = read(truncated).unwrap_err().to_string();
+        assert!(e.contains("test.wav") && e.contains("promises"), "{e}");
     }
 }
