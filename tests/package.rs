@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use serialport::{SerialPort, TTYPort};
+mod common;
+
+use common::pty::Link;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -209,13 +211,12 @@ fn the_packaged_agent_starts_from_its_config_and_answers() {
     let vigil = root.join("usr/bin/vigil");
     let key = dir.path().join("publisher");
     run(Command::new(&vigil).args(["keygen", "-o", key.to_str().unwrap()]));
-    let (device_master, slave) = TTYPort::pair().unwrap();
-    let (host_master, host_slave) = TTYPort::pair().unwrap();
+    let link = Link::new(None);
     // The packaged config, pointed at this throwaway root, a pty and a temporary state.
     let config = std::fs::read_to_string(root.join("etc/vigil/vigil.toml"))
         .unwrap()
         .replace("/usr/share/vigil", &root.join("usr/share/vigil").display().to_string())
-        .replace("/dev/ttyS1", &slave.name().unwrap())
+        .replace("/dev/ttyS1", &link.device_port)
         .replace("/var/lib/vigil", &dir.path().join("state").display().to_string())
         .replace("/etc/vigil/publisher.pub", &format!("{}.pub", key.display()))
         .replace("# name = \"press-7\"", "name = \"packaged\"");
@@ -227,29 +228,10 @@ fn the_packaged_agent_starts_from_its_config_and_answers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Relay the agent's pty to a second one for the host command.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let relay = |mut from: TTYPort, mut to: TTYPort, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
-        std::thread::spawn(move || {
-            from.set_timeout(Duration::from_millis(10)).unwrap();
-            let mut buf = [0u8; 256];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
-                    let _ = std::io::Write::write_all(&mut to, &buf[..n]);
-                }
-            }
-        })
-    };
-    let t1 = relay(
-        device_master.try_clone_native().unwrap(),
-        host_master.try_clone_native().unwrap(),
-        stop.clone(),
-    );
-    let t2 = relay(host_master, device_master, stop.clone());
     let started = Instant::now();
     let status = loop {
         let o = Command::new(&vigil)
-            .args(["status", "--port", &host_slave.name().unwrap(), "--timeout-ms", "300", "--retries", "0"])
+            .args(["status", "--port", &link.host_port, "--timeout-ms", "300", "--retries", "0"])
             .output()
             .unwrap();
         if o.status.success() {
@@ -265,8 +247,7 @@ fn the_packaged_agent_starts_from_its_config_and_answers() {
     eprintln!("the packaged agent answered after {:.1} s", started.elapsed().as_secs_f64());
     let _ = agent.kill();
     let _ = agent.wait();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = (t1.join(), t2.join());
+    drop(link);
     assert!(status.contains("device   packaged") && status.contains("head     version 1"), "{status}");
 
     // A mistyped key is named with its line.

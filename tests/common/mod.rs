@@ -2,6 +2,8 @@
 // Each test file uses the helpers it needs.
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
