@@ -1292,8 +1292,18 @@ fn a_streamed_run_at_a_hop_off_the_backbone_stride_is_refused_clearly() {
 
 #[test]
 fn bench_prints_tract_full_and_streamed_rows_and_how_far_streamed_scores_are() {
-    let o = vigil(&["bench", "--no-peer", "--seconds", "8", "--passes", "1", "--json"]);
-    // The bench's default model is the streamable bearing-cnn-v2.
+    let v2 = streamable_model_path();
+    let o = vigil(&[
+        "bench",
+        "--no-peer",
+        "--seconds",
+        "8",
+        "--passes",
+        "1",
+        "--json",
+        "--model",
+        v2.to_str().unwrap(),
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -1317,11 +1327,30 @@ fn bench_prints_tract_full_and_streamed_rows_and_how_far_streamed_scores_are() {
     assert!(summary["ratios"].as_object().unwrap().values().any(|v| v.as_f64().is_some()), "{summary}");
     let rss = summary["run_peak_rss_bytes"]["streamed"].as_u64().unwrap();
     assert!(rss < 64 << 20, "vigil run peaked at {rss} bytes");
+    assert!(summary["cpu"].as_str().unwrap().contains("CPU(s)"), "{summary}");
+
+    // By default it measures the built-in default model, which cannot stream: its
+    // full-window rows are measured, its streamed ones say why not.
+    let o = vigil(&["bench", "--no-peer", "--seconds", "4", "--passes", "1", "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let row =
+        |name: &str| lines.iter().find(|l| l["row"] == name).unwrap_or_else(|| panic!("no {name}: {stdout}"));
+    assert!(row("tract-f32-full")["us_per_window"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert!(row("tract-int8-full")["us_per_window"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert!(row("tract-f32-streamed")["error"].as_str().is_some(), "{stdout}");
+    let ratios = &lines.last().unwrap()["ratios"];
+    assert!(
+        ratios["tract int8 / tract f32, each its fastest way (throughput)"].as_f64().is_some(),
+        "{ratios}"
+    );
 }
 
 #[test]
 fn bench_profile_names_the_nodes_a_backbone_spends_its_time_in() {
-    let said = ok(&["bench", "--profile", "--seconds", "2"]);
+    let v2 = streamable_model_path();
+    let said = ok(&["bench", "--profile", "--seconds", "2", "--model", v2.to_str().unwrap()]);
     let full = said.split("pulsed backbone").next().unwrap();
     // Both plans list their convolutions' matrix products; the full-window plan ends at
     // the last convolution, its pooling runs in Rust; the first convolution and its ReLU
