@@ -89,22 +89,17 @@ impl EnvelopeLevels {
     }
 }
 
-/// Log envelope-spectrum levels at BPFO and BPFI, harmonics 1-3, over the median level.
+/// Log envelope-spectrum levels at BPFO and BPFI, harmonics 1-3, over the median level:
+/// the first six [`kinematic_levels`].
 pub fn envelope_levels(
     window: &[f32],
     rate: f64,
     shaft_hz: f64,
     bearing: &BearingGeometry,
 ) -> Result<Vec<f32>> {
-    let levels = EnvelopeLevels::new(window, rate, shaft_hz, bearing)?;
-    let orders = bearing.fault_orders();
-    let mut out = Vec::with_capacity(6);
-    for order in [orders.bpfo, orders.bpfi] {
-        for harmonic in 1..=3 {
-            out.push(levels.at(f64::from(order) * shaft_hz * f64::from(harmonic)));
-        }
-    }
-    Ok(out)
+    let mut levels = kinematic_levels(window, rate, shaft_hz, bearing)?;
+    levels.truncate(6);
+    Ok(levels)
 }
 
 /// Log envelope-spectrum levels at every kinematic frequency of a machine, over the
