@@ -74,8 +74,13 @@ pub fn simulated(domain: &SourceDomain, sweep: Sweep, progress: &mut dyn FnMut()
 }
 
 /// Consecutive blocks of `block_s` seconds of every recording of `manifest` that states
-/// its speed (the first channel).
-pub fn recorded(manifest: &Manifest, block_s: f64, range: (f32, f32)) -> Result<Vec<SpeedCase>> {
+/// its speed (the first channel), told each recording's bearing when `use_bearing`.
+pub fn recorded(
+    manifest: &Manifest,
+    block_s: f64,
+    range: (f32, f32),
+    use_bearing: bool,
+) -> Result<Vec<SpeedCase>> {
     let mut cases = Vec::new();
     for (i, entry) in manifest.recordings.iter().enumerate() {
         let Some(true_hz) = entry.speed else { continue };
@@ -84,6 +89,7 @@ pub fn recorded(manifest: &Manifest, block_s: f64, range: (f32, f32)) -> Result<
         let per_block = (block_s * recording.rate) as usize;
         for (b, block) in first.chunks_exact(per_block.max(1)).enumerate() {
             let mut tracker = SpeedTracker::new(recording.rate, block_s, range)?;
+            tracker.set_bearing(entry.kinematics().bearing.filter(|_| use_bearing));
             tracker.push(block);
             cases.push(SpeedCase {
                 source: format!("{} block {}", entry.path.display(), b + 1),

@@ -264,9 +264,9 @@ fn speeds(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
 }
 
 /// Shaft speed of each window read from its recording's first
-/// [`vigil_runtime::speed::DEFAULT_BLOCK_S`] seconds, as `vigil run` reads it when no speed
-/// is given (NaN where the signal shows none).
-fn speeds_read(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
+/// [`vigil_runtime::speed::DEFAULT_BLOCK_S`] seconds, as `vigil run --bearing` reads it
+/// when no speed is given (NaN where the signal shows none).
+fn speeds_read(manifest: &Manifest, set: &LabelledWindows, bearing: &BearingGeometry) -> Result<Vec<f64>> {
     let mut read = std::collections::HashMap::new();
     for &r in &set.recordings {
         if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(r) {
@@ -276,6 +276,7 @@ fn speeds_read(manifest: &Manifest, set: &LabelledWindows) -> Result<Vec<f64>> {
                 &first,
                 recording.rate,
                 vigil_runtime::speed::DEFAULT_BLOCK_S,
+                Some(*bearing),
             )?;
             slot.insert(estimate.map_or(f64::NAN, |e| f64::from(e.shaft_hz)));
         }
@@ -331,7 +332,8 @@ pub fn run(
     }
     let env = Rows { train: envelope(train, &train_speed)?, test: envelope(test, &test_speed)? };
     // The rule again with the speed read from the signal: the bearing is all it is told.
-    let (train_read, test_read) = (speeds_read(manifest, train)?, speeds_read(manifest, test)?);
+    let (train_read, test_read) =
+        (speeds_read(manifest, train, bearing)?, speeds_read(manifest, test, bearing)?);
     let levels_or_none = |set: &LabelledWindows, speed: &[f64]| -> Result<Vec<Option<Vec<f32>>>> {
         set.windows
             .iter()

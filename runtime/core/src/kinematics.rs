@@ -13,7 +13,7 @@
 //! `N,BALL,PITCH[,ANGLE]`: the number of rolling elements, the element and pitch
 //! diameters in one unit, and the contact angle in degrees.
 
-use crate::bearing::BearingGeometry;
+use crate::bearing::{BearingGeometry, FaultOrders};
 use core::fmt;
 
 /// Highest shaft speed accepted, in Hz (120,000 rpm).
@@ -387,6 +387,11 @@ const FAULT_COMB_SCORE: f32 = 3.0;
 /// and ball-spin frequencies) with the fault comb's harmonics masked, provided that
 /// stands in no whole ratio to it.
 ///
+/// With the bearing's fault `orders` as well, a fault comb tells the speed outright: it
+/// lies at BPFO, BPFI or twice BSF of the shaft, so the shaft is the best comb of
+/// `power` within 2% of the fault comb's frequency over one of those orders, when the
+/// signal's best comb agrees (it is the fault comb, or a harmonic of that shaft).
+///
 /// `scratch` holds `4 * power.len()` values. None when no comb stands out.
 pub fn estimate_shaft_hz(
     power: &[f32],
@@ -394,6 +399,7 @@ pub fn estimate_shaft_hz(
     bin_hz: f32,
     range: (f32, f32),
     band_hz: f32,
+    orders: Option<FaultOrders>,
     scratch: &mut [f32],
 ) -> Option<SpeedEstimate> {
     let n = power.len();
@@ -416,6 +422,30 @@ pub fn estimate_shaft_hz(
         Some((comb, score)) if score >= FAULT_COMB_SCORE => comb.shaft_hz,
         _ => return plain,
     };
+    if let Some(orders) = orders {
+        // The fault comb over each fault order: where the shaft must turn.
+        let mut found: [Option<(SpeedEstimate, f32)>; 3] = [None; 3];
+        for (slot, order) in found.iter_mut().zip([orders.bpfo, orders.bpfi, 2.0 * orders.bsf]) {
+            let at = fault / order;
+            let near = (range.0.max(at * 0.98), range.1.min(at * 1.02));
+            *slot = raw.best(near, Some(fault));
+        }
+        let mut scored: [(f32, f32); 3] = [(0.0, f32::MIN); 3];
+        for (s, f) in scored.iter_mut().zip(&found) {
+            if let Some((e, score)) = f {
+                *s = (e.shaft_hz, *score);
+            }
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Taken when the signal's best comb does not contradict it: none, the fault's,
+        // or a harmonic of it (the 2x line standing out above 1x).
+        let agrees =
+            plain.is_none_or(|p| whole_ratio(p.shaft_hz, fault) || whole_ratio(p.shaft_hz, scored[0].0));
+        if scored[0].1 > 0.0 && agrees {
+            let confidence = 1.0 - scored[1].1.max(0.0) / scored[0].1;
+            return Some(SpeedEstimate { shaft_hz: scored[0].0, confidence });
+        }
+    }
     // The best comb of the signal is the shaft's unless it is the fault comb's.
     if plain.is_some_and(|p| !whole_ratio(p.shaft_hz, fault)) {
         return plain;
@@ -553,14 +583,15 @@ mod tests {
         {
             let (power, bin_hz) = shaft_spectrum(hz, amplitudes, 4.0);
             let mut scratch = std::vec![0.0; 4 * power.len()];
-            let e = estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, &mut scratch).unwrap();
+            let e =
+                estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, None, &mut scratch).unwrap();
             assert!((e.shaft_hz - hz).abs() / hz < 5e-3, "{hz} Hz read as {e:?}");
             assert!(e.confidence > 0.1, "{e:?}");
         }
         // Noise alone shows no shaft.
         let (power, bin_hz) = shaft_spectrum(30.0, [0.0; 3], 4.0);
         let mut scratch = std::vec![0.0; 4 * power.len()];
-        let e = estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, &mut scratch);
+        let e = estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, None, &mut scratch);
         assert!(e.is_none_or(|e| e.confidence < 0.1), "{e:?}");
     }
 
@@ -572,9 +603,11 @@ mod tests {
         let (fault, _) = shaft_spectrum(81.1, [0.3, 0.3, 0.3], 2.0);
         let power: std::vec::Vec<f32> = shaft.iter().zip(&fault).map(|(a, b)| a + b).collect();
         let mut scratch = std::vec![0.0; 4 * power.len()];
-        let plain = estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, &mut scratch).unwrap();
+        let plain =
+            estimate_shaft_hz(&power, None, bin_hz, (2.0, 200.0), 2400.0, None, &mut scratch).unwrap();
         assert!((plain.shaft_hz - 81.1).abs() < 0.5, "without the envelope the fault comb wins: {plain:?}");
-        let e = estimate_shaft_hz(&power, Some(&fault), bin_hz, (2.0, 200.0), 2400.0, &mut scratch).unwrap();
+        let e = estimate_shaft_hz(&power, Some(&fault), bin_hz, (2.0, 200.0), 2400.0, None, &mut scratch)
+            .unwrap();
         assert!((e.shaft_hz - 25.0).abs() / 25.0 < 1e-2, "{e:?}");
     }
 }

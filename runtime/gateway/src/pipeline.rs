@@ -71,15 +71,16 @@ impl Pipeline {
 
     /// Sets what is known of the machine. Without a shaft speed, the speed is read from
     /// the first channel's last [`crate::speed::DEFAULT_BLOCK_S`] seconds, looking in
-    /// `range` Hz ([`crate::speed`]).
+    /// `range` Hz, helped by the bearing when known ([`crate::speed`]).
     pub fn set_kinematics(&mut self, kinematics: Kinematics, range: (f32, f32)) -> Result<()> {
         let rate = self.scorer.model().metadata().sample_rate_hz;
         self.shaft = match kinematics.shaft_hz {
             Some(hz) => Shaft::Given(hz),
-            None => Shaft::Tracked {
-                tracker: Box::new(SpeedTracker::new(rate, crate::speed::DEFAULT_BLOCK_S, range)?),
-                last_end_s: None,
-            },
+            None => {
+                let mut tracker = SpeedTracker::new(rate, crate::speed::DEFAULT_BLOCK_S, range)?;
+                tracker.set_bearing(kinematics.bearing);
+                Shaft::Tracked { tracker: Box::new(tracker), last_end_s: None }
+            }
         };
         self.kinematics = kinematics;
         Ok(())

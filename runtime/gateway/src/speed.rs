@@ -7,6 +7,7 @@
 
 use crate::error::{Result, RuntimeError};
 use std::collections::VecDeque;
+use vigil_core::bearing::BearingGeometry;
 use vigil_core::dsp::{self, Complex32};
 use vigil_core::kinematics::{estimate_shaft_hz, SpeedEstimate};
 use vigil_core::resample::Resampler;
@@ -70,6 +71,7 @@ pub struct SpeedTracker {
     scratch: Vec<f32>,
     low: Vec<f32>,
     envelope: Vec<f32>,
+    bearing: Option<BearingGeometry>,
 }
 
 impl SpeedTracker {
@@ -104,7 +106,14 @@ impl SpeedTracker {
             scratch: vec![0.0; 2 * n],
             low: Vec::with_capacity(block + 1),
             envelope: Vec::with_capacity(block + 1),
+            bearing: None,
         })
+    }
+
+    /// Tells the tracker the bearing: a fault comb then places the shaft speed
+    /// ([`estimate_shaft_hz`]).
+    pub fn set_bearing(&mut self, bearing: Option<BearingGeometry>) {
+        self.bearing = bearing;
     }
 
     /// Feeds samples of the channel.
@@ -158,14 +167,21 @@ impl SpeedTracker {
             None
         };
         let bin_hz = (ANALYSIS_RATE_HZ / self.fft.len() as f64) as f32;
-        estimate_shaft_hz(&self.power, envelope, bin_hz, self.range, BAND_HZ, &mut self.scratch)
+        let orders = self.bearing.map(|b| b.fault_orders());
+        estimate_shaft_hz(&self.power, envelope, bin_hz, self.range, BAND_HZ, orders, &mut self.scratch)
     }
 }
 
 /// The shaft speed of a recorded channel (`rate_hz`), read from its first `block_s`
-/// seconds (all of it when shorter).
-pub fn estimate_recording(samples: &[f32], rate_hz: f64, block_s: f64) -> Result<Option<SpeedEstimate>> {
+/// seconds (all of it when shorter), knowing the bearing if given.
+pub fn estimate_recording(
+    samples: &[f32],
+    rate_hz: f64,
+    block_s: f64,
+    bearing: Option<BearingGeometry>,
+) -> Result<Option<SpeedEstimate>> {
     let mut tracker = SpeedTracker::new(rate_hz, block_s, DEFAULT_RANGE_HZ)?;
+    tracker.set_bearing(bearing);
     let take = ((block_s * rate_hz) as usize).min(samples.len());
     tracker.push(&samples[..take]);
     Ok(tracker.estimate())

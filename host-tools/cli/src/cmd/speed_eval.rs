@@ -35,6 +35,10 @@ pub struct SpeedEvalArgs {
     /// Shaft speeds to look for, in Hz, as LOW-HIGH.
     #[arg(long, default_value = "2-200", value_parser = vigil_runtime::speed::parse_range)]
     range: (f32, f32),
+    /// Leave the manifest's bearings out: the speed from the signal alone. (Told the
+    /// bearing, a fault's comb places the shaft speed, as in `vigil run --bearing`.)
+    #[arg(long)]
+    without_bearing: bool,
     /// List every block with its estimate and confidence.
     #[arg(long)]
     verbose: bool,
@@ -46,8 +50,10 @@ impl SpeedEvalArgs {
         let cases = match &self.data {
             Some(path) => {
                 let manifest = Manifest::load(path)?;
-                println!("{}: shaft speed from {} s blocks", path.display(), self.block);
-                speed_eval::recorded(&manifest, self.block, self.range)?
+                let told =
+                    if self.without_bearing { "without the bearings" } else { "told the bearings it names" };
+                println!("{}: shaft speed from {} s blocks, {told}", path.display(), self.block);
+                speed_eval::recorded(&manifest, self.block, self.range, !self.without_bearing)?
             }
             None => {
                 let pb = super::progress_bar(self.machines as u64, "machines");
