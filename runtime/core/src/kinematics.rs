@@ -436,7 +436,7 @@ pub fn estimate_shaft_hz(
                 *s = (e.shaft_hz, *score);
             }
         }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         // Taken when the signal's best comb does not contradict it: none, the fault's,
         // or a harmonic of it (the 2x line standing out above 1x).
         let agrees =
