@@ -9,7 +9,8 @@
 //! - kinematic levels (the envelope spectrum at the machine's own fault, shaft and
 //!   sideband frequencies) with a head trained on simulated machines only: zero-shot,
 //!   given the speed, then with the speed read from the signal; and levels that need
-//!   the speed only (no bearing), given it and read from the signal;
+//!   the speed only (no bearing), given it and read from the signal; and the DSP
+//!   feature head `vigil feature-head` trains on the machine simulated, zero-shot;
 //! - the textbook envelope-spectrum classifier: envelope-spectrum levels at BPFO and BPFI
 //!   (harmonics 1 to 3, each relative to the median envelope level) and the nearest
 //!   class centroid on standardised levels;
@@ -271,6 +272,32 @@ pub fn envelope_rule_threshold(healthy: impl Iterator<Item = Vec<f32>>) -> f32 {
     healthy.map(|l| l[0].max(l[3])).fold(f32::MIN, f32::max)
 }
 
+/// The microcontroller node's way, zero-shot: the DSP feature head `vigil feature-head`
+/// trains on simulated recordings of one machine's kinematics (24 one-second recordings
+/// per class, seed 1), here told the dataset's bearing and its median test speed, and
+/// applied to the test windows' features (`rows`, computed at each window's speed).
+fn node_zero_shot(
+    rows: &[Vec<f32>],
+    labels: &[usize],
+    rate: f64,
+    speed: &[f64],
+    bearing: &BearingGeometry,
+    classes: &[String],
+) -> Result<f64> {
+    let mut sorted = speed.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let shaft_hz = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN) as f32;
+    let spec = FeatureSpec { sample_rate_hz: rate as f32, shaft_hz, bearing: *bearing };
+    let set = vigil_headfit::feature_head::simulate_set(&spec, 24, 1.0, 1)?;
+    let head =
+        vigil_headfit::feature_head::train(&set, vigil_sim::FaultKind::ALL.len(), TrainOptions::default())?;
+    let predicted = rows.iter().map(|r| {
+        let name = vigil_sim::FaultKind::ALL[head.predict(r)].name();
+        classes.iter().position(|c| c == name).unwrap_or(usize::MAX)
+    });
+    Ok(accuracy(predicted, labels))
+}
+
 /// Nearest class centroid on inputs standardised over the training rows.
 struct NearestCentroid {
     centroids: Vec<Option<Vec<f32>>>,
@@ -441,6 +468,8 @@ pub fn run(
         kinematic_zero_shot(speed_only_levels, &test_blind)?,
     ];
     let feat = Rows { train: feature_rows(train, &train_speed)?, test: feature_rows(test, &test_speed)? };
+    let node = node_zero_shot(&feat.test, &test.labels, rate, &test_speed, bearing, classes)?;
+    let label_free = [kinematic[0], kinematic[1], kinematic[2], kinematic[3], node];
     let train_e = embed(model, train, &mut progress)?;
     let test_e = embed(model, test, &mut progress)?;
 
@@ -486,6 +515,11 @@ pub fn run(
         },
         MethodResult {
             name: "the same, shaft speed read from the signal (nothing given)".into(),
+            accuracy: Vec::new(),
+        },
+        MethodResult {
+            name: "DSP feature backbone + head as `vigil feature-head` trains it, this machine simulated (zero-shot)"
+                .into(),
             accuracy: Vec::new(),
         },
     ];
@@ -538,20 +572,20 @@ pub fn run(
     let embedded_side = HealthySide { normal, healthy: &healthy, false_alarms_per_day: 1.0 };
     let windows_side = HealthySide { normal, healthy: train, false_alarms_per_day: 1.0 };
     for &n in shots {
-        let mut per: [Vec<f64>; 16] = Default::default();
+        let mut per: [Vec<f64>; 17] = Default::default();
         if n == 0 {
             // No labelled window: only what needs none.
             per[0].push(rule);
             per[2].push(zero_shot);
             per[11].push(rule_read);
-            for (slot, k) in per[12..16].iter_mut().zip(kinematic) {
+            for (slot, k) in per[12..17].iter_mut().zip(label_free) {
                 slot.push(k);
             }
         }
         for seed in (1..=seeds).filter(|_| n > 0) {
             per[0].push(rule);
             per[11].push(rule_read);
-            for (slot, k) in per[12..16].iter_mut().zip(kinematic) {
+            for (slot, k) in per[12..17].iter_mut().zip(label_free) {
                 slot.push(k);
             }
             let index = shot_indices(train, classes, n, seed)?;
