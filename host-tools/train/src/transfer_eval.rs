@@ -445,8 +445,14 @@ pub fn run(
     };
     let env_read = (levels_or_none(train, &train_read)?, levels_or_none(test, &test_read)?);
     // Zero-shot from the kinematics: a head trained on simulated machines only.
-    let kinematic_zero_shot = |levels_of: Levels, speed: &[f64]| -> Result<f64> {
-        let (sim_head, sim_classes) = simulated_head(levels_of, rate, model.metadata().window, 800, 7)?;
+    // One head per kind of levels, trained once, applied at each way of knowing the speed.
+    let window = model.metadata().window;
+    let kinematic_head = simulated_head(kinematic_levels, rate, window, 800, 7)?;
+    let speed_only_head = simulated_head(speed_only_levels, rate, window, 800, 7)?;
+    let kinematic_zero_shot = |levels_of: Levels,
+                               (sim_head, sim_classes): &(linear::LinearHead, Vec<String>),
+                               speed: &[f64]|
+     -> Result<f64> {
         let mut predicted = Vec::with_capacity(test.len());
         for (w, &s) in test.windows.iter().zip(speed) {
             predicted.push(if s.is_finite() {
@@ -462,10 +468,10 @@ pub fn run(
     // Nothing given: the speed read without the bearing.
     let test_blind = speeds_read(manifest, test, None)?;
     let kinematic = [
-        kinematic_zero_shot(kinematic_levels, &test_speed)?,
-        kinematic_zero_shot(kinematic_levels, &test_read)?,
-        kinematic_zero_shot(speed_only_levels, &test_speed)?,
-        kinematic_zero_shot(speed_only_levels, &test_blind)?,
+        kinematic_zero_shot(kinematic_levels, &kinematic_head, &test_speed)?,
+        kinematic_zero_shot(kinematic_levels, &kinematic_head, &test_read)?,
+        kinematic_zero_shot(speed_only_levels, &speed_only_head, &test_speed)?,
+        kinematic_zero_shot(speed_only_levels, &speed_only_head, &test_blind)?,
     ];
     let feat = Rows { train: feature_rows(train, &train_speed)?, test: feature_rows(test, &test_speed)? };
     let node = node_zero_shot(&feat.test, &test.labels, rate, &test_speed, bearing, classes)?;

@@ -51,7 +51,6 @@ pub struct Pipeline {
     store: Option<ReportStore>,
     counts: PipelineCounts,
     health: Option<HealthMonitor>,
-    kinematics: Kinematics,
     shaft: Shaft,
 }
 
@@ -64,7 +63,6 @@ impl Pipeline {
             store,
             counts: PipelineCounts::default(),
             health: None,
-            kinematics: Kinematics::default(),
             shaft: Shaft::Unknown,
         })
     }
@@ -82,13 +80,7 @@ impl Pipeline {
                 Shaft::Tracked { tracker: Box::new(tracker), last_end_s: None }
             }
         };
-        self.kinematics = kinematics;
         Ok(())
-    }
-
-    /// What is known of the machine.
-    pub fn kinematics(&self) -> Kinematics {
-        self.kinematics
     }
 
     /// The shaft speed: as given, or read from the signal when it shows one.

@@ -1,9 +1,10 @@
 //! The shaft speed from the signal, for streams whose speed nobody gave.
 //!
-//! A [`SpeedTracker`] keeps the last few seconds of one channel at a low analysis rate
-//! (the shaft's lines lie far below the bearing's resonances) and reads the speed from
-//! their spectrum with [`vigil_core::kinematics::estimate_shaft_hz`]: the candidate
-//! speed whose harmonics stand out most.
+//! A [`SpeedTracker`] keeps the last few seconds of one channel as they came; asked for
+//! an estimate, it resamples them to a low analysis rate (the shaft's lines lie far below
+//! the bearing's resonances), takes the envelope of the band above them, and reads the
+//! speed from both spectra with [`vigil_core::kinematics::estimate_shaft_hz`]: the
+//! candidate speed whose harmonics stand out most.
 
 use crate::error::{Result, RuntimeError};
 use std::collections::VecDeque;
@@ -125,11 +126,6 @@ impl SpeedTracker {
             }
             self.recent.push_back(s);
         }
-    }
-
-    /// Seconds of signal held, up to the block.
-    pub fn seconds(&self) -> f64 {
-        self.recent.len() as f64 / self.rate_hz
     }
 
     /// The speed read from the signal held (at least a quarter of the block), when it
