@@ -12,14 +12,14 @@ const SCORE_TOLERANCE: f64 = 1e-3;
 
 fn arm_binary() -> Option<PathBuf> {
     let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/aarch64-unknown-linux-gnu/release/vigil");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/gateway/aarch64-unknown-linux-gnu/vigil");
     let qemu =
         Command::new("sh").args(["-c", "command -v qemu-aarch64"]).output().is_ok_and(|o| o.status.success());
     if path.exists() && qemu {
         Some(path)
     } else {
         eprintln!(
-            "SKIPPED: aarch64 emulation test (needs target/aarch64-unknown-linux-gnu/release/vigil and qemu-aarch64; \
+            "SKIPPED: aarch64 emulation test (needs target/gateway/aarch64-unknown-linux-gnu/vigil and qemu-aarch64; \
              scripts/test-all builds and installs them)"
         );
         None
