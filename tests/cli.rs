@@ -1368,6 +1368,31 @@ fn bench_profile_names_the_nodes_a_backbone_spends_its_time_in() {
     assert!(total > 0.0, "{said}");
 }
 
+#[test]
+fn bench_sensors_measures_each_number_of_sensors_one_call_batched_and_on_two_threads() {
+    let said = ok(&["bench", "--sensors", "1,4", "--no-peer", "--seconds", "4", "--passes", "1"]);
+    let row = |n: &str| {
+        said.lines()
+            .find(|l| l.starts_with(&format!("| {n} | ")))
+            .unwrap_or_else(|| panic!("{said}"))
+            .to_string()
+    };
+    let cells =
+        |l: &str| l.split('|').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect::<Vec<_>>();
+    let four = cells(&row("4"));
+    // sensors, batch, tract one call, tract batched, gain, two threads, ORT one call, ORT batched, ratio.
+    assert_eq!(four.len(), 9, "{said}");
+    assert_eq!(four[1], "4", "{said}");
+    for cell in [&four[2], &four[3]] {
+        assert!(cell.parse::<f64>().is_ok_and(|us| us > 0.0), "{said}");
+    }
+    assert!(four[5].contains("x)"), "two threads measured: {said}");
+    assert!(four[6].starts_with("not measured: left out"), "{said}");
+    assert_eq!(cells(&row("1"))[5], "-", "one sensor has no second thread: {said}");
+    assert!(figure_after(&said, "sensors one core keeps in real time (backbone only):") > 0.0, "{said}");
+    assert_fails_with(vigil(&["bench", "--sensors", "4,0", "--no-peer", "--seconds", "4"]), "at least 1");
+}
+
 /// `sim-eval` prints the foundation model's held-out figures and, for the fault windows,
 /// its accuracy by how far the impacts stand above the noise and by shaft speed; every
 /// fault window lands in one band of each.

@@ -22,6 +22,7 @@ use vigil_sim::{FaultConfig, FaultKind, MachineConfig, Simulator};
 
 #[cfg(feature = "ort-peer")]
 mod ort_peer;
+mod sensors;
 
 /// Measure microseconds per scored window on one core: tract full window and streamed
 /// (only each hop's new samples through the backbone), f32 and int8, side by side with
@@ -60,6 +61,12 @@ pub struct BenchArgs {
     /// a backbone spends its time.
     #[arg(long)]
     profile: bool,
+    /// Instead of the table, measure many sensors on one gateway: the backbone's time per
+    /// window for each number of sensors (comma-separated; 1,4,16,64 when none is given),
+    /// one tract call per window against one batch per hop, on two threads, and ONNX
+    /// Runtime given the same batches; at the model's hop unless --hop is given.
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_missing_value = "1,4,16,64")]
+    sensors: Option<Vec<usize>>,
     /// Print every row and the ratios as JSON lines.
     #[arg(long)]
     json: bool,
@@ -167,6 +174,22 @@ impl BenchArgs {
         let signal = simulate(&meta, self.seconds);
         if self.profile {
             return print_profile(&model, &signal, hop);
+        }
+        if let Some(counts) = &self.sensors {
+            if counts.contains(&0) {
+                bail!("--sensors takes numbers of sensors of at least 1, such as 1,4,16,64");
+            }
+            let hop = self.hop.unwrap_or(meta.hop);
+            eprintln!("vigil bench --sensors: {}; {}", model_path.display(), cpu_model());
+            return sensors::print_sensors(
+                &model_path,
+                &model,
+                &signal,
+                hop,
+                counts,
+                self.passes,
+                !self.no_peer,
+            );
         }
         let signal_path = dir.path().join("signal.f32le");
         let bytes: Vec<u8> = signal.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -22,9 +22,9 @@ use vigil_runtime::streaming::{window_scale, FramePool, StreamingEmbedder};
 use vigil_runtime::windower::Window;
 use vigil_train::export::value_info;
 
-/// `proto` cut to compute `output` (a tensor name) from an input of `len` samples: the
-/// nodes it does not need are dropped.
-fn cut(proto: &ModelProto, output: &str, channels: usize, len: usize) -> Result<ModelProto> {
+/// `proto` cut to compute `output` (a tensor name) from `batch` inputs of `len` samples:
+/// the nodes it does not need are dropped.
+fn cut(proto: &ModelProto, output: &str, batch: usize, channels: usize, len: usize) -> Result<ModelProto> {
     let mut proto = proto.clone();
     let graph = proto.graph.as_mut().context("the model has no graph")?;
     let mut needed: HashSet<String> = HashSet::from([output.to_string()]);
@@ -39,7 +39,7 @@ fn cut(proto: &ModelProto, output: &str, channels: usize, len: usize) -> Result<
     graph.node.retain(|_| *k.next().unwrap_or(&false));
     graph.initializer.retain(|t| needed.contains(&t.name));
     let input = graph.input.first().map(|i| i.name.clone()).context("the model has no input")?;
-    let dims = [1, channels, len].map(|d| DimValue::DimValue(d as i64));
+    let dims = [batch, channels, len].map(|d| DimValue::DimValue(d as i64));
     graph.input = vec![value_info(&input, &dims)];
     graph.output = vec![value_info(output, &[])];
     graph.value_info.clear();
@@ -60,10 +60,12 @@ struct Runner {
     session: Session,
     input: String,
     channels: usize,
+    batch: usize,
 }
 
 impl Runner {
-    fn new(proto: &ModelProto, channels: usize) -> Result<Self> {
+    /// A session of `proto` ([`cut`] for `batch` inputs), on one thread.
+    fn new(proto: &ModelProto, batch: usize, channels: usize) -> Result<Self> {
         let env = environment()?;
         let bytes = vigil_runtime::onnx::encode_model(proto);
         let session = Session::builder(env)
@@ -78,11 +80,12 @@ impl Runner {
             .map_err(|e| anyhow::anyhow!("ONNX Runtime cannot load the graph: {e}"))?;
         let input =
             session.inputs().first().map(|i| i.name().to_string()).context("the graph has no input")?;
-        Ok(Runner { session, input, channels })
+        Ok(Runner { session, input, channels, batch })
     }
 
+    /// Runs `input`: `batch` inputs one after the other, channel-major.
     fn run(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        let shape = [1usize, self.channels, input.len() / self.channels];
+        let shape = [self.batch, self.channels, input.len() / (self.channels * self.batch)];
         let tensor =
             TensorRef::from_array_view((shape, input)).map_err(|e| anyhow::anyhow!("ONNX Runtime: {e}"))?;
         let outputs = self
@@ -147,8 +150,8 @@ pub fn time_rows(
         if chunk_len > window || per_chunk > layout.frames_per_window {
             bail!("a chunk of {chunk_len} samples does not fit in the window");
         }
-        let mut whole = Runner::new(&cut(&proto, &frames_out, channels, window)?, channels)?;
-        let mut chunk = Runner::new(&cut(&proto, &frames_out, channels, chunk_len)?, channels)?;
+        let mut whole = Runner::new(&cut(&proto, &frames_out, 1, channels, window)?, 1, channels)?;
+        let mut chunk = Runner::new(&cut(&proto, &frames_out, 1, channels, chunk_len)?, 1, channels)?;
         // The newest frames of a window: its last `per_chunk` frames, which start
         // `(frames_per_window - per_chunk) * stride` samples into it (unpadded frames
         // need not reach the window's end).
@@ -188,7 +191,7 @@ pub fn time_rows(
         seconds = time_passes(windows, passes, model, &mut embed, &mut classes, &mut scores)?;
     } else {
         let embedding_out = output_of(&proto, &meta.embedding_node);
-        let mut full = Runner::new(&cut(&proto, &embedding_out, channels, window)?, channels)?;
+        let mut full = Runner::new(&cut(&proto, &embedding_out, 1, channels, window)?, 1, channels)?;
         let mut embed = |_: usize, w: &Window| -> Result<Vec<f32>> {
             normalised.clear();
             normalised.extend_from_slice(&w.samples);
@@ -226,4 +229,20 @@ fn time_passes(
     };
     pass()?;
     median_seconds(passes, pass)
+}
+
+/// ONNX Runtime computing the embeddings of `batch` normalised windows in one call (the
+/// graph up to the embedding node, one thread), for `vigil bench --sensors`.
+pub fn batch_embedder(
+    path: &Path,
+    model: &VigilModel,
+    batch: usize,
+) -> Result<impl FnMut(&[f32]) -> Result<Vec<f32>>> {
+    let meta = model.metadata();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let proto = vigil_runtime::onnx::decode_model(&bytes, path)?;
+    let embedding_out = output_of(&proto, &meta.embedding_node);
+    let mut runner =
+        Runner::new(&cut(&proto, &embedding_out, batch, meta.channels, meta.window)?, batch, meta.channels)?;
+    Ok(move |windows: &[f32]| runner.run(windows))
 }

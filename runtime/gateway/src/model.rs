@@ -74,7 +74,7 @@ impl VigilModel {
                 problem: format!("has {} values; the embedding has {dim}", meta.prototype_mean.len()),
             });
         }
-        let (embedder, pooling) = backbone_plan(&proto, &meta, dim)?;
+        let (embedder, pooling) = backbone_plan(&proto, &meta, dim, 1)?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         Ok(VigilModel {
             meta,
@@ -183,13 +183,26 @@ impl VigilModel {
     /// A runner of the backbone: the embedding of one window (the graph up to its pooling
     /// in tract and the pooling in Rust, or the graph up to the embedding node).
     pub fn embedder(&self) -> Result<Embedder> {
-        Embedder::new(&self.embedder, &self.meta, self.dim, self.pooling)
+        Embedder::new(&self.embedder, &self.meta, self.dim, self.pooling, 1)
+    }
+
+    /// A runner of the backbone that embeds `batch` windows in one call of tract (windows
+    /// of several sensors scored together; `vigil bench --sensors` measures what it gains).
+    pub fn batch_embedder(&self, batch: usize) -> Result<Embedder> {
+        if batch == 0 {
+            return Err(RuntimeError::StreamMismatch("a batch holds at least one window".into()));
+        }
+        if batch == 1 {
+            return self.embedder();
+        }
+        let (staged, pooling) = backbone_plan(&self.proto, &self.meta, self.dim, batch)?;
+        Embedder::new(&staged, &self.meta, self.dim, pooling, batch)
     }
 
     /// A runner of the whole graph up to its logits, for parity checks against the
     /// tract embedding plus Rust head.
     pub fn full_model(&self) -> Result<Embedder> {
-        let staged = build_plan(&self.proto, &self.meta, &self.meta.logits_node)?;
-        Embedder::new(&staged, &self.meta, self.meta.class_names.len(), None)
+        let staged = build_plan(&self.proto, &self.meta, &self.meta.logits_node, 1)?;
+        Embedder::new(&staged, &self.meta, self.meta.class_names.len(), None, 1)
     }
 }

@@ -16,22 +16,23 @@ pub(crate) type Plan = Arc<TypedRunnableModel>;
 
 /// The backbone cut at its frames with the pooling the runtime then does, when the graph
 /// pools the way [`FrameCut::find`] knows into `dim` values; otherwise cut at the
-/// embedding node.
+/// embedding node. The plan takes `batch` windows at once.
 pub(crate) fn backbone_plan(
     proto: &ModelProto,
     meta: &ModelMetadata,
     dim: usize,
+    batch: usize,
 ) -> Result<(Staged, Option<Pooling>)> {
     if let Ok(cut) = FrameCut::find(proto, meta) {
-        let staged = build_plan(proto, meta, &cut.frames_node)?;
+        let staged = build_plan(proto, meta, &cut.frames_node, batch)?;
         let shape = staged.plan.model().output_fact(0)?.shape.as_concrete().map(<[usize]>::to_vec);
-        if let Some((channels, frames)) = shape.and_then(|s| staged.layout.channels_frames(&s)) {
+        if let Some((_, channels, frames)) = shape.and_then(|s| staged.layout.batch_channels_frames(&s)) {
             if frames > 0 && cut.pooling.width(channels) == dim {
                 return Ok((staged, Some(cut.pooling)));
             }
         }
     }
-    Ok((build_plan(proto, meta, &meta.embedding_node)?, None))
+    Ok((build_plan(proto, meta, &meta.embedding_node, batch)?, None))
 }
 
 /// How a plan's `[1, a, b]` tensors are laid out.
@@ -44,11 +45,11 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
-    /// Channels and time steps of a `[1, a, b]` shape.
-    pub(crate) fn channels_frames(self, shape: &[usize]) -> Option<(usize, usize)> {
+    /// Windows, channels and time steps of a `[batch, a, b]` shape.
+    pub(crate) fn batch_channels_frames(self, shape: &[usize]) -> Option<(usize, usize, usize)> {
         match (self, shape) {
-            (Layout::ChannelMajor, &[1, c, t]) => Some((c, t)),
-            (Layout::TimeMajor, &[1, t, c]) => Some((c, t)),
+            (Layout::ChannelMajor, &[b, c, t]) => Some((b, c, t)),
+            (Layout::TimeMajor, &[b, t, c]) => Some((b, c, t)),
             _ => None,
         }
     }
@@ -108,8 +109,8 @@ impl Backbone {
     }
 }
 
-/// The graph up to `output` as tract gets it, for one window or (`streamed`) a stream
-/// whose length is a symbol.
+/// The graph up to `output` as tract gets it, for `batch` windows at once or
+/// (`streamed`, one stream) a stream whose length is a symbol.
 ///
 /// When the graph starts with a patchify layer ([`Patchify::split`]), the layer is split
 /// off to run in Rust and tract gets the rest, time-major: its input is the layer's
@@ -124,6 +125,7 @@ pub(crate) fn backbone_graph(
     meta: &ModelMetadata,
     output: &str,
     streamed: bool,
+    batch: usize,
 ) -> Result<Backbone> {
     let typed = |graph: &ModelProto, width: usize, per_step: usize| -> Result<(TypedModel, Option<Symbol>)> {
         let mut model = tract_onnx::onnx().model_for_proto_model(graph)?;
@@ -134,7 +136,7 @@ pub(crate) fn backbone_graph(
         } else {
             ((meta.window / per_step).to_dim(), None)
         };
-        let model = model.with_input_fact(0, f32::fact([1.to_dim(), width.to_dim(), len]).into())?;
+        let model = model.with_input_fact(0, f32::fact([batch.to_dim(), width.to_dim(), len]).into())?;
         Ok((model.into_typed()?, stream))
     };
     let split = Patchify::split(proto, &meta.input_name, meta.channels, output)
@@ -167,9 +169,14 @@ fn time_major(mut model: TypedModel) -> Result<Option<TypedModel>> {
     Ok(Some(model))
 }
 
-/// The plan of one window up to `output` ([`backbone_graph`]).
-pub(crate) fn build_plan(proto: &ModelProto, meta: &ModelMetadata, output: &str) -> Result<Staged> {
-    let backbone = backbone_graph(proto, meta, output, false)?;
+/// The plan of `batch` windows up to `output` ([`backbone_graph`]).
+pub(crate) fn build_plan(
+    proto: &ModelProto,
+    meta: &ModelMetadata,
+    output: &str,
+    batch: usize,
+) -> Result<Staged> {
+    let backbone = backbone_graph(proto, meta, output, false, batch)?;
     Ok(Staged { plan: optimise(backbone.model)?, front: backbone.front, layout: backbone.layout })
 }
 
@@ -190,7 +197,7 @@ pub(crate) fn optimise(model: TypedModel) -> Result<Plan> {
     tract_onnx::tract_core::knobs::KnobScope::new([(LAZY_IM2COL_KNOB, "3")])?.enter(run)
 }
 
-/// Runs one plan window after window, reusing its state.
+/// Runs one plan window after window (or batch after batch), reusing its state.
 #[derive(Debug)]
 pub struct Embedder {
     state: TypedSimpleState,
@@ -202,6 +209,8 @@ pub struct Embedder {
     scratch: Vec<f32>,
     channels: usize,
     window: usize,
+    /// Windows the plan takes at once.
+    batch: usize,
     out_len: usize,
     pooling: Option<Pooling>,
 }
@@ -212,6 +221,7 @@ impl Embedder {
         meta: &ModelMetadata,
         out_len: usize,
         pooling: Option<Pooling>,
+        batch: usize,
     ) -> Result<Self> {
         Ok(Embedder {
             state: staged.plan.spawn()?,
@@ -221,6 +231,7 @@ impl Embedder {
             scratch: Vec::new(),
             channels: meta.channels,
             window: meta.window,
+            batch,
             out_len,
             pooling,
         })
@@ -235,40 +246,84 @@ impl Embedder {
         if let Some(front) = &self.front {
             times.push(crate::profile::time_patchify(front, window, runs)?);
         }
-        let input = plan_input(self.front.as_ref(), self.channels, window, &mut self.frames)?;
+        let input = self.input(window)?;
         times.extend(crate::profile::profile_state(&mut self.state, runs, || Ok(input.clone()))?);
         Ok(times)
     }
 
+    /// Windows this embedder takes at once ([`Embedder::run_batch`]).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
     /// Runs one normalised window (`channels * window` values, channel-major).
     pub fn run(&mut self, window: &[f32]) -> Result<Vec<f32>> {
-        let expected = self.channels * self.window;
-        if window.len() != expected {
+        self.run_batch(window)
+    }
+
+    /// Runs [`Embedder::batch`] normalised windows in one call of the plan (each
+    /// `channels * window` values, channel-major, one after the other) and returns their
+    /// outputs one after the other.
+    pub fn run_batch(&mut self, windows: &[f32]) -> Result<Vec<f32>> {
+        let expected = self.batch * self.channels * self.window;
+        if windows.len() != expected {
             return Err(RuntimeError::StreamMismatch(format!(
-                "window has {} values, the model takes {} channels x {} samples",
-                window.len(),
+                "{} values given; the plan takes {} window(s) of {} channels x {} samples",
+                windows.len(),
+                self.batch,
                 self.channels,
                 self.window
             )));
         }
-        let input = plan_input(self.front.as_ref(), self.channels, window, &mut self.frames)?;
+        let input = self.input(windows)?;
         let out = self.state.run(tvec!(input.into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
-        let frames = self.layout.channels_frames(view.shape()).zip(view.as_slice());
-        let values = match (self.pooling, frames) {
-            (Some(pooling), Some(((channels, _), frames))) => {
-                pool(self.layout.channel_major(frames, channels, &mut self.scratch), channels, pooling)
+        let shape = self.layout.batch_channels_frames(view.shape()).filter(|&(b, _, _)| b == self.batch);
+        let values = match (self.pooling, shape.zip(view.as_slice())) {
+            (Some(pooling), Some(((batch, channels, _), frames))) => {
+                let per_window = frames.len() / batch.max(1);
+                let mut values = Vec::with_capacity(batch * self.out_len);
+                for item in frames.chunks_exact(per_window.max(1)) {
+                    values.extend(pool(
+                        self.layout.channel_major(item, channels, &mut self.scratch),
+                        channels,
+                        pooling,
+                    ));
+                }
+                values
             }
             _ => view.iter().copied().collect::<Vec<f32>>(),
         };
-        if values.len() != self.out_len {
+        if values.len() != self.batch * self.out_len {
             return Err(RuntimeError::StreamMismatch(format!(
-                "the graph output has {} values, expected {}",
+                "the graph output has {} values, expected {} per window for {} window(s)",
                 values.len(),
-                self.out_len
+                self.out_len,
+                self.batch
             )));
         }
         Ok(values)
+    }
+
+    /// The tensor the plan takes for `windows`: [`plan_input`] of each, stacked.
+    fn input(&mut self, windows: &[f32]) -> Result<Tensor> {
+        if self.batch == 1 {
+            return plan_input(self.front.as_ref(), self.channels, windows, &mut self.frames);
+        }
+        let per_window = windows.len() / self.batch;
+        let Some(front) = &self.front else {
+            return Ok(Tensor::from_shape(
+                &[self.batch, self.channels, per_window / self.channels.max(1)],
+                windows,
+            )?);
+        };
+        let mut all = Vec::with_capacity(self.batch * per_window);
+        let mut frames = 0;
+        for window in windows.chunks_exact(per_window.max(1)) {
+            frames = front.run(window, &mut self.frames)?;
+            all.extend_from_slice(&self.frames);
+        }
+        Ok(Tensor::from_shape(&[self.batch, frames, front.out_channels()], &all)?)
     }
 }
 

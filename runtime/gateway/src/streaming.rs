@@ -261,7 +261,7 @@ impl StreamingEmbedder {
 
         // The patchify layer, when the backbone starts with one, runs in Rust ahead of
         // the pulsed plan; it needs no context, so the plan streams its frames.
-        let backbone = backbone_graph(model.proto(), &meta, &cut.frames_node, true)?;
+        let backbone = backbone_graph(model.proto(), &meta, &cut.frames_node, true, 1)?;
         let stream = backbone.stream.clone().ok_or_else(|| not_streamable("its graph has no stream axis"))?;
         let per_step = backbone.samples_per_step();
         let (front, plan_layout) = (backbone.front, backbone.layout);

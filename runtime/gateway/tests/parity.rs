@@ -32,6 +32,32 @@ fn embedding_plus_rust_head_matches_full_model_logits() {
 }
 
 #[test]
+fn a_batch_of_windows_in_one_call_embeds_each_as_one_window_alone() {
+    for model in [default_model(), v1_model(), streamable_model()] {
+        let meta = model.metadata().clone();
+        let mut one = model.embedder().unwrap();
+        let mut batched = model.batch_embedder(5).unwrap();
+        assert_eq!(batched.batch(), 5);
+        let mut windows = Vec::new();
+        let mut alone = Vec::new();
+        for seed in 0..5 {
+            let mut w = signal(meta.window * meta.channels, seed + 40);
+            meta.normalisation.apply(&mut w);
+            alone.extend(one.run(&w).unwrap());
+            windows.extend(w);
+        }
+        let together = batched.run_batch(&windows).unwrap();
+        assert_eq!(together.len(), alone.len());
+        let worst = together.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{}: max |difference| {worst}", model.path().display());
+        // A batch of the wrong size is refused, naming what the plan takes.
+        let err = batched.run_batch(&windows[..windows.len() - meta.window]).unwrap_err().to_string();
+        assert!(err.contains("5 window(s)"), "{err}");
+    }
+    assert!(default_model().batch_embedder(0).is_err());
+}
+
+#[test]
 fn metadata_survives_the_shipped_file() {
     let model = default_model();
     let meta = model.metadata();
