@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{text, vigil};
+use common::{artefacts, text, vigil};
 use std::path::{Path, PathBuf};
 use vigil_client::update_file::UpdateFile;
 use vigil_core::adapt::HeadSnapshot;
@@ -363,7 +363,11 @@ fn the_hostile_campaign_gets_clear_refusals_and_loses_nothing() {
         .iter()
         .filter_map(|case| check(case).err().map(|why| format!("{}: {why}", case.name)))
         .collect();
-    println!("hostile campaign (tests/hostile.rs): {} cases ran, {} failed", cases.len(), failures.len());
+    let summary =
+        format!("hostile campaign (tests/hostile.rs): {} cases ran, {} failed", cases.len(), failures.len());
+    println!("{summary}");
+    // scripts/test-all prints it after the suite (cargo keeps a passing test's output).
+    std::fs::write(artefacts().join("hostile-campaign.txt"), format!("{summary}\n")).unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 

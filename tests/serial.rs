@@ -394,6 +394,8 @@ fn on_a_link_that_corrupts_one_byte_in_a_hundred_no_corrupted_head_is_applied() 
     let device = Device::start(&link, &state, &public, &[]);
     let mut client = link.client();
     client.retries = 40;
+    // A lost byte costs a timeout: 10 ms is ample on a pty and keeps 200 pushes quick.
+    client.timeout = Duration::from_millis(10);
     let base = UpdateFile::read(&signed_head(dir.path(), &key, 1, true)).unwrap().head().unwrap();
 
     let (mut applied, mut failed) = (0, 0);
