@@ -35,7 +35,7 @@ pub(crate) fn backbone_plan(
     Ok((build_plan(proto, meta, &meta.embedding_node, batch)?, None))
 }
 
-/// How a plan's `[1, a, b]` tensors are laid out.
+/// How a plan's `[batch, a, b]` tensors are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Layout {
     /// `[1, channels, time]`, as the ONNX graph is written.
