@@ -17,6 +17,7 @@ use std::path::Path;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::ModelProto;
 use vigil_core::head::{argmax, softmax_in_place};
+use vigil_runtime::metadata::ModelMetadata;
 use vigil_runtime::model::VigilModel;
 use vigil_runtime::streaming::{window_scale, FramePool, StreamingEmbedder};
 use vigil_runtime::windower::Window;
@@ -190,8 +191,7 @@ pub fn time_rows(
         };
         seconds = time_passes(windows, passes, model, &mut embed, &mut classes, &mut scores)?;
     } else {
-        let embedding_out = output_of(&proto, &meta.embedding_node);
-        let mut full = Runner::new(&cut(&proto, &embedding_out, 1, channels, window)?, 1, channels)?;
+        let mut full = embedding_runner(&proto, &meta, 1)?;
         let mut embed = |_: usize, w: &Window| -> Result<Vec<f32>> {
             normalised.clear();
             normalised.extend_from_slice(&w.samples);
@@ -231,6 +231,12 @@ fn time_passes(
     median_seconds(passes, pass)
 }
 
+/// A session of the graph up to the embedding node, for `batch` windows at once.
+fn embedding_runner(proto: &ModelProto, meta: &ModelMetadata, batch: usize) -> Result<Runner> {
+    let embedding_out = output_of(proto, &meta.embedding_node);
+    Runner::new(&cut(proto, &embedding_out, batch, meta.channels, meta.window)?, batch, meta.channels)
+}
+
 /// ONNX Runtime computing the embeddings of `batch` normalised windows in one call (the
 /// graph up to the embedding node, one thread), for `vigil bench --sensors`.
 pub fn batch_embedder(
@@ -238,11 +244,8 @@ pub fn batch_embedder(
     model: &VigilModel,
     batch: usize,
 ) -> Result<impl FnMut(&[f32]) -> Result<Vec<f32>>> {
-    let meta = model.metadata();
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let proto = vigil_runtime::onnx::decode_model(&bytes, path)?;
-    let embedding_out = output_of(&proto, &meta.embedding_node);
-    let mut runner =
-        Runner::new(&cut(&proto, &embedding_out, batch, meta.channels, meta.window)?, batch, meta.channels)?;
+    let mut runner = embedding_runner(&proto, model.metadata(), batch)?;
     Ok(move |windows: &[f32]| runner.run(windows))
 }

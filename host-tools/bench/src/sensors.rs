@@ -15,7 +15,7 @@ const WINDOWS_PER_PASS: usize = 1024;
 
 /// The largest batch the bench gives tract or ONNX Runtime: 64 windows in one call of
 /// bearing-cnn-v3 measured 0.66x the speed of one call per window (its activations leave
-/// the cache), 16 measured 1.17x.
+/// the cache); batches of 16 measured 0.91-1.17x in tract, within the run-to-run spread.
 const MAX_BATCH: usize = 16;
 
 /// The batch for `n` sensors: the largest divisor of `n` up to [`MAX_BATCH`].
