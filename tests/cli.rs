@@ -348,14 +348,15 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let reports_of = |sensor: &str| -> Vec<&serde_json::Value> {
         lines.iter().filter(|l| l["sensor"] == sensor && l.get("summary").is_none()).collect()
     };
-    // The healthy sensors stay quiet after commissioning; the faulty one alarms after its
-    // onset with the right class; the dead one is a sensor fault, not a bearing alarm.
-    assert!(reports_of("ch0").is_empty() && reports_of("ch1").is_empty(), "{stdout}");
-    let motor = reports_of("ch2");
-    let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm on ch2");
+    // The sensors are named by the CSV header. The healthy ones stay quiet after
+    // commissioning; the faulty one alarms after its onset with the right class; the dead
+    // one is a sensor fault, not a bearing alarm.
+    assert!(reports_of("pump-de").is_empty() && reports_of("pump-nde").is_empty(), "{stdout}");
+    let motor = reports_of("motor");
+    let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm on motor");
     assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0, "{alarm}");
     assert_eq!(alarm["class"], "outer_race", "{alarm}");
-    let dead = reports_of("ch3");
+    let dead = reports_of("dead");
     assert_eq!(dead.len(), 1, "{stdout}");
     assert_eq!(dead[0]["finding"], "sensor: flat", "{stdout}");
     // Every sensor was commissioned on its own, to its own threshold, and has its own store.
@@ -364,10 +365,25 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let thresholds: Vec<f64> =
         summaries[..3].iter().map(|s| s["commissioned_threshold"].as_f64().unwrap()).collect();
     assert!(thresholds[0] != thresholds[1] && thresholds[1] != thresholds[2], "{thresholds:?}");
-    for (sensor, count) in [("ch0", 0), ("ch1", 0), ("ch2", motor.len()), ("ch3", 1)] {
+    for (sensor, count) in [("pump-de", 0), ("pump-nde", 0), ("motor", motor.len()), ("dead", 1)] {
         let stored = vigil_runtime::store::ReportStore::read_all(&store.join(sensor)).unwrap();
         assert_eq!(stored.len(), count, "store of {sensor}");
     }
+    // The technician's page from the run's JSON lines: one part per sensor, the one that
+    // alarmed first, under its own name, and only its alarms.
+    let jsonl = dir.path().join("run.jsonl");
+    std::fs::write(&jsonl, &stdout).unwrap();
+    let html = dir.path().join("sensors.html");
+    let o = vigil(&["report", "--from", jsonl.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("id=\"sensors\""), "no sensor overview");
+    let parts: Vec<&str> = page.split("<h1 class=\"device\">").skip(1).collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.split('<').next().unwrap()).collect();
+    assert_eq!(names, ["motor", "dead"], "the sensors that reported, worst first");
+    let alarm = "<article class=\"alarm\" id=\"d0-alarm-";
+    assert!(parts[0].contains(alarm) && parts[0].contains("outer_race"), "motor's part");
+    assert!(!parts[1].contains("<article class=\"alarm\""), "dead has a sensor fault, not an alarm");
     // Not yet: a baseline per sensor.
     let o = run(&input, &["--sensor-per-channel", "--baseline", healthy.to_str().unwrap()]);
     assert_fails_with(o, "--commission");

@@ -51,6 +51,7 @@ fn impossible_kinematics_are_refused_with_the_reason() {
     let input = simulate(dir.path(), "s.wav", &[]);
     for (args, needle) in [
         (vec!["--shaft-hz=-3"], "not a positive speed"),
+        (vec!["--shaft-hz", "-3"], "not a positive speed"),
         (vec!["--shaft-hz", "fast"], "is not a shaft speed in Hz"),
         (vec!["--bearing", "6205-XYZ"], "not a known designation"),
         (

@@ -116,21 +116,43 @@ pub fn render(reports: &[AnomalyReport], ctx: &ReportContext) -> Result<String> 
     Ok(html)
 }
 
-/// Renders the page of a fleet (`vigil fleet reports --html`): an overview with one row
-/// per device, worst first (most alarms, then highest score), then each device's sections
-/// as [`render`] gives them for one device.
-pub fn render_fleet(devices: &[(String, Vec<AnomalyReport>)], ctx: &ReportContext) -> Result<String> {
+/// What the groups of a page of several are: the devices of a fleet (`vigil fleet
+/// reports --html`) or the sensors of one gateway (`vigil report` on `vigil run
+/// --sensor-per-channel --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// One group per `site/device`.
+    Devices,
+    /// One group per sensor.
+    Sensors,
+}
+
+/// Renders the page of several devices or sensors: an overview with one row per group,
+/// worst first (most alarms, then highest score), then each group's sections as
+/// [`render`] gives them for one device.
+pub fn render_groups(
+    groups: &[(String, Vec<AnomalyReport>)],
+    grouping: Grouping,
+    ctx: &ReportContext,
+) -> Result<String> {
     let mut html = page_head(&ctx.title);
     let alarms = |r: &[AnomalyReport]| r.iter().filter(|r| r.kind == ReportKind::AlarmRaised).count();
     let worst = |r: &[AnomalyReport]| r.iter().map(|r| r.score).fold(0.0f32, f32::max);
-    let mut order: Vec<usize> = (0..devices.len()).collect();
+    let mut order: Vec<usize> = (0..groups.len()).collect();
     order.sort_by(|&a, &b| {
-        let (ra, rb) = (&devices[a].1, &devices[b].1);
+        let (ra, rb) = (&groups[a].1, &groups[b].1);
         alarms(rb).cmp(&alarms(ra)).then(worst(rb).total_cmp(&worst(ra)))
     });
-    html.push_str("<section id=\"fleet\"><h2>Fleet</h2><table class=\"list\"><tr><th>device</th><th>reports</th><th>alarms</th><th>highest score</th></tr>");
+    let (id, heading, noun) = match grouping {
+        Grouping::Devices => ("fleet", "Fleet", "device"),
+        Grouping::Sensors => ("sensors", "Sensors", "sensor"),
+    };
+    let _ = write!(
+        html,
+        "<section id=\"{id}\"><h2>{heading}</h2><table class=\"list\"><tr><th>{noun}</th><th>reports</th><th>alarms</th><th>highest score</th></tr>"
+    );
     for (n, &i) in order.iter().enumerate() {
-        let (name, reports) = &devices[i];
+        let (name, reports) = &groups[i];
         let _ = write!(
             html,
             "<tr><td><a href=\"#d{n}-device\">{}</a></td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
@@ -142,8 +164,8 @@ pub fn render_fleet(devices: &[(String, Vec<AnomalyReport>)], ctx: &ReportContex
     }
     html.push_str("</table></section>\n");
     for (n, &i) in order.iter().enumerate() {
-        let (name, reports) = &devices[i];
-        let mut rows = vec![("device".to_owned(), name.clone())];
+        let (name, reports) = &groups[i];
+        let mut rows = vec![(noun.to_owned(), name.clone())];
         rows.extend(ctx.device.iter().cloned());
         let _ = writeln!(html, "<h1 class=\"device\">{}</h1>", escape(name));
         device_sections(&mut html, &format!("d{n}-"), reports, &rows, ctx)?;

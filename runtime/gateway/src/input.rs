@@ -54,6 +54,10 @@ pub trait SampleSource: Send {
     /// Reads up to about `max_frames` frames into `out` (cleared first); `Ok(false)` at
     /// the end of the stream.
     fn read_chunk(&mut self, out: &mut Vec<f32>, max_frames: usize) -> Result<bool>;
+    /// The channels' names, when the stream gives them (a CSV header line).
+    fn channel_names(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 /// Opens `path` (`-` for standard input) in `format`.
@@ -114,6 +118,8 @@ struct TextSource {
     rate: Option<f64>,
     allow_header: bool,
     pending: Option<(usize, String)>,
+    /// The header line's cells, when there is one.
+    header: Option<Vec<String>>,
     /// Cells are separated by `;` or tabs and a comma is the decimal mark (`0,25;1,5`, as
     /// spreadsheets write in much of Europe).
     decimal_comma: bool,
@@ -134,6 +140,7 @@ impl TextSource {
             rate: None,
             allow_header,
             pending: None,
+            header: None,
             decimal_comma: false,
         };
         s.read_preamble()?;
@@ -173,6 +180,7 @@ impl TextSource {
                      index column counts as one (drop it, or give --channels)",
                     self.name
                 );
+                self.header = Some(cells.iter().map(|c| (*c).to_owned()).collect());
                 continue;
             }
             self.decimal_comma = t.contains(',') && t.contains([';', '\t']);
@@ -298,6 +306,10 @@ impl SampleSource for TextSource {
             self.parse_line(self.line_no, t, out)?;
         }
         Ok(!out.is_empty())
+    }
+
+    fn channel_names(&self) -> Option<&[String]> {
+        self.header.as_deref().filter(|names| Some(names.len()) == self.channels)
     }
 }
 
@@ -539,5 +551,18 @@ mod tests {
         let truncated = whole[..whole.len() - 4].to_vec();
         let e = read(truncated).unwrap_err().to_string();
         assert!(e.contains("test.wav") && e.contains("promises"), "{e}");
+    }
+
+    #[test]
+    fn a_csv_header_names_the_channels_only_when_it_has_one_name_per_column() {
+        let text =
+            |t: &str| -> Box<dyn Read + Send> { Box::new(std::io::Cursor::new(t.as_bytes().to_vec())) };
+        let source =
+            TextSource::new(text("# sample_rate_hz=16000\nde,nde\n0.1,0.2\n"), "a.csv".into(), true, None);
+        assert_eq!(source.unwrap().channel_names(), Some(&["de".to_owned(), "nde".to_owned()][..]));
+        let source = TextSource::new(text("time,de,nde\n0.1,0.2\n"), "b.csv".into(), true, Some(2));
+        assert_eq!(source.unwrap().channel_names(), None);
+        let source = TextSource::new(text("0.1,0.2\n"), "c.csv".into(), true, None);
+        assert_eq!(source.unwrap().channel_names(), None);
     }
 }

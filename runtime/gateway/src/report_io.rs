@@ -114,16 +114,20 @@ struct ReportLine {
     site: Option<String>,
     #[serde(default)]
     device: Option<String>,
+    /// The sensor, in reports of a gateway with several (`vigil run --sensor-per-channel`).
+    #[serde(default)]
+    sensor: Option<String>,
 }
 
-/// One device's reports: its `site/device` and the reports, in file order.
+/// One device's or sensor's reports: its `site/device/sensor` and the reports, in file order.
 pub type DeviceReports = (String, Vec<AnomalyReport>);
 /// A report with the `site/device` it came from.
 type SourcedReport = (String, AnomalyReport);
 
-/// Reports read back from a JSON-lines file of many devices (`vigil fleet reports`),
-/// grouped by `site/device` in the order each first appears (reports without a device
-/// go under ""), with the class names they mention.
+/// Reports read back from a JSON-lines file of many devices (`vigil fleet reports`) or
+/// sensors (`vigil run --sensor-per-channel --json`), grouped by `site/device/sensor` (the
+/// parts the lines name) in the order each first appears (reports that name none go under
+/// ""), with the class names they mention.
 pub fn read_jsonl_by_device(path: &Path) -> Result<(Vec<DeviceReports>, Vec<String>)> {
     let (lines, names) = read_lines(path)?;
     let mut groups: Vec<DeviceReports> = Vec::new();
@@ -143,7 +147,7 @@ pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
     Ok((lines.into_iter().map(|(_, r)| r).collect(), names))
 }
 
-/// Every report of a JSON-lines file with its `site/device` ("" when it names none).
+/// Every report of a JSON-lines file with its `site/device/sensor` ("" when it names none).
 fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| RuntimeError::io(format!("cannot read {}", path.display()), e))?;
@@ -151,8 +155,14 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
     let mut names: Vec<String> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = || format!("{} line {}", path.display(), i + 1);
-        let r: ReportLine = serde_json::from_str(line)
-            .map_err(|e| RuntimeError::Reports(format!("{}: not a Vigil report ({e})", at())))?;
+        let not_a_report =
+            |e: serde_json::Error| RuntimeError::Reports(format!("{}: not a Vigil report ({e})", at()));
+        let value: serde_json::Value = serde_json::from_str(line).map_err(not_a_report)?;
+        // `vigil run --json` also prints its summary, and with --trace each window's score.
+        if value.get("summary").is_some() || value.get("window").is_some() {
+            continue;
+        }
+        let r: ReportLine = serde_json::from_value(value).map_err(not_a_report)?;
         let Some(model_hash) = vigil_core::hex::decode_32(&r.model_hash) else {
             return Err(RuntimeError::Reports(format!("{}: model_hash must be 64 hex digits", at())));
         };
@@ -183,10 +193,11 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
         };
         let too_many = |what: &str| RuntimeError::Reports(format!("{}: too many {what}", at()));
         let source = match (&r.site, &r.device) {
-            (Some(site), Some(device)) => format!("{site}/{device}"),
-            (None, Some(device)) => device.clone(),
-            _ => String::new(),
+            (Some(site), Some(device)) => [site.as_str(), device.as_str()].into(),
+            (None, Some(device)) => vec![device.as_str()],
+            _ => Vec::new(),
         };
+        let source = source.into_iter().chain(r.sensor.as_deref()).collect::<Vec<_>>().join("/");
         reports.push((
             source,
             AnomalyReport {

@@ -18,9 +18,33 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use vigil_core::report::AnomalyReport;
 
-/// The name of the sensor on channel `channel` (0-based): `ch0`, `ch1`, ...
+/// The name of the sensor on channel `channel` (0-based) when the stream names none:
+/// `ch0`, `ch1`, ...
 pub fn channel_sensor_name(channel: usize) -> String {
     format!("ch{channel}")
+}
+
+/// The sensors' names: the stream's own column names (a CSV header such as
+/// `pump-de,pump-nde,motor`) when each is a distinct folder name for its store (letters,
+/// digits, `.`, `_` and `-`, not starting with `.`), else `ch0`, `ch1`, ... for all.
+pub fn sensor_names(source: &dyn SampleSource, channels: usize) -> Vec<String> {
+    let usable = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    if let Some(names) = source.channel_names() {
+        let distinct = names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len();
+        match names.iter().find(|n| !usable(n)) {
+            None if distinct => return names.to_vec(),
+            None => log::warn!("the stream's column names repeat; the sensors are named ch0, ch1, ..."),
+            Some(bad) => log::warn!(
+                "the stream's column name `{bad}` cannot name a sensor's report folder (letters, digits, \
+                 `.`, `_`, `-`); the sensors are named ch0, ch1, ..."
+            ),
+        }
+    }
+    (0..channels).map(channel_sensor_name).collect()
 }
 
 /// One sensor: its pipeline and windower.
@@ -44,16 +68,16 @@ impl Sensor {
 }
 
 /// Scores every channel of `source` as a sensor of its own with `model` (single-channel),
-/// calling `on_event(sensor, outcome, report)` for every report in stream order within
-/// each chunk. With `reports`, sensor `chN`'s reports go to the store in `reports/chN`.
-/// Returns each sensor's summary, in channel order.
+/// named by [`sensor_names`], calling `on_event(sensor, outcome, report)` for every report
+/// in stream order within each chunk. With `reports`, sensor NAME's reports go to the
+/// store in `reports/NAME`. Returns each sensor's name and summary, in channel order.
 pub fn run_sensors<E: From<RuntimeError>>(
     model: VigilModel,
     mut source: Box<dyn SampleSource>,
     options: &StreamOptions,
     reports: Option<&Path>,
-    mut on_event: impl FnMut(usize, &WindowOutcome, &AnomalyReport) -> std::result::Result<(), E>,
-) -> std::result::Result<Vec<StreamSummary>, E> {
+    mut on_event: impl FnMut(&str, &WindowOutcome, &AnomalyReport) -> std::result::Result<(), E>,
+) -> std::result::Result<Vec<(String, StreamSummary)>, E> {
     let meta = model.metadata().clone();
     if meta.channels != 1 {
         return Err(RuntimeError::StreamMismatch(format!(
@@ -67,6 +91,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
     let Some(channels) = source.channels() else {
         return Err(empty_input().into());
     };
+    let names = sensor_names(source.as_ref(), channels);
     let rate = stream_rate(&model, source.as_ref(), options)?;
     let hop = options.hop.unwrap_or(meta.hop);
     let adaptation =
@@ -85,9 +110,9 @@ pub fn run_sensors<E: From<RuntimeError>>(
             },
         };
     let mut sensors = Vec::with_capacity(channels);
-    for channel in 0..channels {
+    for name in &names {
         let store = match reports {
-            Some(dir) => Some(open_store(&dir.join(channel_sensor_name(channel)))?),
+            Some(dir) => Some(open_store(&dir.join(name))?),
             None => None,
         };
         let mut pipeline = Pipeline::new(model.clone(), store)?;
@@ -174,7 +199,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
                         });
                     }
                     for report in outcome.reports() {
-                        on_event(channel, &outcome, report)?;
+                        on_event(&names[channel], &outcome, report)?;
                     }
                 }
             }
@@ -197,9 +222,10 @@ pub fn run_sensors<E: From<RuntimeError>>(
     Ok(sensors
         .into_iter()
         .zip(commissioned)
-        .map(|(mut s, commissioned)| {
+        .zip(names)
+        .map(|((mut s, commissioned), name)| {
             let counts = s.pipeline.counts();
-            StreamSummary {
+            let summary = StreamSummary {
                 frames,
                 stream_seconds: frames as f64 / rate,
                 windows: counts.windows,
@@ -208,7 +234,44 @@ pub fn run_sensors<E: From<RuntimeError>>(
                 wall_seconds,
                 commissioned,
                 shaft: s.pipeline.shaft_speed(),
-            }
+            };
+            (name, summary)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that only names its channels.
+    struct Named(Vec<String>);
+
+    impl SampleSource for Named {
+        fn channels(&self) -> Option<usize> {
+            Some(self.0.len())
+        }
+        fn sample_rate_hz(&self) -> Option<f64> {
+            None
+        }
+        fn read_chunk(&mut self, _: &mut Vec<f32>, _: usize) -> Result<bool> {
+            Ok(false)
+        }
+        fn channel_names(&self) -> Option<&[String]> {
+            Some(&self.0)
+        }
+    }
+
+    fn names(columns: &[&str]) -> Vec<String> {
+        sensor_names(&Named(columns.iter().map(|c| (*c).to_owned()).collect()), columns.len())
+    }
+
+    #[test]
+    fn a_header_names_the_sensors_when_each_name_can_name_a_folder() {
+        assert_eq!(names(&["pump-de", "pump_nde", "motor.x"]), ["pump-de", "pump_nde", "motor.x"]);
+        assert_eq!(names(&["a", "a"]), ["ch0", "ch1"]);
+        assert_eq!(names(&["pump/DE", "motor"]), ["ch0", "ch1"]);
+        assert_eq!(names(&["..", "motor"]), ["ch0", "ch1"]);
+        assert_eq!(names(&["", "motor"]), ["ch0", "ch1"]);
+    }
 }

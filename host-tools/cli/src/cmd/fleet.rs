@@ -352,7 +352,8 @@ impl ReportsArgs {
                 machine: None,
                 machine_class: self.machine_class,
             };
-            let page = crate::report_html::render_fleet(&devices, &ctx)?;
+            let page =
+                crate::report_html::render_groups(&devices, crate::report_html::Grouping::Devices, &ctx)?;
             std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;
             println!("{} devices' reports in {}", devices.len(), html.display());
         }

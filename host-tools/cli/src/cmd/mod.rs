@@ -107,7 +107,7 @@ pub struct StreamInputArgs {
     /// The machine's shaft speed in Hz, from its nameplate. Without it the speed is read
     /// from the signal (the shaft's 1x line and harmonics) and shown in the summary and
     /// health records.
-    #[arg(long, value_name = "HZ", value_parser = parse_shaft_hz)]
+    #[arg(long, value_name = "HZ", value_parser = parse_shaft_hz, allow_negative_numbers = true)]
     shaft_hz: Option<f32>,
     /// The bearing under observation: a designation (6205, 6203, NICE, ZA-2115, UER204)
     /// or N,ELEMENT,PITCH[,ANGLE_DEG] (rolling elements, element and pitch diameter in one

@@ -1,14 +1,17 @@
 //! `vigil report`: the technician's report from pulled reports.
 
-use crate::report_html::{render, MachineClass, MachineFrequencies, ReportContext};
+use crate::report_html::{render, render_groups, Grouping, MachineClass, MachineFrequencies, ReportContext};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use vigil_core::bearing::BearingGeometry;
-use vigil_runtime::report_io::{read_jsonl, write_csv, write_jsonl};
+use vigil_runtime::report_io::{read_jsonl, read_jsonl_by_device, write_csv, write_jsonl};
 
 /// Turn pulled reports (JSON lines, from `vigil reports pull` or `vigil run --json`) into a
 /// self-contained HTML report with spectra and fault-frequency markers, and/or CSV and JSON.
+///
+/// Reports of several sensors (`vigil run --sensor-per-channel --json`) make a page with
+/// one part per sensor, the worst first.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Reports as JSON lines.
@@ -19,7 +22,7 @@ pub struct ReportArgs {
 }
 
 /// Where reports go and how the HTML marks fault frequencies (shared with `reports pull`).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Clone, Args, Default)]
 pub struct ReportOutputs {
     /// Write a self-contained HTML report here.
     #[arg(long)]
@@ -31,7 +34,7 @@ pub struct ReportOutputs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Shaft speed in Hz, for the fault-frequency markers (with --bearing).
-    #[arg(long)]
+    #[arg(long, value_name = "HZ", value_parser = super::parse_shaft_hz, allow_negative_numbers = true)]
     pub shaft_hz: Option<f32>,
     /// The bearing, for the fault-frequency markers: a designation (6205, 6203, NICE,
     /// ZA-2115, UER204) or N,ELEMENT,PITCH[,ANGLE_DEG], such as 9,7.94,39.04 for a 6205.
@@ -97,7 +100,19 @@ impl ReportArgs {
             machine,
             machine_class: o.machine_class,
         };
-        for path in o.write(&reports, &ctx)? {
+        // Reports of several sensors (`vigil run --sensor-per-channel --json`): the HTML
+        // page has one part per sensor, worst first; CSV and JSON keep the file's order.
+        let mut rest = o.clone();
+        if let Some(path) = &o.html {
+            let (groups, _) = read_jsonl_by_device(&self.from)?;
+            if groups.len() > 1 {
+                let page = render_groups(&groups, Grouping::Sensors, &ctx)?;
+                std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+                println!("{}", path.display());
+                rest.html = None;
+            }
+        }
+        for path in rest.write(&reports, &ctx)? {
             println!("{}", path.display());
         }
         Ok(())

@@ -5,7 +5,7 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use vigil_runtime::report_io::{describe, report_json};
-use vigil_runtime::sensors::{channel_sensor_name, run_sensors};
+use vigil_runtime::sensors::run_sensors;
 use vigil_runtime::stream::{
     peak_rss_bytes, run_stream, BaselineFile, CommissionFrom, Commissioning, StreamOptions,
 };
@@ -35,10 +35,10 @@ pub struct RunArgs {
     /// Also print every window's anomaly score and class probabilities (JSON lines).
     #[arg(long)]
     trace: bool,
-    /// Score each channel of a multi-channel input as a sensor of its own (`ch0`, `ch1`,
-    /// ...) with the single-channel model: each with its own alarms, commissioning and,
-    /// with --reports DIR, its own store in DIR/chN. The sensors are spread over the
-    /// machine's cores.
+    /// Score each channel of a multi-channel input as a sensor of its own with the
+    /// single-channel model: each with its own alarms, commissioning and, with --reports
+    /// DIR, its own store in DIR/NAME. A CSV header names the sensors (`pump-de,motor`);
+    /// otherwise they are `ch0`, `ch1`, ... The sensors are spread over the machine's cores.
     #[arg(long, conflicts_with = "trace")]
     sensor_per_channel: bool,
     /// Learn this machine's normal state from the first part of the stream (such as 30s
@@ -178,8 +178,7 @@ impl RunArgs {
             source,
             &opts,
             self.reports.as_deref(),
-            |sensor, _, report| {
-                let name = channel_sensor_name(sensor);
+            |name, _, report| {
                 if json {
                     let mut line = report_json(report, &class_names);
                     line["sensor"] = name.into();
@@ -191,10 +190,9 @@ impl RunArgs {
             },
         )?;
         let mut out = std::io::stdout().lock();
-        let wall = summaries.first().map_or(0.0, |s| s.wall_seconds);
-        let stream = summaries.first().map_or(0.0, |s| s.stream_seconds);
-        for (sensor, s) in summaries.iter().enumerate() {
-            let name = channel_sensor_name(sensor);
+        let wall = summaries.first().map_or(0.0, |(_, s)| s.wall_seconds);
+        let stream = summaries.first().map_or(0.0, |(_, s)| s.stream_seconds);
+        for (name, s) in &summaries {
             if json {
                 let line = serde_json::json!({ "summary": {
                     "sensor": name, "windows": s.windows, "alarms": s.alarms,
