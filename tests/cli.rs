@@ -304,8 +304,9 @@ fn wrong_channel_count_is_refused_clearly() {
     assert_fails_with(run(&signal, &[]), "--sensor-per-channel");
 }
 
-/// Columns of the simulated CSV files `names` in `dir` side by side, plus a dead sensor.
-fn four_sensors(dir: &Path, names: &[&Path]) -> PathBuf {
+/// Columns of the simulated CSV files `names` in `dir` side by side, plus a dead sensor,
+/// as `dir/out`.
+fn four_sensors(dir: &Path, names: &[&Path], out_name: &str) -> PathBuf {
     let columns: Vec<Vec<String>> = names
         .iter()
         .map(|p| {
@@ -318,7 +319,7 @@ fn four_sensors(dir: &Path, names: &[&Path]) -> PathBuf {
         let row: Vec<&str> = columns.iter().map(|c| c[i].as_str()).collect();
         out.push_str(&format!("{},0.0\n", row.join(",")));
     }
-    let path = dir.join("four.csv");
+    let path = dir.join(out_name);
     std::fs::write(&path, out).unwrap();
     path
 }
@@ -333,7 +334,7 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
         "c.csv",
         &["--seconds", "30", "--seed", "3", "--fault", "outer-race", "--severity", "0.4", "--onset", "15"],
     );
-    let input = four_sensors(dir.path(), &[&healthy, &other, &fault]);
+    let input = four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
     let store = dir.path().join("reports");
     let o = run(
         &input,
@@ -384,9 +385,39 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let alarm = "<article class=\"alarm\" id=\"d0-alarm-";
     assert!(parts[0].contains(alarm) && parts[0].contains("outer_race"), "motor's part");
     assert!(!parts[1].contains("<article class=\"alarm\""), "dead has a sensor fault, not an alarm");
-    // Not yet: a baseline per sensor.
+    // Or commissioned from a healthy recording of the same sensors, each from its own
+    // channel; the dead one cannot learn from it and says so, and the others run.
+    let calm: Vec<PathBuf> = [("ha.csv", "11", "29.95"), ("hb.csv", "12", "45"), ("hc.csv", "13", "29.95")]
+        .iter()
+        .map(|(name, seed, shaft)| {
+            simulate(dir.path(), name, &["--seconds", "10", "--seed", seed, "--shaft-hz", shaft])
+        })
+        .collect();
+    let baseline = four_sensors(dir.path(), &[&calm[0], &calm[1], &calm[2]], "baseline.csv");
+    let o = run(&input, &["--sensor-per-channel", "--baseline", baseline.to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("sensor dead: its") && stderr.contains("goes on learning"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |sensor: &str, key: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["sensor"] == sensor || l["summary"]["sensor"] == sensor)
+            .filter(|l| l.get(key).is_some())
+            .collect()
+    };
+    assert!(of("pump-de", "kind").is_empty() && of("pump-nde", "kind").is_empty(), "{stdout}");
+    let alarm =
+        of("motor", "kind").into_iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm on motor");
+    assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0 && alarm["class"] == "outer_race", "{alarm}");
+    for sensor in ["pump-de", "pump-nde", "motor"] {
+        let summary = &of(sensor, "summary")[0]["summary"];
+        assert!(summary["commissioned_threshold"].as_f64().is_some(), "{sensor}: {summary}");
+    }
+    assert!(of("dead", "summary")[0]["summary"]["commissioned_threshold"].is_null(), "{stdout}");
+    // A baseline of other sensors is refused, naming it.
     let o = run(&input, &["--sensor-per-channel", "--baseline", healthy.to_str().unwrap()]);
-    assert_fails_with(o, "--commission");
+    assert_fails_with(o, "has 1 channel(s) and the stream 4");
 
     // Live, as a DAQ tool or `arecord -t raw -f FLOAT_LE -c 4` delivers it: interleaved
     // f32le frames on standard input from another program.

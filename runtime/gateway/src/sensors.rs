@@ -10,7 +10,8 @@ use crate::model::VigilModel;
 use crate::pipeline::Pipeline;
 use crate::scorer::WindowOutcome;
 use crate::stream::{
-    empty_input, open_store, stream_rate, CommissionFrom, Commissioned, StreamOptions, StreamSummary,
+    empty_input, open_store, read_baseline, stream_rate, CommissionFrom, Commissioned, StreamOptions,
+    StreamSummary,
 };
 use crate::windower::{Window, Windower};
 use std::path::Path;
@@ -94,21 +95,20 @@ pub fn run_sensors<E: From<RuntimeError>>(
     let names = sensor_names(source.as_ref(), channels);
     let rate = stream_rate(&model, source.as_ref(), options)?;
     let hop = options.hop.unwrap_or(meta.hop);
-    let adaptation =
-        match &options.commissioning {
-            None => None,
-            Some(c) => match &c.from {
-                CommissionFrom::Stream(d) => {
-                    Some(AdaptationSettings::for_stream(&model, Some(hop), Some(*d), c.false_alarms_per_day)?)
-                }
-                CommissionFrom::Baseline(_) => return Err(RuntimeError::Config(
-                    "--baseline is not taken with --sensor-per-channel yet (each sensor would need its own \
-                     healthy recording); commission each sensor from the stream with --commission"
-                        .into(),
-                )
-                .into()),
-            },
-        };
+    let (adaptation, baseline) = match &options.commissioning {
+        None => (None, None),
+        Some(c) => match &c.from {
+            CommissionFrom::Stream(d) => (
+                Some(AdaptationSettings::for_stream(&model, Some(hop), Some(*d), c.false_alarms_per_day)?),
+                None,
+            ),
+            // Each sensor learns from its own channel of the healthy recordings.
+            CommissionFrom::Baseline(files) => {
+                (None, Some(read_baseline(&model, files, options, Some(channels))?))
+            }
+        },
+    };
+    let mut commissioned: Vec<Option<Commissioned>> = vec![None; channels];
     let mut sensors = Vec::with_capacity(channels);
     for name in &names {
         let store = match reports {
@@ -119,6 +119,33 @@ pub fn run_sensors<E: From<RuntimeError>>(
         pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
         if let Some(settings) = adaptation {
             pipeline.scorer_mut().adapt(settings, None)?;
+        }
+        if let (Some((windows, seconds)), Some(c)) = (&baseline, &options.commissioning) {
+            let channel = sensors.len();
+            let windows = &windows[channel];
+            let count = u32::try_from(windows.len()).unwrap_or(u32::MAX);
+            let settings =
+                AdaptationSettings::for_windows(&model, Some(hop), Some(count), c.false_alarms_per_day)?;
+            pipeline.scorer_mut().adapt(settings, None)?;
+            for w in windows {
+                if let Some(threshold) = pipeline.process(w)?.commissioned {
+                    commissioned[channel] = Some(Commissioned {
+                        windows: windows.len() as u64,
+                        seconds: *seconds,
+                        threshold,
+                        model_threshold: meta.alarm.threshold,
+                    });
+                }
+            }
+            if commissioned[channel].is_none() {
+                // One dead or faulty channel must not keep the others from running.
+                log::warn!(
+                    "sensor {}: its {} baseline windows did not complete commissioning (sensor faults are \
+                     not learned from); it goes on learning from the stream, alarms disarmed until then",
+                    names[channel],
+                    windows.len()
+                );
+            }
         }
         pipeline.set_health_every(options.health_every)?;
         pipeline.set_kinematics(options.kinematics, options.speed_range)?;
@@ -137,7 +164,6 @@ pub fn run_sensors<E: From<RuntimeError>>(
     let windows_per_s = crate::adaptation::windows_per_s(&meta, Some(hop));
     let started = Instant::now();
     let mut frames = 0u64;
-    let mut commissioned: Vec<Option<Commissioned>> = vec![None; channels];
     // A quarter second per chunk keeps each worker's share of a chunk worth the hand-over
     // (a twentieth, as one stream reads, left the second core half idle); paced input
     // reads a twentieth so alarms are not held back.

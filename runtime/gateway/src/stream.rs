@@ -276,19 +276,60 @@ fn baseline_windows(
     files: &[BaselineFile],
     options: &StreamOptions,
 ) -> Result<(Vec<crate::windower::Window>, f64)> {
-    let mut windows = Vec::new();
+    let (mut per_channel, seconds) = read_baseline(model, files, options, None)?;
+    Ok((per_channel.pop().unwrap_or_default(), seconds))
+}
+
+/// Every window of the healthy recordings `files` and the seconds of signal they hold:
+/// with `sensors`, each of that many channels windowed on its own (a sensor per channel,
+/// [`crate::sensors`]), the files holding the same channels as the stream; otherwise one
+/// list of the model's windows. Errors name the file.
+pub(crate) fn read_baseline(
+    model: &VigilModel,
+    files: &[BaselineFile],
+    options: &StreamOptions,
+    sensors: Option<usize>,
+) -> Result<(Vec<Vec<crate::windower::Window>>, f64)> {
+    let meta = model.metadata();
+    let mut windows = vec![Vec::new(); sensors.unwrap_or(1)];
     let mut seconds = 0.0;
     for file in files {
         let named = |e: RuntimeError| RuntimeError::Input(format!("baseline {}: {e}", file.path));
         let mut source = crate::input::open(&file.path, file.format, file.channels).map_err(named)?;
         let file_options = StreamOptions { rate: file.rate, ..options.clone() };
-        let (mut windower, rate) = windower_for(model, source.as_ref(), &file_options).map_err(named)?;
         let channels = source.channels().unwrap_or(1);
+        let (mut windowers, rate) = match sensors {
+            None => {
+                let (windower, rate) = windower_for(model, source.as_ref(), &file_options).map_err(named)?;
+                (vec![windower], rate)
+            }
+            Some(n) if n != channels => {
+                return Err(named(RuntimeError::StreamMismatch(format!(
+                    "it has {channels} channel(s) and the stream {n}; give a healthy recording of the same \
+                     sensors, one channel each"
+                ))))
+            }
+            Some(n) => {
+                let rate = stream_rate(model, source.as_ref(), &file_options).map_err(named)?;
+                let hop = options.hop.unwrap_or(meta.hop);
+                let one = || Windower::new(1, rate, meta.sample_rate_hz, meta.window, hop).map_err(named);
+                ((0..n).map(|_| one()).collect::<Result<Vec<_>>>()?, rate)
+            }
+        };
         let mut chunk = Vec::new();
+        let mut samples = Vec::new();
         let mut frames = 0u64;
         while source.read_chunk(&mut chunk, 65_536).map_err(named)? {
             frames += (chunk.len() / channels) as u64;
-            windower.push(&chunk, |w| windows.push(w));
+            if sensors.is_none() {
+                windowers[0].push(&chunk, |w| windows[0].push(w));
+                continue;
+            }
+            for (channel, windower) in windowers.iter_mut().enumerate() {
+                samples.clear();
+                samples.extend(chunk.iter().skip(channel).step_by(channels));
+                windower.push(&samples, |w| windows[channel].push(w));
+            }
         }
         seconds += frames as f64 / rate;
     }
