@@ -10,8 +10,8 @@ use crate::model::VigilModel;
 use crate::pipeline::Pipeline;
 use crate::scorer::WindowOutcome;
 use crate::stream::{
-    empty_input, open_store, read_baseline, stream_rate, CommissionFrom, Commissioned, StreamOptions,
-    StreamSummary,
+    commission_on_baseline, empty_input, open_store, read_baseline, stream_rate, CommissionFrom,
+    Commissioned, StreamOptions, StreamSummary,
 };
 use crate::windower::{Window, Windower};
 use std::path::Path;
@@ -110,7 +110,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
     };
     let mut commissioned: Vec<Option<Commissioned>> = vec![None; channels];
     let mut sensors = Vec::with_capacity(channels);
-    for name in &names {
+    for (channel, name) in names.iter().enumerate() {
         let store = match reports {
             Some(dir) => Some(open_store(&dir.join(name))?),
             None => None,
@@ -121,28 +121,14 @@ pub fn run_sensors<E: From<RuntimeError>>(
             pipeline.scorer_mut().adapt(settings, None)?;
         }
         if let (Some((windows, seconds)), Some(c)) = (&baseline, &options.commissioning) {
-            let channel = sensors.len();
             let windows = &windows[channel];
-            let count = u32::try_from(windows.len()).unwrap_or(u32::MAX);
-            let settings =
-                AdaptationSettings::for_windows(&model, Some(hop), Some(count), c.false_alarms_per_day)?;
-            pipeline.scorer_mut().adapt(settings, None)?;
-            for w in windows {
-                if let Some(threshold) = pipeline.process(w)?.commissioned {
-                    commissioned[channel] = Some(Commissioned {
-                        windows: windows.len() as u64,
-                        seconds: *seconds,
-                        threshold,
-                        model_threshold: meta.alarm.threshold,
-                    });
-                }
-            }
+            commissioned[channel] =
+                commission_on_baseline(&mut pipeline, windows, *seconds, hop, c.false_alarms_per_day)?;
             if commissioned[channel].is_none() {
                 // One dead or faulty channel must not keep the others from running.
                 log::warn!(
-                    "sensor {}: its {} baseline windows did not complete commissioning (sensor faults are \
+                    "sensor {name}: its {} baseline windows did not complete commissioning (sensor faults are \
                      not learned from); it goes on learning from the stream, alarms disarmed until then",
-                    names[channel],
                     windows.len()
                 );
             }

@@ -214,12 +214,8 @@ pub fn run_stream<E: From<RuntimeError>>(
         }
         _ => None,
     };
-    let adaptation = match (&options.commissioning, &baseline) {
-        (Some(c), Some((windows, _))) => {
-            let windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
-            Some(AdaptationSettings::for_windows(&model, Some(hop), Some(windows), c.false_alarms_per_day)?)
-        }
-        (Some(Commissioning { from: CommissionFrom::Stream(d), false_alarms_per_day }), None) => {
+    let adaptation = match &options.commissioning {
+        Some(Commissioning { from: CommissionFrom::Stream(d), false_alarms_per_day }) => {
             Some(AdaptationSettings::for_stream(&model, Some(hop), Some(*d), *false_alarms_per_day)?)
         }
         _ => None,
@@ -230,13 +226,8 @@ pub fn run_stream<E: From<RuntimeError>>(
         pipeline.scorer_mut().adapt(settings, None)?;
     }
     let mut commissioned = None;
-    if let Some((windows, seconds)) = baseline {
-        for w in &windows {
-            if let Some(threshold) = pipeline.process(w)?.commissioned {
-                let windows = windows.len() as u64;
-                commissioned = Some(Commissioned { windows, seconds, threshold, model_threshold });
-            }
-        }
+    if let (Some((windows, seconds)), Some(c)) = (baseline, &options.commissioning) {
+        commissioned = commission_on_baseline(&mut pipeline, &windows, seconds, hop, c.false_alarms_per_day)?;
         if commissioned.is_none() {
             return Err(RuntimeError::Input(format!(
                 "the baseline's {} windows did not complete commissioning (sensor faults are not \
@@ -267,6 +258,31 @@ pub fn run_stream<E: From<RuntimeError>>(
     summary.commissioned = commissioned;
     summary.shaft = pipeline.lock().ok().and_then(|mut p| p.shaft_speed());
     Ok(summary)
+}
+
+/// Commissions `pipeline` on the healthy `windows` (holding `seconds` of signal), its
+/// threshold calibrated to `false_alarms_per_day`: what it learned, or `None` when the
+/// windows did not complete commissioning (sensor faults are not learned from).
+pub(crate) fn commission_on_baseline(
+    pipeline: &mut Pipeline,
+    windows: &[crate::windower::Window],
+    seconds: f64,
+    hop: usize,
+    false_alarms_per_day: f32,
+) -> Result<Option<Commissioned>> {
+    let model = pipeline.scorer().model();
+    let model_threshold = model.metadata().alarm.threshold;
+    let count = u32::try_from(windows.len()).unwrap_or(u32::MAX);
+    let settings = AdaptationSettings::for_windows(model, Some(hop), Some(count), false_alarms_per_day)?;
+    pipeline.scorer_mut().adapt(settings, None)?;
+    let mut commissioned = None;
+    for w in windows {
+        if let Some(threshold) = pipeline.process(w)?.commissioned {
+            let windows = windows.len() as u64;
+            commissioned = Some(Commissioned { windows, seconds, threshold, model_threshold });
+        }
+    }
+    Ok(commissioned)
 }
 
 /// Every window of the healthy recordings `files`, cut as the stream's will be, and the
