@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, text, vigil};
+use common::{four_sensors, ok, text, vigil};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -302,26 +302,6 @@ fn wrong_channel_count_is_refused_clearly() {
     let signal = simulate(dir.path(), "two.csv", &["--seconds", "1", "--channels", "2"]);
     assert_fails_with(run(&signal, &[]), "2 channel(s) but model");
     assert_fails_with(run(&signal, &[]), "--sensor-per-channel");
-}
-
-/// Columns of the simulated CSV files `names` in `dir` side by side, plus a dead sensor,
-/// as `dir/out`.
-fn four_sensors(dir: &Path, names: &[&Path], out_name: &str) -> PathBuf {
-    let columns: Vec<Vec<String>> = names
-        .iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(p).unwrap();
-            text.lines().filter(|l| !l.starts_with('#')).skip(1).map(str::to_owned).collect()
-        })
-        .collect();
-    let mut out = String::from("# sample_rate_hz=16000\npump-de,pump-nde,motor,dead\n");
-    for i in 0..columns[0].len() {
-        let row: Vec<&str> = columns.iter().map(|c| c[i].as_str()).collect();
-        out.push_str(&format!("{},0.0\n", row.join(",")));
-    }
-    let path = dir.join(out_name);
-    std::fs::write(&path, out).unwrap();
-    path
 }
 
 #[test]

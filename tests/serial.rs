@@ -26,11 +26,17 @@ struct Device {
 
 impl Device {
     fn start(link: &Link, state: &Path, pubkey: &Path, extra: &[&str]) -> Device {
-        let mut args = vec!["serve", "--port", &link.device_port, "--state", state.to_str().unwrap()];
+        let mut args = vec!["--port", &link.device_port, "--state", state.to_str().unwrap()];
         args.extend(["--pubkey", pubkey.to_str().unwrap(), "--name", "press-7"]);
         args.extend_from_slice(extra);
+        Device::serve(link, &args)
+    }
+
+    /// `vigil serve ARGS` on the link's device side.
+    fn serve(link: &Link, args: &[&str]) -> Device {
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(&args)
+            .arg("serve")
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -192,6 +198,169 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
     let status = ok(&["status", "--port", port]);
     assert!(status.contains("head     version 2"), "{status}");
     assert!(device.stop().contains("restored committed head version 2"));
+}
+
+#[test]
+fn a_gateway_of_four_sensors_and_a_device_of_one_answer_the_same_host_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "publisher");
+    let simulate = |name: &str, args: &[&str]| {
+        let out = dir.path().join(name);
+        ok(&[&["simulate", "-o", out.to_str().unwrap(), "--seconds", "30"][..], args].concat());
+        out
+    };
+    let healthy = simulate("a.csv", &["--seed", "1"]);
+    let other = simulate("b.csv", &["--seed", "2", "--shaft-hz", "45"]);
+    let fault =
+        simulate("c.csv", &["--seed", "3", "--fault", "outer-race", "--severity", "0.4", "--onset", "15"]);
+    // Columns pump-de, pump-nde, motor (the developing outer-race fault), dead.
+    let input = common::four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
+    let link = Link::new(None);
+    let state = dir.path().join("state");
+    let config = dir.path().join("vigil.toml");
+    let sensors = [("pump-7/DE", 0), ("pump-7/NDE", 1), ("motor/DE", 2), ("spare", 3)];
+    let mut text = format!(
+        "model = {:?}\nport = {:?}\nstate = {:?}\npubkey = {:?}\nname = \"line-2\"\n\
+         [input]\npath = {:?}\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bearing-cnn-v3.onnx"),
+        link.device_port,
+        state,
+        public,
+        input
+    );
+    for (name, channel) in sensors {
+        text.push_str(&format!("[[sensor]]\nname = \"{name}\"\nchannel = {channel}\n"));
+    }
+    // A channel the input does not have is named before the port is opened.
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(&wrong, format!("{text}[[sensor]]\nname = \"far\"\nchannel = 9\n")).unwrap();
+    let e = refused(&["serve", "--config", wrong.to_str().unwrap()]);
+    assert!(e.contains("sensor far reads channel 9 but the input has 4"), "{e}");
+    std::fs::write(&config, text).unwrap();
+    let device = Device::serve(&link, &["--config", config.to_str().unwrap(), "--commission", "5s"]);
+    let port = link.host_port.as_str();
+
+    // The developing fault alarms on its own sensor only, under its own name.
+    let pull = |sensor: &str| -> Vec<serde_json::Value> {
+        let out = ok(&["reports", "pull", "--port", port, "--sensor", sensor]);
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let started = Instant::now();
+    let motor = loop {
+        let reports = pull("motor/DE");
+        if reports.iter().any(|r| r["kind"] == "AlarmRaised") {
+            break reports;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no alarm on motor/DE: {reports:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").unwrap();
+    assert_eq!(alarm["class"], "outer_race", "{alarm}");
+    assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0, "{alarm}");
+    // Wait for the end of the stream: each sensor's windows, scored or skipped as
+    // sensor faults, stop growing.
+    let counted = |status: &serde_json::Value| -> Vec<u64> {
+        let sensors = status["sensors"].as_array().unwrap();
+        sensors
+            .iter()
+            .map(|s| s["windows_scored"].as_u64().unwrap() + s["sensor_faults"].as_u64().unwrap())
+            .collect()
+    };
+    let mut last = Vec::new();
+    let status: serde_json::Value = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&["status", "--port", port, "--json"])).unwrap();
+        let now = counted(&status);
+        if now == last && now.iter().all(|&n| n > 0) {
+            break status;
+        }
+        last = now;
+        assert!(started.elapsed() < Duration::from_secs(120), "{status}");
+        std::thread::sleep(Duration::from_millis(1000));
+    };
+    let windows = counted(&status);
+    assert!(windows.iter().all(|&n| n == windows[0]), "every sensor saw the same windows: {status}");
+    let names: Vec<&str> =
+        status["sensors"].as_array().unwrap().iter().map(|s| s["sensor"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pump-7/DE", "pump-7/NDE", "motor/DE", "spare"], "{status}");
+    for (sensor, expected) in [("pump-7/DE", false), ("pump-7/NDE", false)] {
+        let alarms = pull(sensor).iter().filter(|r| r["kind"] == "AlarmRaised").count();
+        assert_eq!(alarms > 0, expected, "{sensor}");
+    }
+    let spare = pull("spare");
+    assert!(spare.iter().all(|r| r["kind"] == "SensorFault"), "{spare:?}");
+    // The plain status: a line per sensor.
+    let table = ok(&["status", "--port", port]);
+    eprintln!("{table}");
+    assert!(table.contains("device   line-2") && table.contains("sensors  4,"), "{table}");
+    let line = |name: &str| table.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_owned();
+    assert!(line("pump-7/DE ").contains("quiet") && line("pump-7/NDE").contains("quiet"), "{table}");
+    // One sensor's status in full.
+    let one = ok(&["status", "--port", port, "--sensor", "motor/DE"]);
+    assert!(one.contains("reports  next sequence"), "{one}");
+
+    // A pull, label or snapshot must say which sensor; an unknown one is named.
+    let e = refused(&["reports", "pull", "--port", port]);
+    assert!(e.contains("watches 4 sensors (pump-7/DE, pump-7/NDE, motor/DE, spare)"), "{e}");
+    let e = refused(&["reports", "pull", "--port", port, "--sensor", "pump-9"]);
+    assert!(e.contains("no sensor pump-9"), "{e}");
+    let sequence = alarm["sequence"].as_u64().unwrap().to_string();
+    let labelled = ok(&[
+        "label",
+        "--port",
+        port,
+        "--sensor",
+        "motor/DE",
+        "--report",
+        &sequence,
+        "--class",
+        "outer_race",
+    ]);
+    assert!(labelled.contains("of sensor motor/DE labelled outer_race"), "{labelled}");
+    let labels = std::fs::read_to_string(state.join("sensors/motor/DE/labels.jsonl")).unwrap();
+    assert!(labels.contains(&format!("\"report\":{sequence}")), "{labels}");
+    // The same sequence number on a quiet sensor names no report of its own.
+    let e = refused(&[
+        "label",
+        "--port",
+        port,
+        "--sensor",
+        "pump-7/DE",
+        "--report",
+        &sequence,
+        "--class",
+        "ball",
+    ]);
+    assert!(e.contains(&format!("no report #{sequence} of sensor pump-7/DE")), "{e}");
+    let html = dir.path().join("motor.html");
+    ok(&["reports", "pull", "--port", port, "--sensor", "motor/DE", "--html", html.to_str().unwrap()]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("line-2, sensor motor/DE") && page.contains(&format!("id=\"alarm-{sequence}\"")));
+    let snapshot = dir.path().join("motor.vup");
+    let said = ok(&["snapshot", "--port", port, "--sensor", "motor/DE", "-o", snapshot.to_str().unwrap()]);
+    assert!(said.contains("1 labels learned"), "{said}");
+
+    // A head update is the gateway's: every sensor runs it.
+    let head = signed_head(dir.path(), &key, 2, false);
+    ok(&["push", "--port", port, "--quiet", head.to_str().unwrap()]);
+    let status: serde_json::Value = serde_json::from_str(&ok(&["status", "--port", port, "--json"])).unwrap();
+    assert_eq!(status["head_version"], 2, "{status}");
+    let out = device.stop();
+    assert!(out.contains("motor/DE: ") && out.contains("outer_race"), "{out}");
+    assert!(state.join("sensors/pump-7/NDE").is_dir(), "each sensor has its folder");
+
+    // A device of one sensor answers the same tools, with or without its name.
+    let link = Link::new(None);
+    let single = dir.path().join("single");
+    let device = Device::start(&link, &single, &public, &["--input", healthy.to_str().unwrap()]);
+    let port = link.host_port.as_str();
+    let status = ok(&["status", "--port", port]);
+    assert!(status.contains("device   press-7") && !status.contains("sensors "), "{status}");
+    ok(&["status", "--port", port, "--sensor", "press-7"]);
+    ok(&["reports", "pull", "--port", port]);
+    let e = refused(&["reports", "pull", "--port", port, "--sensor", "motor/DE"]);
+    assert!(e.contains("no sensor motor/DE; its sensors are press-7"), "{e}");
+    drop(device);
 }
 
 #[test]

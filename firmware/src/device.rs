@@ -72,7 +72,7 @@ impl<C: Clock> Device for FirmwareDevice<'_, C> {
         }
     }
 
-    fn status(&self) -> Status {
+    fn status(&self, _sensor: u8) -> Status {
         let counters = self.monitor.counters();
         Status {
             uptime_s: self.clock.uptime_s(),
@@ -99,11 +99,11 @@ impl<C: Clock> Device for FirmwareDevice<'_, C> {
         self.identity.public_key
     }
 
-    fn report_from(&mut self, since: u64) -> Option<AnomalyReport> {
+    fn report_from(&mut self, _sensor: u8, since: u64) -> Option<AnomalyReport> {
         self.monitor.report_from(since, self.model_hash)
     }
 
-    fn label(&mut self, report: u64, class: u8) -> Result<(), NackReason> {
+    fn label(&mut self, _sensor: u8, report: u64, class: u8) -> Result<(), NackReason> {
         self.monitor.label(report, class)
     }
 
@@ -118,7 +118,7 @@ impl<C: Clock> Device for FirmwareDevice<'_, C> {
     }
 
     #[inline(never)]
-    fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
+    fn head_snapshot(&mut self, _sensor: u8, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
         let update = self.monitor.head()?.to_update(self.model_hash);
         let mut buf = [0u8; MAX_HEAD_BYTES];
         let bytes = postcard::to_slice(&update, &mut buf).ok()?;

@@ -39,3 +39,23 @@ pub fn artefacts() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("target/test-artefacts can be created");
     dir
 }
+
+/// Columns of the simulated CSV files `names` in `dir` side by side, plus a dead sensor,
+/// as `dir/out`.
+pub fn four_sensors(dir: &Path, names: &[&Path], out_name: &str) -> PathBuf {
+    let columns: Vec<Vec<String>> = names
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).expect("the simulated recording reads");
+            text.lines().filter(|l| !l.starts_with('#')).skip(1).map(str::to_owned).collect()
+        })
+        .collect();
+    let mut out = String::from("# sample_rate_hz=16000\npump-de,pump-nde,motor,dead\n");
+    for i in 0..columns[0].len() {
+        let row: Vec<&str> = columns.iter().map(|c| c[i].as_str()).collect();
+        out.push_str(&format!("{},0.0\n", row.join(",")));
+    }
+    let path = dir.join(out_name);
+    std::fs::write(&path, out).expect("the four-sensor stream is written");
+    path
+}

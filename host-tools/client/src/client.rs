@@ -72,6 +72,9 @@ pub struct Client {
     clean: u32,
     /// The last request timed out, so the device may hold part of a frame.
     dangling: bool,
+    /// The sensor requests address (protocol version 2); `None`: version 1, the device's
+    /// first sensor.
+    sensor: Option<u8>,
 }
 
 /// How one exchange of a chunked transfer ended.
@@ -101,7 +104,15 @@ impl Client {
             chunk: MAX_CHUNK,
             clean: 0,
             dangling: true,
+            sensor: None,
         }
+    }
+
+    /// Addresses the requests that follow to sensor `sensor` of the device (0-based;
+    /// protocol version 2), or with `None` to the device as a device of one sensor
+    /// (version 1, which every device speaks).
+    pub fn set_sensor(&mut self, sensor: Option<u8>) {
+        self.sensor = sensor;
     }
 
     /// Sends `message` and passes each answer with its sequence number to `on_answer`
@@ -171,7 +182,11 @@ impl Client {
         self.sequence = self.sequence.wrapping_add(1).max(1);
         let sequence = self.sequence;
         let mut frame = [0u8; MAX_FRAME + 1];
-        let n = encode_frame(&Envelope::new(sequence, message.clone()), &mut frame[1..])
+        let envelope = match self.sensor {
+            Some(sensor) => Envelope::for_sensor(sequence, sensor, message.clone()),
+            None => Envelope::new(sequence, message.clone()),
+        };
+        let n = encode_frame(&envelope, &mut frame[1..])
             .map_err(|e| ClientError::Link(format!("cannot encode the request: {e}")))?;
         // After a timeout the device may hold a partial frame (its delimiter was lost): a
         // leading delimiter ends it, and the device's BadFrame answer to it is expected.
@@ -253,7 +268,41 @@ impl Client {
         identity.ok_or_else(|| ClientError::Link("the device did not say who it is".into()))
     }
 
-    /// Asks the device for its status.
+    /// The names of the device's sensors, in index order; `None` from a device built
+    /// before sensors were addressed (protocol version 1 only), which has one. Leaves
+    /// the requests addressed as they were.
+    pub fn sensors(&mut self) -> Result<Option<Vec<String>>> {
+        let addressed = self.sensor;
+        let mut names = Vec::new();
+        let mut count = 1;
+        let mut result = Ok(());
+        while names.len() < usize::from(count) {
+            self.sensor = Some(names.len() as u8);
+            let mut answer = None;
+            result = self.request(&Message::SensorQuery, |m| match m {
+                Message::Sensor { count, name } => {
+                    answer = Some((*count, (*name).to_owned()));
+                    true
+                }
+                _ => false,
+            });
+            match answer {
+                Some((n, name)) if result.is_ok() => {
+                    count = n;
+                    names.push(name);
+                }
+                _ => break,
+            }
+        }
+        self.sensor = addressed;
+        match result {
+            Ok(()) => Ok(Some(names)),
+            Err(ClientError::Refused(NackReason::UnsupportedVersion { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the device for its status (of the addressed sensor).
     pub fn status(&mut self) -> Result<Status> {
         let mut status = None;
         self.request(&Message::StatusQuery, |m| match m {

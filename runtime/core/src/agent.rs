@@ -9,28 +9,43 @@ use crate::update::slots::{SlotStorage, Slots};
 use crate::update::HeadUpdate;
 use crate::wire::{
     decode_request, encode_frame, DeviceInfo, Envelope, FrameReader, Message, NackReason, Status, WireError,
-    MAX_CHUNK, MAX_FRAME, PROTOCOL_VERSION,
+    MAX_CHUNK, MAX_FRAME, PROTOCOL_VERSION, PROTOCOL_VERSION_1,
 };
 
 /// Most reports sent in answer to one query, whatever the query asks.
 pub const MAX_REPORTS_PER_QUERY: u16 = 64;
 
 /// What a device provides to the agent.
+///
+/// A device watches one sensor or several (a gateway with many measurement points). The
+/// model and its head updates belong to the device; status, reports, labels and the
+/// adapted head belong to a sensor, numbered from 0. The agent checks a request's sensor
+/// against [`Device::sensors`] before it asks the device.
 pub trait Device {
     /// Who the device is (the agent fills in the slot capacity).
     fn info(&self) -> DeviceInfo<'_>;
-    /// What the device is doing (the agent fills in the update progress).
-    fn status(&self) -> Status;
+    /// How many sensors the device watches.
+    fn sensors(&self) -> u8 {
+        1
+    }
+    /// The name of sensor `sensor`; a device of one sensor goes by its own name.
+    fn sensor_name(&self, sensor: u8) -> &str {
+        let _ = sensor;
+        self.info().device
+    }
+    /// What sensor `sensor` is doing (the agent fills in the update progress).
+    fn status(&self, sensor: u8) -> Status;
     /// SHA-256 of the model the device runs.
     fn model_hash(&self) -> [u8; 32];
     /// Version of the head the device runs.
     fn head_version(&self) -> u32;
     /// The Ed25519 public key updates must be signed with.
     fn public_key(&self) -> [u8; 32];
-    /// The stored report with the smallest sequence number at or after `since`.
-    fn report_from(&mut self, since: u64) -> Option<AnomalyReport>;
-    /// Records a technician's label for a stored report.
-    fn label(&mut self, report: u64, class: u8) -> Result<(), NackReason>;
+    /// Sensor `sensor`'s stored report with the smallest sequence number at or after
+    /// `since`.
+    fn report_from(&mut self, sensor: u8, since: u64) -> Option<AnomalyReport>;
+    /// Records a technician's label for a stored report of sensor `sensor`.
+    fn label(&mut self, sensor: u8, report: u64, class: u8) -> Result<(), NackReason>;
     /// The largest step by which one update may raise the head version.
     fn max_version_step(&self) -> u32 {
         crate::update::MAX_VERSION_STEP
@@ -39,9 +54,10 @@ pub trait Device {
     fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason>;
     /// Starts scoring with `update`, which is now committed.
     fn apply_head(&mut self, update: &HeadUpdate);
-    /// Copies the running head, serialised as a [`HeadUpdate`], from `offset` into `out`;
-    /// returns the total length and the bytes copied.
-    fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)>;
+    /// Copies the head sensor `sensor` runs (as adapted on site), serialised as a
+    /// [`HeadUpdate`], from `offset` into `out`; returns the total length and the bytes
+    /// copied.
+    fn head_snapshot(&mut self, sensor: u8, offset: u32, out: &mut [u8]) -> Option<(u32, usize)>;
     /// Takes sensor samples (little-endian f32) starting at stream index `first`; returns
     /// the windows scored since the start. Devices with a sensor of their own refuse them.
     fn samples(&mut self, first: u64, data: &[u8]) -> Result<u32, NackReason> {
@@ -181,8 +197,9 @@ fn respond<S: SlotStorage>(
     send: &mut impl FnMut(&[u8]),
 ) {
     let mut out = [0u8; MAX_FRAME];
-    let mut reply = |sequence: u32, message: Message<'_>| {
-        if let Ok(n) = encode_frame(&Envelope::new(sequence, message), &mut out) {
+    // An answer goes in its request's version, with its sequence number and sensor.
+    let mut reply = |(version, sequence, sensor): (u8, u32, u8), message: Message<'_>| {
+        if let Ok(n) = encode_frame(&Envelope { version, sequence, sensor, message }, &mut out) {
             send(&out[..n]);
         }
     };
@@ -190,14 +207,19 @@ fn respond<S: SlotStorage>(
         Ok(request) => request,
         Err(WireError::UnsupportedVersion { sequence, .. }) => {
             let reason = NackReason::UnsupportedVersion { supported: PROTOCOL_VERSION };
-            return reply(sequence, Message::Nack(reason));
+            return reply((PROTOCOL_VERSION_1, sequence, 0), Message::Nack(reason));
         }
         Err(WireError::NotARequest { sequence }) => {
-            return reply(sequence, Message::Nack(NackReason::Unexpected))
+            return reply((PROTOCOL_VERSION_1, sequence, 0), Message::Nack(NackReason::Unexpected))
         }
-        Err(_) => return reply(0, Message::Nack(NackReason::BadFrame)),
+        Err(_) => return reply((PROTOCOL_VERSION_1, 0, 0), Message::Nack(NackReason::BadFrame)),
     };
-    let seq = request.sequence;
+    let to = (request.version, request.sequence, request.sensor);
+    let sensor = request.sensor;
+    let sensors = device.sensors();
+    if sensor >= sensors {
+        return reply(to, Message::Nack(NackReason::UnknownSensor { sensors }));
+    }
     let answer = |r: Result<u32, NackReason>| match r {
         Ok(value) => Message::Ack(value),
         Err(reason) => Message::Nack(reason),
@@ -206,47 +228,52 @@ fn respond<S: SlotStorage>(
         Message::InfoQuery => {
             let mut info = device.info();
             info.slot_capacity = slots.capacity();
-            reply(seq, Message::Info(info));
+            reply(to, Message::Info(info));
         }
-        Message::Ping(value) => reply(seq, Message::Pong(value)),
+        Message::Ping(value) => reply(to, Message::Pong(value)),
+        Message::SensorQuery => {
+            reply(to, Message::Sensor { count: sensors, name: device.sensor_name(sensor) })
+        }
         Message::StatusQuery => {
-            let mut status = device.status();
+            let mut status = device.status(sensor);
             status.update = slots.progress();
-            reply(seq, Message::Status(status));
+            reply(to, Message::Status(status));
         }
         Message::UpdateBegin(header) => {
             let (model, current, step) =
                 (device.model_hash(), device.head_version(), device.max_version_step());
-            reply(seq, answer(slots.begin(&header, &model, current, step)));
+            reply(to, answer(slots.begin(&header, &model, current, step)));
         }
-        Message::UpdateChunk { offset, data } => reply(seq, answer(slots.chunk(offset, data))),
+        Message::UpdateChunk { offset, data } => reply(to, answer(slots.chunk(offset, data))),
         Message::UpdateCommit { signature } => {
-            reply(seq, answer(commit(slots, scratch, signature.as_ref(), device)))
+            reply(to, answer(commit(slots, scratch, signature.as_ref(), device)))
         }
         Message::ReportsQuery { since, max } => {
             let mut next = since;
             let mut count = 0;
             while count < max.min(MAX_REPORTS_PER_QUERY) {
-                let Some(report) = device.report_from(next) else { break };
+                let Some(report) = device.report_from(sensor, next) else { break };
                 next = report.sequence.saturating_add(1);
-                reply(seq, Message::Report { index: count, report });
+                reply(to, Message::Report { index: count, report });
                 count += 1;
             }
-            let more = device.report_from(next).is_some();
-            reply(seq, Message::ReportsEnd { next, more, count });
+            let more = device.report_from(sensor, next).is_some();
+            reply(to, Message::ReportsEnd { next, more, count });
         }
-        Message::SampleChunk { first, data } => reply(seq, answer(device.samples(first, data))),
-        Message::Label { report, class } => reply(seq, answer(device.label(report, class).map(|()| 0))),
+        Message::SampleChunk { first, data } => reply(to, answer(device.samples(first, data))),
+        Message::Label { report, class } => {
+            reply(to, answer(device.label(sensor, report, class).map(|()| 0)))
+        }
         Message::HeadSnapshotQuery { offset, max } => {
             let mut chunk = [0u8; MAX_CHUNK];
             let wanted = usize::from(max).clamp(1, MAX_CHUNK);
-            match device.head_snapshot(offset, &mut chunk[..wanted]) {
-                Some((total, n)) => reply(seq, Message::HeadSnapshot { total, offset, data: &chunk[..n] }),
-                None => reply(seq, Message::Nack(NackReason::Unexpected)),
+            match device.head_snapshot(sensor, offset, &mut chunk[..wanted]) {
+                Some((total, n)) => reply(to, Message::HeadSnapshot { total, offset, data: &chunk[..n] }),
+                None => reply(to, Message::Nack(NackReason::Unexpected)),
             }
         }
         // The answers (Message::is_answer); decode_request never yields them.
-        _ => reply(seq, Message::Nack(NackReason::Unexpected)),
+        _ => reply(to, Message::Nack(NackReason::Unexpected)),
     }
 }
 
@@ -257,10 +284,12 @@ mod tests {
     use crate::wire::{decode_frame, Signature, UpdateProgress};
     use std::vec::Vec;
 
-    /// A device with a few stored reports, over an in-memory pipe.
+    /// A device with a few stored reports per sensor, over an in-memory pipe.
     struct PipeDevice {
-        reports: Vec<AnomalyReport>,
-        labels: Vec<(u64, u8)>,
+        /// Each sensor's reports.
+        reports: Vec<Vec<AnomalyReport>>,
+        /// (sensor, report, class)
+        labels: Vec<(u8, u64, u8)>,
         head: Option<HeadUpdate>,
         public_key: [u8; 32],
     }
@@ -278,15 +307,21 @@ mod tests {
                 slot_capacity: 0,
             }
         }
-        fn status(&self) -> Status {
+        fn sensors(&self) -> u8 {
+            self.reports.len() as u8
+        }
+        fn sensor_name(&self, sensor: u8) -> &str {
+            ["bench-1/DE", "bench-1/NDE"][usize::from(sensor)]
+        }
+        fn status(&self, sensor: u8) -> Status {
             Status {
                 uptime_s: 1,
-                windows_scored: 10,
+                windows_scored: 10 + u64::from(sensor),
                 sensor_faults: 0,
                 alarm_active: false,
                 last_score: 0.5,
                 threshold: 9.0,
-                next_report: self.reports.len() as u64,
+                next_report: self.reports[usize::from(sensor)].len() as u64,
                 head_version: self.head_version(),
                 update: None,
             }
@@ -300,14 +335,14 @@ mod tests {
         fn public_key(&self) -> [u8; 32] {
             self.public_key
         }
-        fn report_from(&mut self, since: u64) -> Option<AnomalyReport> {
-            self.reports.iter().find(|r| r.sequence >= since).cloned()
+        fn report_from(&mut self, sensor: u8, since: u64) -> Option<AnomalyReport> {
+            self.reports[usize::from(sensor)].iter().find(|r| r.sequence >= since).cloned()
         }
-        fn label(&mut self, report: u64, class: u8) -> Result<(), NackReason> {
-            if !self.reports.iter().any(|r| r.sequence == report) {
+        fn label(&mut self, sensor: u8, report: u64, class: u8) -> Result<(), NackReason> {
+            if !self.reports[usize::from(sensor)].iter().any(|r| r.sequence == report) {
                 return Err(NackReason::UnknownReport);
             }
-            self.labels.push((report, class));
+            self.labels.push((sensor, report, class));
             Ok(())
         }
         fn check_head(&self, update: &HeadUpdate) -> Result<(), NackReason> {
@@ -320,7 +355,7 @@ mod tests {
         fn apply_head(&mut self, update: &HeadUpdate) {
             self.head = Some(update.clone());
         }
-        fn head_snapshot(&mut self, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
+        fn head_snapshot(&mut self, _sensor: u8, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
             let bytes = postcard::to_allocvec(self.head.as_ref()?).ok()?;
             let rest = bytes.get(offset as usize..)?;
             let n = rest.len().min(out.len());
@@ -351,23 +386,79 @@ mod tests {
         device: &mut PipeDevice,
         message: Message<'_>,
     ) -> Vec<std::string::String> {
+        ask_in(agent, device, Envelope::new(5, message))
+    }
+
+    /// Sends one request in `envelope`; every answer must be in its version, with its
+    /// sequence number and sensor.
+    fn ask_in<S: SlotStorage>(
+        agent: &mut Agent<'_, S>,
+        device: &mut PipeDevice,
+        request: Envelope<'_>,
+    ) -> Vec<std::string::String> {
         let mut frame = [0u8; MAX_FRAME];
-        let n = encode_frame(&Envelope::new(5, message), &mut frame).unwrap();
+        let n = encode_frame(&request, &mut frame).unwrap();
         let mut answers = Vec::new();
         agent.receive(&frame[..n], device, &mut |bytes| {
             let mut owned = bytes[..bytes.len() - 1].to_vec();
             let envelope = decode_frame(&mut owned).unwrap();
-            assert_eq!(envelope.sequence, 5, "answers carry the request's sequence");
+            let echo = (envelope.version, envelope.sequence, envelope.sensor);
+            assert_eq!(echo, (request.version, request.sequence, request.sensor), "answers echo the request");
             answers.push(std::format!("{:?}", envelope.message));
         });
         answers
     }
 
     #[test]
+    fn a_request_reaches_the_sensor_its_envelope_addresses() {
+        let mut device = PipeDevice {
+            reports: std::vec![(0..3).map(report).collect(), (0..1).map(report).collect()],
+            labels: Vec::new(),
+            head: None,
+            public_key: [0; 32],
+        };
+        let mut scratch = std::vec![0u8; 8192];
+        let mut agent = Agent::new(Slots::open(RamStorage::default()).unwrap(), &mut scratch);
+        let to = |sensor, message| Envelope::for_sensor(9, sensor, message);
+        assert_eq!(
+            ask_in(&mut agent, &mut device, to(1, Message::SensorQuery)),
+            [r#"Sensor { count: 2, name: "bench-1/NDE" }"#]
+        );
+        let status = ask_in(&mut agent, &mut device, to(1, Message::StatusQuery));
+        assert!(
+            status[0].contains("windows_scored: 11,") && status[0].contains("next_report: 1,"),
+            "{status:?}"
+        );
+        let answers = ask_in(&mut agent, &mut device, to(1, Message::ReportsQuery { since: 0, max: 10 }));
+        assert_eq!(answers.len(), 2, "sensor 1 holds one report: {answers:?}");
+        assert_eq!(answers[1], "ReportsEnd { next: 1, more: false, count: 1 }");
+        assert_eq!(
+            ask_in(&mut agent, &mut device, to(1, Message::Label { report: 0, class: 1 })),
+            ["Ack(0)"]
+        );
+        assert_eq!(
+            ask_in(&mut agent, &mut device, to(1, Message::Label { report: 2, class: 1 })),
+            ["Nack(UnknownReport)"],
+            "report 2 is sensor 0's"
+        );
+        assert_eq!(device.labels, [(1, 0, 1)]);
+        assert_eq!(
+            ask_in(&mut agent, &mut device, to(2, Message::StatusQuery)),
+            ["Nack(UnknownSensor { sensors: 2 })"]
+        );
+        // A version 1 request is about the first sensor.
+        let status = ask(&mut agent, &mut device, Message::StatusQuery);
+        assert!(
+            status[0].contains("windows_scored: 10,") && status[0].contains("next_report: 3,"),
+            "{status:?}"
+        );
+    }
+
+    #[test]
     fn an_update_from_another_transport_takes_the_same_path_as_one_from_the_line() {
         let key = signing_key(1);
         let mut device = PipeDevice {
-            reports: Vec::new(),
+            reports: std::vec![Vec::new()],
             labels: Vec::new(),
             head: None,
             public_key: key.verifying_key().to_bytes(),
@@ -391,7 +482,7 @@ mod tests {
     fn the_agent_serves_every_request_over_an_in_memory_pipe() {
         let key = signing_key(1);
         let mut device = PipeDevice {
-            reports: (0..5).map(report).collect(),
+            reports: std::vec![(0..5).map(report).collect()],
             labels: Vec::new(),
             head: None,
             public_key: key.verifying_key().to_bytes(),
@@ -432,7 +523,7 @@ mod tests {
             ask(&mut agent, &mut device, Message::Label { report: 40, class: 2 }),
             ["Nack(UnknownReport)"]
         );
-        assert_eq!(device.labels, [(4, 2)]);
+        assert_eq!(device.labels, [(0, 4, 2)]);
         let snapshot = ask(&mut agent, &mut device, Message::HeadSnapshotQuery { offset: 0, max: 64 });
         assert!(snapshot[0].starts_with("HeadSnapshot { total: "), "{snapshot:?}");
         assert_eq!(ask(&mut agent, &mut device, Message::Pong(1)), ["Nack(Unexpected)"]);

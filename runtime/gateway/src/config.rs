@@ -38,6 +38,54 @@ pub struct GatewayConfig {
     pub mqtt: Option<MqttConfig>,
     /// What the nameplate says of the machine: shaft speed and bearing.
     pub machine: Option<MachineConfig>,
+    /// The sensors (`[[sensor]]`), each a channel of the input scored on its own; none:
+    /// the input is the device's one sensor.
+    #[serde(default, rename = "sensor")]
+    pub sensors: Vec<SensorConfig>,
+}
+
+/// One measurement point of a gateway that watches several (`[[sensor]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Its name, such as `pump-7/DE`: it names its folder in the state folder and what the
+    /// host tools address (`vigil reports pull --sensor pump-7/DE`).
+    pub name: String,
+    /// The input channel it reads, counted from 0.
+    pub channel: usize,
+    /// Its machine, where it differs from `[machine]` (`[sensor.machine]`); unset keys
+    /// keep `[machine]`'s.
+    pub machine: Option<MachineConfig>,
+    /// Its alarm policy overrides, over `[alarm]`'s (`[sensor.alarm]`).
+    pub alarm: Option<AlarmConfig>,
+}
+
+impl GatewayConfig {
+    /// Sensor `sensor`'s machine: its own `[sensor.machine]` keys over `[machine]`'s.
+    pub fn sensor_machine(&self, sensor: &SensorConfig) -> Option<MachineConfig> {
+        match (&self.machine, &sensor.machine) {
+            (None, None) => None,
+            (Some(m), None) | (None, Some(m)) => Some(m.clone()),
+            (Some(g), Some(s)) => Some(MachineConfig {
+                shaft_hz: s.shaft_hz.or(g.shaft_hz),
+                bearing: s.bearing.clone().or_else(|| g.bearing.clone()),
+            }),
+        }
+    }
+
+    /// Sensor `sensor`'s alarm overrides: its own keys over `[alarm]`'s.
+    pub fn sensor_alarm(&self, sensor: &SensorConfig) -> Option<AlarmConfig> {
+        match (&self.alarm, &sensor.alarm) {
+            (None, None) => None,
+            (Some(a), None) | (None, Some(a)) => Some(*a),
+            (Some(g), Some(s)) => Some(AlarmConfig {
+                threshold: s.threshold.or(g.threshold),
+                raise_k: s.raise_k.or(g.raise_k),
+                window_n: s.window_n.or(g.window_n),
+                clear_ratio: s.clear_ratio.or(g.clear_ratio),
+            }),
+        }
+    }
 }
 
 /// The machine's kinematics (`docs/kinematics.md`); what is left out is read from the
@@ -242,23 +290,60 @@ impl GatewayConfig {
             }
         }
         if let Some(alarm) = &self.alarm {
-            let policy = alarm.apply(vigil_core::alarm::AlarmPolicy {
-                threshold: 1.0,
-                raise_k: 1,
-                window_n: 1,
-                clear_ratio: 1.0,
-            });
-            if let Err(e) = policy.validate() {
-                let key = if matches!(e, vigil_core::CoreError::AlarmWindow { .. }) {
-                    "raise_k"
-                } else {
-                    "threshold"
-                };
-                return Err(RuntimeError::Config(format!("{}: {e}", at(key))));
+            check_alarm(alarm).map_err(|(key, e)| RuntimeError::Config(format!("{}: {e}", at(key))))?;
+        }
+        if !self.sensors.is_empty() && self.input.is_none() {
+            return Err(RuntimeError::Config(format!(
+                "config {}: [[sensor]] sections name channels of an input: add an [input] section",
+                path.display()
+            )));
+        }
+        for (i, sensor) in self.sensors.iter().enumerate() {
+            let at = |key: &str| {
+                format!(
+                    "config {}, [[sensor]] number {} ({}), key `{key}`",
+                    path.display(),
+                    i + 1,
+                    sensor.name
+                )
+            };
+            if let Some(why) = crate::sensors::sensor_name_error(&sensor.name) {
+                return Err(RuntimeError::Config(format!("{}: the name {why}", at("name"))));
+            }
+            if self.sensors[..i].iter().any(|o| o.name == sensor.name) {
+                return Err(RuntimeError::Config(format!(
+                    "{}: another sensor has this name; give each its own",
+                    at("name")
+                )));
+            }
+            if let Some(machine) = &sensor.machine {
+                if let Err((key, e)) = machine.kinematics() {
+                    return Err(RuntimeError::Config(format!("{}: {e}", at(key))));
+                }
+            }
+            if let Some(alarm) = self.sensor_alarm(sensor) {
+                check_alarm(&alarm).map_err(|(key, e)| RuntimeError::Config(format!("{}: {e}", at(key))))?;
             }
         }
         Ok(())
     }
+}
+
+/// Checks alarm overrides as a policy would take them; the error names the key. Keys
+/// left unset take the loosest values here (the model's own are checked when it is
+/// loaded), so `raise_k = 2` alone is not refused for want of a `window_n`.
+fn check_alarm(alarm: &AlarmConfig) -> std::result::Result<(), (&'static str, vigil_core::CoreError)> {
+    let policy = alarm.apply(vigil_core::alarm::AlarmPolicy {
+        threshold: 1.0,
+        raise_k: 1,
+        window_n: 32,
+        clear_ratio: 1.0,
+    });
+    policy.validate().map_err(|e| {
+        let key =
+            if matches!(e, vigil_core::CoreError::AlarmWindow { .. }) { "raise_k" } else { "threshold" };
+        (key, e)
+    })
 }
 
 /// The 1-based line where `key = ...` is set, if any.
@@ -304,6 +389,72 @@ mod tests {
         assert!(e.contains("line 7, key `format`"), "{e}");
         let e = format!("{:#}", load(&format!("{GOOD}[alarm]\nraise_k = 9\nwindow_n = 5\n")).unwrap_err());
         assert!(e.contains("line 6, key `raise_k`"), "{e}");
+    }
+
+    #[test]
+    fn sensors_are_read_with_their_own_machine_and_alarm_over_the_gateways() {
+        let input = "[input]\npath = \"-\"\nformat = \"f32le\"\nchannels = 4\n";
+        let text = format!(
+            "{GOOD}{input}[machine]\nshaft_hz = 25.0\nbearing = \"6205\"\n[alarm]\nraise_k = 2\n\
+             [[sensor]]\nname = \"pump-7/DE\"\nchannel = 0\n\
+             [[sensor]]\nname = \"motor\"\nchannel = 2\n[sensor.machine]\nshaft_hz = 49.5\n[sensor.alarm]\nthreshold = 12.0\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.sensors.len(), 2);
+        assert_eq!((c.sensors[0].name.as_str(), c.sensors[0].channel), ("pump-7/DE", 0));
+        let pump = c.sensor_machine(&c.sensors[0]).unwrap().kinematics().unwrap();
+        assert_eq!(pump.shaft_hz, Some(25.0));
+        let motor = c.sensor_machine(&c.sensors[1]).unwrap().kinematics().unwrap();
+        assert_eq!(motor.shaft_hz, Some(49.5));
+        assert_eq!(motor.bearing.unwrap().n_balls, 9, "the gateway's bearing where the sensor names none");
+        let alarm = c.sensor_alarm(&c.sensors[1]).unwrap();
+        assert_eq!((alarm.threshold, alarm.raise_k), (Some(12.0), Some(2)));
+
+        let e = format!("{:#}", load(&format!("{GOOD}[[sensor]]\nname = \"a\"\nchannel = 0\n")).unwrap_err());
+        assert!(e.contains("add an [input] section"), "{e}");
+        let twice = format!(
+            "{GOOD}{input}[[sensor]]\nname = \"a\"\nchannel = 0\n[[sensor]]\nname = \"a\"\nchannel = 1\n"
+        );
+        let e = format!("{:#}", load(&twice).unwrap_err());
+        assert!(e.contains("[[sensor]] number 2 (a), key `name`") && e.contains("another sensor"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(&format!("{GOOD}{input}[[sensor]]\nname = \"../etc\"\nchannel = 0\n")).unwrap_err()
+        );
+        assert!(e.contains("cannot name a sensor's folder"), "{e}");
+        let e = format!("{:#}", load(&format!("{GOOD}{input}[[sensor]]\nname = \"a\"\n")).unwrap_err());
+        assert!(e.contains("missing field `channel`"), "{e}");
+        let bad_speed = format!(
+            "{GOOD}{input}[[sensor]]\nname = \"a\"\nchannel = 0\n[sensor.machine]\nshaft_hz = -1.0\n"
+        );
+        let e = format!("{:#}", load(&bad_speed).unwrap_err());
+        assert!(e.contains("key `shaft_hz`") && e.contains("not a positive speed"), "{e}");
+    }
+
+    #[test]
+    fn the_readmes_multi_sensor_gateway_and_the_templates_sensors_parse() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let section = readme.split("**Several measurement points on one gateway.**").nth(1).unwrap();
+        let block = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+        let c = load(&format!("{GOOD}{block}")).unwrap();
+        let names: Vec<&str> = c.sensors.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["pump-7/DE", "motor-3/NDE"]);
+        assert_eq!(c.sensor_machine(&c.sensors[1]).unwrap().shaft_hz, Some(49.6));
+
+        // The package's template, its [[sensor]] block uncommented (with an input).
+        let template =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/vigil.toml"))
+                .unwrap();
+        let start = template.find("# [[sensor]]").unwrap();
+        let block: String = template[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load(&format!("{GOOD}[input]\npath = \"-\"\n{block}")).unwrap();
+        assert_eq!(c.sensors.len(), 2, "{block}");
     }
 
     #[test]

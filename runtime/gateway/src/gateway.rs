@@ -4,13 +4,14 @@
 //! decides what a person sees.
 
 use crate::adaptation::AdaptationSettings;
-use crate::agent::GatewayDevice;
+use crate::agent::{DeviceSensor, GatewayDevice};
 use crate::config::AlarmConfig;
 use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
 use crate::model::VigilModel;
 use crate::pipeline::Pipeline;
 use crate::scorer::WindowOutcome;
+use crate::sensors::{stream_lanes, SensorLane};
 use crate::slots::{FileSlots, GATEWAY_SLOT_CAPACITY};
 use crate::stream::{open_store, stream_into, windower_for, StreamOptions, StreamSummary};
 use std::path::PathBuf;
@@ -49,6 +50,30 @@ pub struct GatewaySettings {
     pub false_alarms_per_day: f32,
     /// The broker to publish status and reports to, and take updates from.
     pub mqtt: Option<MqttSettings>,
+    /// The sensors, each a channel of the input scored on its own with the (single-channel)
+    /// model; empty: the input is the device's one sensor, as many channels as the model
+    /// takes.
+    pub sensors: Vec<SensorSettings>,
+}
+
+/// One sensor of a gateway that watches several: a channel of its input, with what is
+/// known of its machine and its own alarm settings. Its reports, labels and adapted state
+/// live in `STATE/sensors/NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorSettings {
+    /// Its name ([`crate::sensors::sensor_name_error`] says what a name may hold).
+    pub name: String,
+    /// The input channel it reads, from 0.
+    pub channel: usize,
+    /// What is known of its machine, when it differs from the input's.
+    pub kinematics: Option<vigil_core::kinematics::Kinematics>,
+    /// Overrides of the alarm policy, over the gateway's.
+    pub alarm: Option<AlarmConfig>,
+}
+
+/// The folder of sensor `name`'s reports, labels and adapted state in `state`.
+pub fn sensor_state_dir(state: &std::path::Path, name: &str) -> PathBuf {
+    state.join("sensors").join(name)
 }
 
 /// Where a gateway meets its fleet on a broker (`docs/mqtt.md`).
@@ -80,9 +105,16 @@ pub enum GatewayEvent<'a> {
     /// The port is open and answering.
     Serving,
     /// A report was stored.
-    Report(&'a AnomalyReport),
+    Report {
+        /// The sensor, on a gateway of several.
+        sensor: Option<&'a str>,
+        /// The report.
+        report: &'a AnomalyReport,
+    },
     /// Commissioning ended: alarms are armed.
     Commissioned {
+        /// The sensor, on a gateway of several.
+        sensor: Option<&'a str>,
         /// Stream time at which it ended, in seconds.
         at_s: f64,
         /// The calibrated threshold.
@@ -112,6 +144,7 @@ pub fn run(
         commission,
         false_alarms_per_day,
         mqtt,
+        sensors,
     } = settings;
     if let Some(alarm) = &alarm {
         model
@@ -124,22 +157,57 @@ pub fn run(
         commission,
         false_alarms_per_day,
     )?;
+    let several = !sensors.is_empty();
+    if several && mqtt.is_some() {
+        return Err(RuntimeError::Config(
+            "the MQTT forwarder publishes one sensor per gateway; with [[sensor]] sections, leave out [mqtt] \
+             and pull each sensor's reports over the serial port (vigil reports pull --sensor NAME)"
+                .into(),
+        ));
+    }
     let input = match input {
+        Some((source, options)) if several => {
+            let rate = check_sensors(&model, source.as_ref(), &options, &sensors)?;
+            Some((source, options, Lanes::Several(rate)))
+        }
         Some((source, options)) => {
             let windower = windower_for(&model, source.as_ref(), &options)?;
-            Some((source, options, windower))
+            Some((source, options, Lanes::One(windower)))
+        }
+        None if several => {
+            return Err(RuntimeError::Config(
+                "[[sensor]] sections name channels of an input: add an [input] section".into(),
+            ))
         }
         None => None,
     };
-    let store = open_store(&state)?;
-    let mut pipeline = Pipeline::new(model, Some(store))?;
-    if let Some((_, options, _)) = &input {
-        pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
-        pipeline.set_health_every(options.health_every)?;
-        pipeline.set_kinematics(options.kinematics, options.speed_range)?;
+    // Each sensor's name, state folder and settings (none: the device's one sensor).
+    let plans: Vec<(String, PathBuf, Option<&SensorSettings>)> = if several {
+        sensors.iter().map(|s| (s.name.clone(), sensor_state_dir(&state, &s.name), Some(s))).collect()
+    } else {
+        vec![(name.clone(), state.clone(), None)]
+    };
+    let mut device_sensors = Vec::with_capacity(plans.len());
+    for (sensor_name, dir, sensor) in &plans {
+        let mut model = model.clone();
+        if let Some(alarm) = sensor.and_then(|s| s.alarm.as_ref()) {
+            model
+                .set_alarm_policy(alarm.apply(model.metadata().alarm))
+                .map_err(|e| RuntimeError::Config(format!("alarm settings of sensor {sensor_name}: {e}")))?;
+        }
+        let store = open_store(dir)?;
+        let mut pipeline = Pipeline::new(model, Some(store))?;
+        if let Some((_, options, _)) = &input {
+            pipeline.scorer_mut().set_sensor_limits(options.sensor)?;
+            pipeline.set_health_every(options.health_every)?;
+            let kinematics = sensor.and_then(|s| s.kinematics).unwrap_or(options.kinematics);
+            pipeline.set_kinematics(kinematics, options.speed_range)?;
+        }
+        let pipeline = Arc::new(Mutex::new(pipeline));
+        device_sensors.push(DeviceSensor::new(sensor_name, pipeline, dir));
     }
-    let pipeline = Arc::new(Mutex::new(pipeline));
-    let mut device = GatewayDevice::new(&name, pipeline.clone(), public_key, &state);
+    let pipelines: Vec<Arc<Mutex<Pipeline>>> = device_sensors.iter().map(|s| s.pipeline.clone()).collect();
+    let mut device = GatewayDevice::with_sensors(&name, device_sensors, public_key);
     device.set_max_version_step(max_version_step);
     let in_state = |what: &str, e: &dyn std::fmt::Display| {
         RuntimeError::Input(format!("cannot {what} in state folder {}: {e}", state.display()))
@@ -154,12 +222,26 @@ pub fn run(
     {
         on_event(GatewayEvent::Restored { version });
     }
-    {
-        let mut p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let said = p.scorer_mut().adapt(adaptation, Some(&state))?;
-        on_event(GatewayEvent::Adaptation(&said));
-        if let Some(c) = commission.filter(|_| !p.scorer().adaptation().is_some_and(|a| a.site().is_armed()))
-        {
+    // Site adaptation resumes after the committed head is restored: the head a site was
+    // adapted on comes first, then what the site learned on it.
+    for (pipeline, (sensor_name, dir, _)) in pipelines.iter().zip(&plans) {
+        let said = pipeline
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .scorer_mut()
+            .adapt(adaptation, Some(dir))?;
+        if several {
+            on_event(GatewayEvent::Adaptation(&format!("sensor {sensor_name}: {said}")));
+        } else {
+            on_event(GatewayEvent::Adaptation(&said));
+        }
+    }
+    if let Some(c) = commission {
+        let armed = |p: &Arc<Mutex<Pipeline>>| {
+            let p = p.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            p.scorer().adaptation().is_some_and(|a| a.site().is_armed())
+        };
+        if !pipelines.iter().all(armed) {
             on_event(GatewayEvent::Commissioning { seconds: c.as_secs_f64() });
         }
     }
@@ -178,9 +260,9 @@ pub fn run(
                 groups,
             };
             let source = StoreSource {
-                pipeline: pipeline.clone(),
+                pipeline: pipelines[0].clone(),
                 agent: shared.clone(),
-                class_names: class_names(&pipeline),
+                class_names: class_names(&pipelines[0]),
             };
             Some(
                 vigil_mqtt::Forwarder::start(settings, source)
@@ -191,21 +273,17 @@ pub fn run(
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let scoring = input.map(|(source, options, windower)| {
-        let (pipeline, stop, on_event) = (pipeline.clone(), stop.clone(), on_event.clone());
+    let names: Vec<String> = plans.iter().map(|(n, _, _)| n.clone()).collect();
+    let channels: Vec<usize> = sensors.iter().map(|s| s.channel).collect();
+    let scoring = input.map(|(source, options, lanes)| {
+        let (stop, on_event) = (stop.clone(), on_event.clone());
         std::thread::spawn(move || {
-            let on_report = |_: &WindowOutcome, r: &AnomalyReport| {
-                on_event(GatewayEvent::Report(r));
-                Ok(())
-            };
-            let on_window = |o: &WindowOutcome| {
-                if let Some(threshold) = o.commissioned {
-                    on_event(GatewayEvent::Commissioned { at_s: o.end_time_s, threshold });
+            let result = match lanes {
+                Lanes::One(windower) => score_one(&pipelines[0], source, windower, &options, &*on_event),
+                Lanes::Several(rate) => {
+                    score_several(&pipelines, &names, &channels, source, rate, &options, &*on_event)
                 }
-                Ok(())
             };
-            let result =
-                stream_into::<RuntimeError>(&pipeline, source, windower, &options, on_report, on_window);
             match &result {
                 Ok(summary) => on_event(GatewayEvent::InputEnded(summary)),
                 Err(_) => stop.store(true, Ordering::Relaxed),
@@ -227,6 +305,126 @@ pub fn run(
         handle.join().map_err(|_| RuntimeError::Input("the scoring thread panicked".into()))??;
     }
     Ok(())
+}
+
+/// How the input is cut into the sensors' windows.
+enum Lanes {
+    /// The whole input is one sensor: its windower and rate.
+    One((crate::windower::Windower, f64)),
+    /// Each sensor reads a channel; the input's rate.
+    Several(f64),
+}
+
+/// Checks that each sensor names a distinct, usable name and a channel the input has, and
+/// that the model scores one channel; returns the input's rate.
+fn check_sensors(
+    model: &VigilModel,
+    source: &dyn SampleSource,
+    options: &StreamOptions,
+    sensors: &[SensorSettings],
+) -> Result<f64> {
+    let meta = model.metadata();
+    if meta.channels != 1 {
+        return Err(RuntimeError::StreamMismatch(format!(
+            "[[sensor]] sections score one input channel each, but model {} takes {} channels at once; \
+             give a single-channel model, or leave out the [[sensor]] sections",
+            model.path().display(),
+            meta.channels
+        )));
+    }
+    if sensors.len() > usize::from(u8::MAX) {
+        return Err(RuntimeError::Config(format!("{} sensors: a gateway serves at most 255", sensors.len())));
+    }
+    let Some(channels) = source.channels() else { return Err(crate::stream::empty_input()) };
+    for (i, s) in sensors.iter().enumerate() {
+        if let Some(why) = crate::sensors::sensor_name_error(&s.name) {
+            return Err(RuntimeError::Config(format!("sensor {}: the name {why}", i + 1)));
+        }
+        if sensors[..i].iter().any(|o| o.name == s.name) {
+            return Err(RuntimeError::Config(format!(
+                "two sensors are named {}; give each its own name",
+                s.name
+            )));
+        }
+        if s.channel >= channels {
+            return Err(RuntimeError::StreamMismatch(format!(
+                "sensor {} reads channel {} but the input has {channels} (channels count from 0)",
+                s.name, s.channel
+            )));
+        }
+    }
+    crate::stream::stream_rate(model, source, options)
+}
+
+/// Scores the input as the device's one sensor.
+fn score_one(
+    pipeline: &Mutex<Pipeline>,
+    source: Box<dyn SampleSource>,
+    windower: (crate::windower::Windower, f64),
+    options: &StreamOptions,
+    on_event: &(impl Fn(GatewayEvent<'_>) + ?Sized),
+) -> Result<StreamSummary> {
+    let on_report = |_: &WindowOutcome, report: &AnomalyReport| {
+        on_event(GatewayEvent::Report { sensor: None, report });
+        Ok(())
+    };
+    let on_window = |o: &WindowOutcome| {
+        if let Some(threshold) = o.commissioned {
+            on_event(GatewayEvent::Commissioned { sensor: None, at_s: o.end_time_s, threshold });
+        }
+        Ok(())
+    };
+    stream_into::<RuntimeError>(pipeline, source, windower, options, on_report, on_window)
+}
+
+/// Scores each sensor's channel of the input; the summary adds up the sensors'.
+fn score_several(
+    pipelines: &[Arc<Mutex<Pipeline>>],
+    names: &[String],
+    channels: &[usize],
+    mut source: Box<dyn SampleSource>,
+    rate: f64,
+    options: &StreamOptions,
+    on_event: &(impl Fn(GatewayEvent<'_>) + ?Sized),
+) -> Result<StreamSummary> {
+    let model = pipelines[0].lock().unwrap_or_else(|poisoned| poisoned.into_inner()).scorer().model().clone();
+    let hop = options.hop.unwrap_or(model.metadata().hop);
+    let mut lanes = Vec::with_capacity(pipelines.len());
+    for (pipeline, &channel) in pipelines.iter().zip(channels) {
+        lanes.push(SensorLane::new(channel, pipeline.clone(), &model, rate, hop)?);
+    }
+    let inputs = source.channels().unwrap_or(1);
+    let started = std::time::Instant::now();
+    let frames = stream_lanes::<RuntimeError>(
+        source.as_mut(),
+        &mut lanes,
+        inputs,
+        rate,
+        options.realtime,
+        |lane, o| {
+            let sensor = Some(names[lane].as_str());
+            if let Some(threshold) = o.commissioned {
+                on_event(GatewayEvent::Commissioned { sensor, at_s: o.end_time_s, threshold });
+            }
+            for report in o.reports() {
+                on_event(GatewayEvent::Report { sensor, report });
+            }
+            Ok(())
+        },
+    )?;
+    let mut summary = StreamSummary {
+        frames,
+        stream_seconds: frames as f64 / rate,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        ..StreamSummary::default()
+    };
+    for pipeline in pipelines {
+        let counts = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counts();
+        summary.windows += counts.windows;
+        summary.alarms += counts.alarms;
+        summary.sensor_faults += counts.sensor_faults;
+    }
+    Ok(summary)
 }
 
 fn class_names(pipeline: &Mutex<Pipeline>) -> Vec<String> {

@@ -27,7 +27,9 @@ pub struct VigilModel {
     meta: ModelMetadata,
     hash: [u8; 32],
     path: PathBuf,
-    proto: ModelProto,
+    /// Shared by the clones: one gateway runs a model per sensor, and the graph with its
+    /// weights is the largest part of it.
+    proto: std::sync::Arc<ModelProto>,
     embedder: Staged,
     /// The pooling the runtime does after `embedder`, when it is cut at the frames.
     pooling: Option<Pooling>,
@@ -80,7 +82,7 @@ impl VigilModel {
             meta,
             hash,
             path: path.into(),
-            proto,
+            proto: std::sync::Arc::new(proto),
             embedder,
             pooling,
             head_weights: weight.values,

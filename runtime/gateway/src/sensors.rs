@@ -15,7 +15,7 @@ use crate::stream::{
 };
 use crate::windower::{Window, Windower};
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_core::report::AnomalyReport;
 
@@ -25,47 +25,165 @@ pub fn channel_sensor_name(channel: usize) -> String {
     format!("ch{channel}")
 }
 
-/// The sensors' names: the stream's own column names (a CSV header such as
-/// `pump-de,pump-nde,motor`) when each is a distinct folder name for its store (letters,
-/// digits, `.`, `_` and `-`, not starting with `.`), else `ch0`, `ch1`, ... for all.
-pub fn sensor_names(source: &dyn SampleSource, channels: usize) -> Vec<String> {
-    let usable = |name: &str| {
-        !name.is_empty()
-            && !name.starts_with('.')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+/// Longest sensor name: it travels in one frame and names a folder.
+pub const MAX_SENSOR_NAME: usize = 64;
+
+/// Why `name` cannot name a sensor, if it cannot. A name is one or more parts separated
+/// by `/` (such as `pump-7/DE/x`), each of letters, digits, `.`, `_` and `-` and not
+/// starting with `.`, at most [`MAX_SENSOR_NAME`] bytes in all: it names the sensor's
+/// folder of reports and state.
+pub fn sensor_name_error(name: &str) -> Option<String> {
+    let part_ok = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with('.')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
+    if name.len() > MAX_SENSOR_NAME {
+        Some(format!("`{name}` is longer than {MAX_SENSOR_NAME} bytes"))
+    } else if !name.split('/').all(part_ok) {
+        Some(format!(
+            "`{name}` cannot name a sensor's folder: use parts of letters, digits, `.`, `_` and `-` \
+             separated by `/`, none empty or starting with `.`"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The sensors' names: the stream's own column names (a CSV header such as
+/// `pump-de,pump-nde,motor`) when each is a distinct sensor name ([`sensor_name_error`]),
+/// else `ch0`, `ch1`, ... for all.
+pub fn sensor_names(source: &dyn SampleSource, channels: usize) -> Vec<String> {
     if let Some(names) = source.channel_names() {
         let distinct = names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len();
-        match names.iter().find(|n| !usable(n)) {
+        match names.iter().find_map(|n| sensor_name_error(n)) {
             None if distinct => return names.to_vec(),
             None => log::warn!("the stream's column names repeat; the sensors are named ch0, ch1, ..."),
-            Some(bad) => log::warn!(
-                "the stream's column name `{bad}` cannot name a sensor's report folder (letters, digits, \
-                 `.`, `_`, `-`); the sensors are named ch0, ch1, ..."
-            ),
+            Some(why) => log::warn!("the stream's column name {why}; the sensors are named ch0, ch1, ..."),
         }
     }
     (0..channels).map(channel_sensor_name).collect()
 }
 
-/// One sensor: its pipeline and windower.
-struct Sensor {
-    pipeline: Pipeline,
+/// One sensor of a multi-channel stream: the channel it reads, its pipeline (shared with
+/// whoever answers for it, such as the serial agent) and its windower.
+pub struct SensorLane {
+    channel: usize,
+    pipeline: Arc<Mutex<Pipeline>>,
     windower: Windower,
     samples: Vec<f32>,
     outcomes: Vec<WindowOutcome>,
 }
 
-impl Sensor {
-    /// Windows and scores this sensor's samples of one chunk.
-    fn score(&mut self) -> Result<()> {
+impl SensorLane {
+    /// The sensor on channel `channel` (0-based) of a stream at `rate` Hz, scored by
+    /// `pipeline` with `model`'s windows at `hop`.
+    pub fn new(
+        channel: usize,
+        pipeline: Arc<Mutex<Pipeline>>,
+        model: &VigilModel,
+        rate: f64,
+        hop: usize,
+    ) -> Result<Self> {
+        let meta = model.metadata();
+        Ok(SensorLane {
+            channel,
+            pipeline,
+            windower: Windower::new(1, rate, meta.sample_rate_hz, meta.window, hop)?,
+            samples: Vec::new(),
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// Windows and scores this sensor's samples of one interleaved chunk of `channels`.
+    fn score(&mut self, chunk: &[f32], channels: usize) -> Result<()> {
+        self.samples.clear();
+        self.samples.extend(chunk.iter().skip(self.channel).step_by(channels));
         let mut windows: Vec<Window> = Vec::new();
         self.windower.push(&self.samples, |w| windows.push(w));
+        let mut pipeline = self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for w in &windows {
-            self.outcomes.push(self.pipeline.process(w)?);
+            self.outcomes.push(pipeline.process(w)?);
         }
         Ok(())
     }
+}
+
+/// Reads `source` (`channels` interleaved at `rate` Hz) to its end and scores each lane's
+/// channel with its pipeline, the lanes spread over the machine's cores; calls
+/// `on_outcome(lane, outcome)` for every window, in lane order within each chunk. Paces
+/// the input at its rate when `realtime`. Returns the frames read.
+pub fn stream_lanes<E: From<RuntimeError>>(
+    source: &mut dyn SampleSource,
+    lanes: &mut [SensorLane],
+    channels: usize,
+    rate: f64,
+    realtime: bool,
+    mut on_outcome: impl FnMut(usize, &WindowOutcome) -> std::result::Result<(), E>,
+) -> std::result::Result<u64, E> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(lanes.len()).max(1);
+    let share = lanes.len().div_ceil(threads).max(1);
+    let started = Instant::now();
+    let mut frames = 0u64;
+    // A quarter second per chunk keeps each worker's share of a chunk worth the hand-over
+    // (a twentieth, as one stream reads, left the second core half idle); paced input
+    // reads a twentieth so alarms are not held back.
+    let chunk_frames = (rate / if realtime { 20.0 } else { 4.0 }).max(64.0) as usize;
+    let stopped = || RuntimeError::Input("a scoring thread stopped".into());
+    // One long-lived worker per core, each with its share of the sensors: the sensors of
+    // a chunk are independent, and threads that live as long as the stream keep their
+    // buffers (a thread per chunk spent as long in the kernel as in scoring).
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) = mpsc::channel::<Result<Vec<(usize, Vec<WindowOutcome>)>>>();
+        let mut workers = Vec::new();
+        for (g, group) in lanes.chunks_mut(share).enumerate() {
+            let (chunk_tx, chunk_rx) = mpsc::channel::<Arc<Vec<f32>>>();
+            let done_tx = done_tx.clone();
+            workers.push(chunk_tx);
+            scope.spawn(move || {
+                while let Ok(chunk) = chunk_rx.recv() {
+                    let scored = group
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, lane)| {
+                            lane.score(&chunk, channels)?;
+                            Ok((g * share + i, std::mem::take(&mut lane.outcomes)))
+                        })
+                        .collect();
+                    if done_tx.send(scored).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut chunk = Vec::new();
+        while source.read_chunk(&mut chunk, chunk_frames)? {
+            frames += (chunk.len() / channels) as u64;
+            let shared = Arc::new(std::mem::take(&mut chunk));
+            for worker in &workers {
+                worker.send(shared.clone()).map_err(|_| stopped())?;
+            }
+            let mut scored = Vec::new();
+            for _ in 0..workers.len() {
+                scored.extend(done_rx.recv().map_err(|_| stopped())??);
+            }
+            scored.sort_by_key(|(lane, _)| *lane);
+            for (lane, outcomes) in scored {
+                for outcome in &outcomes {
+                    on_outcome(lane, outcome)?;
+                }
+            }
+            if realtime {
+                let due = Duration::from_secs_f64(frames as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        // Dropping the senders ends the workers.
+        drop(workers);
+        Ok(frames)
+    })
 }
 
 /// Scores every channel of `source` as a sensor of its own with `model` (single-channel),
@@ -109,7 +227,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
         },
     };
     let mut commissioned: Vec<Option<Commissioned>> = vec![None; channels];
-    let mut sensors = Vec::with_capacity(channels);
+    let mut lanes = Vec::with_capacity(channels);
     for (channel, name) in names.iter().enumerate() {
         let store = match reports {
             Some(dir) => Some(open_store(&dir.join(name))?),
@@ -138,105 +256,43 @@ pub fn run_sensors<E: From<RuntimeError>>(
         if options.streamed {
             pipeline.scorer_mut().stream(hop)?;
         }
-        sensors.push(Sensor {
-            pipeline,
-            windower: Windower::new(1, rate, meta.sample_rate_hz, meta.window, hop)?,
-            samples: Vec::new(),
-            outcomes: Vec::new(),
-        });
+        lanes.push(SensorLane::new(channel, Arc::new(Mutex::new(pipeline)), &model, rate, hop)?);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(channels);
-    let share = channels.div_ceil(threads);
     let windows_per_s = crate::adaptation::windows_per_s(&meta, Some(hop));
     let started = Instant::now();
-    let mut frames = 0u64;
-    // A quarter second per chunk keeps each worker's share of a chunk worth the hand-over
-    // (a twentieth, as one stream reads, left the second core half idle); paced input
-    // reads a twentieth so alarms are not held back.
-    let chunk_frames = (rate / if options.realtime { 20.0 } else { 4.0 }).max(64.0) as usize;
-    // One long-lived worker per core, each with its share of the sensors: the sensors of
-    // a chunk are independent, and threads that live as long as the stream keep their
-    // buffers (a thread per chunk spent as long in the kernel as in scoring).
-    let streamed: std::result::Result<(), E> = std::thread::scope(|scope| {
-        let (done_tx, done_rx) = mpsc::channel::<Result<Vec<(usize, Vec<WindowOutcome>)>>>();
-        let mut workers = Vec::new();
-        for (g, group) in sensors.chunks_mut(share).enumerate() {
-            let (chunk_tx, chunk_rx) = mpsc::channel::<Arc<Vec<f32>>>();
-            let done_tx = done_tx.clone();
-            workers.push(chunk_tx);
-            scope.spawn(move || {
-                while let Ok(chunk) = chunk_rx.recv() {
-                    let scored = group
-                        .iter_mut()
-                        .enumerate()
-                        .map(|(i, sensor)| {
-                            let channel = g * share + i;
-                            sensor.samples.clear();
-                            sensor.samples.extend(chunk.iter().skip(channel).step_by(channels));
-                            sensor.score()?;
-                            Ok((channel, std::mem::take(&mut sensor.outcomes)))
-                        })
-                        .collect();
-                    if done_tx.send(scored).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        let mut chunk = Vec::new();
-        while source.read_chunk(&mut chunk, chunk_frames)? {
-            frames += (chunk.len() / channels) as u64;
-            let shared = Arc::new(std::mem::take(&mut chunk));
-            for worker in &workers {
-                worker
-                    .send(shared.clone())
-                    .map_err(|_| RuntimeError::Input("a scoring thread stopped".into()))?;
+    let frames = stream_lanes::<E>(
+        source.as_mut(),
+        &mut lanes,
+        channels,
+        rate,
+        options.realtime,
+        |channel, outcome| {
+            if let (Some(threshold), None) = (outcome.commissioned, &commissioned[channel]) {
+                let windows = outcome.index + 1;
+                commissioned[channel] = Some(Commissioned {
+                    windows,
+                    seconds: windows as f64 / windows_per_s,
+                    threshold,
+                    model_threshold: meta.alarm.threshold,
+                });
             }
-            let mut scored = Vec::with_capacity(channels);
-            for _ in 0..workers.len() {
-                let group =
-                    done_rx.recv().map_err(|_| RuntimeError::Input("a scoring thread stopped".into()))?;
-                scored.extend(group?);
+            for report in outcome.reports() {
+                on_event(&names[channel], outcome, report)?;
             }
-            scored.sort_by_key(|(channel, _)| *channel);
-            for (channel, outcomes) in scored {
-                for outcome in outcomes {
-                    if let (Some(threshold), None) = (outcome.commissioned, &commissioned[channel]) {
-                        let windows = outcome.index + 1;
-                        commissioned[channel] = Some(Commissioned {
-                            windows,
-                            seconds: windows as f64 / windows_per_s,
-                            threshold,
-                            model_threshold: meta.alarm.threshold,
-                        });
-                    }
-                    for report in outcome.reports() {
-                        on_event(&names[channel], &outcome, report)?;
-                    }
-                }
-            }
-            if options.realtime {
-                let due = Duration::from_secs_f64(frames as f64 / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        }
-        // Dropping the senders ends the workers.
-        drop(workers);
-        Ok(())
-    });
-    streamed?;
+            Ok(())
+        },
+    )?;
     if frames == 0 {
         return Err(empty_input().into());
     }
     let wall_seconds = started.elapsed().as_secs_f64();
-    Ok(sensors
+    Ok(lanes
         .into_iter()
         .zip(commissioned)
         .zip(names)
-        .map(|((mut s, commissioned), name)| {
-            let counts = s.pipeline.counts();
+        .map(|((lane, commissioned), name)| {
+            let mut p = lane.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let counts = p.counts();
             let summary = StreamSummary {
                 frames,
                 stream_seconds: frames as f64 / rate,
@@ -245,7 +301,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
                 sensor_faults: counts.sensor_faults,
                 wall_seconds,
                 commissioned,
-                shaft: s.pipeline.shaft_speed(),
+                shaft: p.shaft_speed(),
             };
             (name, summary)
         })
@@ -282,7 +338,9 @@ mod tests {
     fn a_header_names_the_sensors_when_each_name_can_name_a_folder() {
         assert_eq!(names(&["pump-de", "pump_nde", "motor.x"]), ["pump-de", "pump_nde", "motor.x"]);
         assert_eq!(names(&["a", "a"]), ["ch0", "ch1"]);
-        assert_eq!(names(&["pump/DE", "motor"]), ["ch0", "ch1"]);
+        assert_eq!(names(&["pump/DE", "motor"]), ["pump/DE", "motor"]);
+        assert_eq!(names(&["pump//DE", "motor"]), ["ch0", "ch1"]);
+        assert_eq!(names(&["pump/.x", "motor"]), ["ch0", "ch1"]);
         assert_eq!(names(&["..", "motor"]), ["ch0", "ch1"]);
         assert_eq!(names(&["", "motor"]), ["ch0", "ch1"]);
     }

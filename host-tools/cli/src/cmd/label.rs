@@ -9,6 +9,8 @@ use vigil_core::report::ReportKind;
 pub struct LabelArgs {
     #[command(flatten)]
     port: super::PortArgs,
+    #[command(flatten)]
+    sensor: super::SensorArg,
     /// Sequence number of the report.
     #[arg(long)]
     report: u64,
@@ -25,6 +27,8 @@ impl LabelArgs {
     pub fn run(self) -> Result<()> {
         let mut client = self.port.connect()?;
         let classes = client.info()?.class_names;
+        let sensor = self.sensor.select(&mut client)?;
+        let of = sensor.as_deref().map(|s| format!(" of sensor {s}")).unwrap_or_default();
         let index = match classes.iter().position(|c| *c == self.class) {
             Some(i) => i,
             None => match self.class.parse::<usize>() {
@@ -40,7 +44,7 @@ impl LabelArgs {
                 }
             })?;
             let Some(report) = found else {
-                bail!("the device stores no report #{}; list them with `vigil reports pull`", self.report)
+                bail!("the device stores no report #{}{of}; list them with `vigil reports pull`", self.report)
             };
             if report.kind != ReportKind::AlarmRaised {
                 bail!(
@@ -52,7 +56,7 @@ impl LabelArgs {
             }
         }
         client.label(self.report, index as u8)?;
-        println!("report {} labelled {}", self.report, classes[index]);
+        println!("report {}{of} labelled {}", self.report, classes[index]);
         Ok(())
     }
 }

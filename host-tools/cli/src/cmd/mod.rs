@@ -243,6 +243,50 @@ pub struct PortArgs {
     retries: u32,
 }
 
+/// Which sensor of a gateway that watches several a command is about.
+#[derive(Debug, Args)]
+pub struct SensorArg {
+    /// The sensor, on a gateway that watches several (`vigil status` lists them); a
+    /// device of one sensor needs none.
+    #[arg(long, value_name = "NAME")]
+    sensor: Option<String>,
+}
+
+impl SensorArg {
+    /// Whether --sensor was given.
+    pub fn given(&self) -> bool {
+        self.sensor.is_some()
+    }
+
+    /// Addresses `client`'s requests to the chosen sensor; returns its name when the
+    /// device has several. Without --sensor, a device of several sensors is refused
+    /// with their names.
+    pub fn select(&self, client: &mut Client) -> Result<Option<String>> {
+        let names = client.sensors()?;
+        let several = names.as_ref().filter(|n| n.len() > 1);
+        match (&self.sensor, several) {
+            (None, None) => Ok(None),
+            (None, Some(names)) => anyhow::bail!(
+                "the device watches {} sensors ({}); choose one with --sensor NAME",
+                names.len(),
+                names.join(", ")
+            ),
+            (Some(wanted), _) => {
+                let Some(names) = names else {
+                    anyhow::bail!(
+                        "the device predates sensor addressing and has one sensor; leave out --sensor {wanted}"
+                    )
+                };
+                let Some(index) = names.iter().position(|n| n == wanted) else {
+                    anyhow::bail!("the device has no sensor {wanted}; its sensors are {}", names.join(", "))
+                };
+                client.set_sensor(Some(index as u8));
+                Ok(Some(wanted.clone()))
+            }
+        }
+    }
+}
+
 impl PortArgs {
     /// Opens the port and wraps it in a protocol client.
     pub fn connect(&self) -> Result<Client> {

@@ -33,6 +33,10 @@ pub enum ReportFormat {
 struct PullArgs {
     #[command(flatten)]
     port: super::PortArgs,
+    /// The sensor whose reports to pull, on a gateway that watches several (each has its
+    /// own report sequence).
+    #[command(flatten)]
+    sensor: super::SensorArg,
     /// First report sequence number to pull.
     #[arg(long, default_value_t = 0)]
     since: u64,
@@ -86,6 +90,7 @@ impl PullArgs {
         let mut client = self.port.connect()?;
         let info = client.info()?;
         let classes = info.class_names.clone();
+        let sensor = self.sensor.select(&mut client)?;
         let exports =
             self.outputs.html.is_some() || self.outputs.csv.is_some() || self.outputs.json.is_some();
         let mut out: Box<dyn Write> = match &self.output {
@@ -138,15 +143,21 @@ impl PullArgs {
         if exports {
             let hash = &vigil_core::hex::encode(&info.model_hash)[..16];
             let ctx = ReportContext {
-                title: format!("Vigil report: {}", info.device),
-                device: vec![
-                    ("device".into(), info.device.clone()),
-                    ("software".into(), info.software.clone()),
-                    ("port".into(), self.port.name().to_owned()),
-                    ("model".into(), format!("{hash}... ({}-d embedding)", info.embedding_dim)),
-                    ("head version".into(), info.head_version.to_string()),
-                    ("classes".into(), classes.join(", ")),
-                ],
+                title: match &sensor {
+                    Some(s) => format!("Vigil report: {}, sensor {s}", info.device),
+                    None => format!("Vigil report: {}", info.device),
+                },
+                device: [("device".to_owned(), info.device.clone())]
+                    .into_iter()
+                    .chain(sensor.iter().map(|s| ("sensor".to_owned(), s.clone())))
+                    .chain([
+                        ("software".into(), info.software.clone()),
+                        ("port".into(), self.port.name().to_owned()),
+                        ("model".into(), format!("{hash}... ({}-d embedding)", info.embedding_dim)),
+                        ("head version".into(), info.head_version.to_string()),
+                        ("classes".into(), classes.join(", ")),
+                    ])
+                    .collect(),
                 class_names: classes,
                 machine,
                 machine_class: self.outputs.machine_class,

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vigil_client::update_file::read_public_key;
 use vigil_runtime::config::{AlarmConfig, GatewayConfig};
-use vigil_runtime::gateway::{self, GatewayEvent, GatewaySettings};
+use vigil_runtime::gateway::{self, GatewayEvent, GatewaySettings, SensorSettings};
 use vigil_runtime::report_io::describe;
+use vigil_runtime::sensors::sensor_names;
 use vigil_serial::DEFAULT_BAUD;
 
 /// Run the pipeline on a sensor stream and serve the device protocol on a serial port:
@@ -48,6 +49,13 @@ pub struct ServeArgs {
     /// Sensor stream to score (file or `-`); without it the device only serves.
     #[arg(long, short)]
     input: Option<String>,
+    /// Score each channel of the input as a sensor of its own with the single-channel
+    /// model, named after its CSV column or ch0, ch1, ...; hosts address them with
+    /// `--sensor NAME`. Each keeps its reports, labels and adapted state in
+    /// STATE/sensors/NAME. The config file's `[[sensor]]` sections do the same with names
+    /// and channels of your choosing.
+    #[arg(long, requires = "input", conflicts_with = "mqtt")]
+    sensor_per_channel: bool,
     #[command(flatten)]
     stream: super::StreamInputArgs,
     /// Learn the site before arming alarms: for this long (such as 10m, 90s or 1h of
@@ -90,6 +98,17 @@ struct ServeSettings {
     commission: Option<Duration>,
     false_alarms_per_day: f32,
     mqtt: Option<vigil_runtime::gateway::MqttSettings>,
+    sensors: Sensors,
+}
+
+/// Where the sensors of a gateway come from.
+enum Sensors {
+    /// The input is one sensor.
+    One,
+    /// Each channel of the input, named by its column.
+    PerChannel,
+    /// The config file's `[[sensor]]` sections.
+    Listed(Vec<SensorSettings>),
 }
 
 impl ServeArgs {
@@ -119,9 +138,26 @@ impl ServeArgs {
                     }
                     _ => None,
                 },
+                sensors: if self.sensor_per_channel { Sensors::PerChannel } else { Sensors::One },
             });
         };
         let c = GatewayConfig::load(path)?;
+        let mut sensors = Vec::with_capacity(c.sensors.len());
+        for sensor in &c.sensors {
+            // Checked when the config was loaded.
+            let kinematics = match c.sensor_machine(sensor) {
+                Some(machine) => Some(machine.kinematics().map_err(|(key, e)| {
+                    anyhow::anyhow!("config {}: sensor {}: {key}: {e}", path.display(), sensor.name)
+                })?),
+                None => None,
+            };
+            sensors.push(SensorSettings {
+                name: sensor.name.clone(),
+                channel: sensor.channel,
+                kinematics,
+                alarm: c.sensor_alarm(sensor),
+            });
+        }
         let input = match c.input {
             Some(i) => {
                 let mut stream = super::StreamInputArgs::from_config(&i, path)?;
@@ -152,6 +188,7 @@ impl ServeArgs {
                 Some(m) => Some(m.settings()?),
                 None => None,
             },
+            sensors: if sensors.is_empty() { Sensors::One } else { Sensors::Listed(sensors) },
         })
     }
 
@@ -168,6 +205,18 @@ impl ServeArgs {
             }
             None => None,
         };
+        let sensors = match (s.sensors, &input) {
+            (Sensors::Listed(sensors), _) => sensors,
+            (Sensors::PerChannel, Some((source, _))) => {
+                let channels = source.channels().unwrap_or(1);
+                sensor_names(source.as_ref(), channels)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(channel, name)| SensorSettings { name, channel, kinematics: None, alarm: None })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let name = s.name.clone().unwrap_or_else(host_name);
         let (port, baud, state) = (s.port.clone(), s.baud, s.state.clone());
         let settings = GatewaySettings {
@@ -183,6 +232,7 @@ impl ServeArgs {
             commission: s.commission,
             false_alarms_per_day: s.false_alarms_per_day,
             mqtt: s.mqtt,
+            sensors,
         };
         gateway::run(settings, move |event| {
             match event {
@@ -194,10 +244,14 @@ impl ServeArgs {
             GatewayEvent::Serving => {
                 println!("serving {name} on {port} at {baud} baud; state in {}", state.display())
             }
-            GatewayEvent::Report(r) => println!("{}", describe(r, &class_names)),
-            GatewayEvent::Commissioned { at_s, threshold } => {
-                println!("commissioned at {at_s:.1} s: alarms armed, threshold {threshold:.2}")
+            GatewayEvent::Report { sensor: None, report } => println!("{}", describe(report, &class_names)),
+            GatewayEvent::Report { sensor: Some(sensor), report } => {
+                println!("{sensor}: {}", describe(report, &class_names))
             }
+            GatewayEvent::Commissioned { sensor, at_s, threshold } => println!(
+                "{}commissioned at {at_s:.1} s: alarms armed, threshold {threshold:.2}",
+                sensor.map(|s| format!("{s}: ")).unwrap_or_default()
+            ),
             GatewayEvent::InputEnded(s) => println!(
                 "input ended: {} windows scored, {} alarm(s), {} window(s) skipped as sensor faults; still serving",
                 s.windows, s.alarms, s.sensor_faults

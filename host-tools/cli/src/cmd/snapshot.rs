@@ -12,6 +12,8 @@ use vigil_client::update_file::UpdateFile;
 pub struct SnapshotArgs {
     #[command(flatten)]
     port: super::PortArgs,
+    #[command(flatten)]
+    sensor: super::SensorArg,
     /// Output file.
     #[arg(long, short)]
     output: PathBuf,
@@ -21,6 +23,7 @@ impl SnapshotArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         let mut client = self.port.connect()?;
+        self.sensor.select(&mut client)?;
         let bytes = client.head_snapshot()?;
         let file = UpdateFile::for_snapshot(bytes)?;
         let head = file.head()?;

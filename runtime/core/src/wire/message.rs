@@ -103,6 +103,16 @@ pub enum Message<'a> {
         /// Little-endian f32 samples, at most [`super::MAX_CHUNK`] bytes.
         data: &'a [u8],
     },
+    /// Host asks for the name of the sensor its envelope addresses, and how many the
+    /// device has (a gateway watching several measurement points).
+    SensorQuery,
+    /// Device: the sensor the request addressed.
+    Sensor {
+        /// How many sensors the device has; they are addressed 0 to `count - 1`.
+        count: u8,
+        /// The sensor's name, such as `pump-7/DE`.
+        name: &'a str,
+    },
 }
 
 impl Message<'_> {
@@ -117,7 +127,8 @@ impl Message<'_> {
             | Message::Nack(_)
             | Message::Report { .. }
             | Message::ReportsEnd { .. }
-            | Message::HeadSnapshot { .. } => true,
+            | Message::HeadSnapshot { .. }
+            | Message::Sensor { .. } => true,
             Message::InfoQuery
             | Message::Ping(_)
             | Message::StatusQuery
@@ -127,7 +138,8 @@ impl Message<'_> {
             | Message::ReportsQuery { .. }
             | Message::Label { .. }
             | Message::HeadSnapshotQuery { .. }
-            | Message::SampleChunk { .. } => false,
+            | Message::SampleChunk { .. }
+            | Message::SensorQuery => false,
         }
     }
 }
@@ -265,6 +277,11 @@ pub enum NackReason {
         /// The largest step the device takes in one update.
         max_step: u32,
     },
+    /// The envelope addressed a sensor the device does not have.
+    UnknownSensor {
+        /// How many sensors the device has.
+        sensors: u8,
+    },
 }
 
 impl fmt::Display for NackReason {
@@ -315,6 +332,9 @@ impl fmt::Display for NackReason {
                  publish version {} at most",
                 u64::from(*current) + u64::from(*max_step)
             ),
+            NackReason::UnknownSensor { sensors } => {
+                write!(f, "the device has {sensors} sensor(s), numbered from 0; this is not one of them")
+            }
         }
     }
 }

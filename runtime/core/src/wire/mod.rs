@@ -25,10 +25,15 @@ pub use message::{DeviceInfo, Message, NackReason, Signature, Status, UpdateProg
 
 use core::fmt;
 use crc::{Crc, CRC_32_ISO_HDLC};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this build speaks: version 1 with a sensor index in the
+/// envelope, for gateways that watch several sensors. Devices answer version 1 and 2
+/// requests alike, each in its own version.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The first protocol version, without a sensor index: what devices built before
+/// sensors speak, and what a host sends when it addresses no sensor.
+pub const PROTOCOL_VERSION_1: u8 = 1;
 /// Largest data block in an update chunk or a head snapshot.
 pub const MAX_CHUNK: usize = 512;
 /// Largest serialised envelope (postcard), before the CRC and COBS.
@@ -46,22 +51,39 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// One message with the protocol version and a sequence number. A device answers with the
-/// sequence number of the request, so the host can match answers to requests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// sequence number of the request, so the host can match answers to requests, and in the
+/// request's version, to the same sensor.
+///
+/// On the wire: `version: u8`, `sequence: varint`, then in version 2 only `sensor: u8`,
+/// then the message.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<'a> {
-    /// Protocol version of the sender ([`PROTOCOL_VERSION`]).
+    /// Protocol version of the sender: [`PROTOCOL_VERSION_1`], or [`PROTOCOL_VERSION`]
+    /// when it addresses a sensor.
     pub version: u8,
     /// Chosen by the host per request, echoed by the device.
     pub sequence: u32,
+    /// The sensor of the device the message is about (version 2; 0 in version 1, the
+    /// device's first sensor).
+    pub sensor: u8,
     /// The message.
-    #[serde(borrow)]
     pub message: Message<'a>,
 }
 
 impl<'a> Envelope<'a> {
-    /// An envelope of this protocol version.
+    /// A version 1 envelope: about the device, or its first sensor.
     pub fn new(sequence: u32, message: Message<'a>) -> Self {
-        Envelope { version: PROTOCOL_VERSION, sequence, message }
+        Envelope { version: PROTOCOL_VERSION_1, sequence, sensor: 0, message }
+    }
+
+    /// A version 2 envelope about sensor `sensor` (0-based) of the device.
+    pub fn for_sensor(sequence: u32, sensor: u8, message: Message<'a>) -> Self {
+        Envelope { version: PROTOCOL_VERSION, sequence, sensor, message }
+    }
+
+    /// An envelope of the same version and sensor as this one, answering it.
+    pub fn answer<'b>(&self, message: Message<'b>) -> Envelope<'b> {
+        Envelope { version: self.version, sequence: self.sequence, sensor: self.sensor, message }
     }
 }
 
@@ -119,7 +141,21 @@ impl std::error::Error for WireError {}
 /// Encodes `envelope` as a complete frame (delimiter included) into `out`; returns its length.
 pub fn encode_frame(envelope: &Envelope<'_>, out: &mut [u8]) -> Result<usize, WireError> {
     let mut raw = [0u8; MAX_ENVELOPE + CRC_LEN];
-    let used = postcard::to_slice(envelope, &mut raw[..MAX_ENVELOPE]).map_err(|_| WireError::TooLarge)?.len();
+    let head = match envelope.version {
+        PROTOCOL_VERSION_1 => {
+            postcard::to_slice(&(envelope.version, envelope.sequence), &mut raw[..MAX_ENVELOPE])
+        }
+        _ => postcard::to_slice(
+            &(envelope.version, envelope.sequence, envelope.sensor),
+            &mut raw[..MAX_ENVELOPE],
+        ),
+    }
+    .map_err(|_| WireError::TooLarge)?
+    .len();
+    let used = head
+        + postcard::to_slice(&envelope.message, &mut raw[head..MAX_ENVELOPE])
+            .map_err(|_| WireError::TooLarge)?
+            .len();
     let crc = crc32(&raw[..used]).to_le_bytes();
     raw[used..used + CRC_LEN].copy_from_slice(&crc);
     let n = cobs::encode(&raw[..used + CRC_LEN], out).map_err(|_| WireError::TooLarge)?;
@@ -132,9 +168,9 @@ pub fn encode_frame(envelope: &Envelope<'_>, out: &mut [u8]) -> Result<usize, Wi
 ///
 /// Never panics, whatever the input.
 pub fn decode_frame(frame: &mut [u8]) -> Result<Envelope<'_>, WireError> {
-    let (version, sequence, rest) = open_frame(frame)?;
+    let (version, sequence, sensor, rest) = open_frame(frame)?;
     let message = whole::<Message<'_>>(rest)?;
-    Ok(Envelope { version, sequence, message })
+    Ok(Envelope { version, sequence, sensor, message })
 }
 
 /// Decodes one frame a device received, as [`decode_frame`] does, but only the host's
@@ -143,7 +179,7 @@ pub fn decode_frame(frame: &mut [u8]) -> Result<Envelope<'_>, WireError> {
 /// flash on a Cortex-M4. For every request the result equals [`decode_frame`]'s (the
 /// tests and the fuzz target compare them).
 pub fn decode_request(frame: &mut [u8]) -> Result<Envelope<'_>, WireError> {
-    let (version, sequence, rest) = open_frame(frame)?;
+    let (version, sequence, sensor, rest) = open_frame(frame)?;
     // postcard writes an enum as its variant's index (a varint), then the variant's fields
     // in order, exactly as it writes a tuple of them.
     let (variant, fields) = postcard::take_from_bytes::<u32>(rest).map_err(|_| WireError::Malformed)?;
@@ -158,15 +194,16 @@ pub fn decode_request(frame: &mut [u8]) -> Result<Envelope<'_>, WireError> {
         14 => whole(fields).map(|(report, class)| Message::Label { report, class }),
         15 => whole(fields).map(|(offset, max)| Message::HeadSnapshotQuery { offset, max }),
         17 => whole(fields).map(|(first, data)| Message::SampleChunk { first, data }),
-        1 | 3 | 5 | 9 | 10 | 12 | 13 | 16 => Err(WireError::NotARequest { sequence }),
+        18 => whole::<()>(fields).map(|()| Message::SensorQuery),
+        1 | 3 | 5 | 9 | 10 | 12 | 13 | 16 | 19 => Err(WireError::NotARequest { sequence }),
         _ => Err(WireError::Malformed),
     }?;
-    Ok(Envelope { version, sequence, message })
+    Ok(Envelope { version, sequence, sensor, message })
 }
 
 /// Checks a frame's COBS, CRC and protocol version; returns the version, the sequence
-/// number and the message's bytes.
-fn open_frame(frame: &mut [u8]) -> Result<(u8, u32, &[u8]), WireError> {
+/// number, the sensor (0 in version 1) and the message's bytes.
+fn open_frame(frame: &mut [u8]) -> Result<(u8, u32, u8, &[u8]), WireError> {
     let n = cobs::decode_in_place(frame).map_err(|_| WireError::Cobs)?;
     if n < CRC_LEN {
         return Err(WireError::TooShort);
@@ -177,10 +214,14 @@ fn open_frame(frame: &mut [u8]) -> Result<(u8, u32, &[u8]), WireError> {
     }
     let ((version, sequence), rest) =
         postcard::take_from_bytes::<(u8, u32)>(body).map_err(|_| WireError::Malformed)?;
-    if version != PROTOCOL_VERSION {
-        return Err(WireError::UnsupportedVersion { found: version, sequence });
+    match version {
+        PROTOCOL_VERSION_1 => Ok((version, sequence, 0, rest)),
+        PROTOCOL_VERSION => {
+            let (sensor, rest) = postcard::take_from_bytes::<u8>(rest).map_err(|_| WireError::Malformed)?;
+            Ok((version, sequence, sensor, rest))
+        }
+        _ => Err(WireError::UnsupportedVersion { found: version, sequence }),
     }
-    Ok((version, sequence, rest))
 }
 
 /// `bytes` decoded as one `T`, with nothing left over.

@@ -86,6 +86,13 @@ fn examples() -> Vec<(&'static str, Envelope<'static>)> {
         ("HeadSnapshot", Envelope::new(9, Message::HeadSnapshot { total: 5, offset: 0, data: CHUNK })),
         ("SampleChunk", Envelope::new(10, Message::SampleChunk { first: 2048, data: &[0, 0, 0x80, 0x3f] })),
         ("NackSampleGap", Envelope::new(10, Message::Nack(NackReason::SampleGap { expected: 1024 }))),
+        ("SensorQuery", Envelope::for_sensor(11, 2, Message::SensorQuery)),
+        ("Sensor", Envelope::for_sensor(11, 2, Message::Sensor { count: 4, name: "motor/DE" })),
+        ("StatusQueryOfSensor", Envelope::for_sensor(12, 2, Message::StatusQuery)),
+        (
+            "NackUnknownSensor",
+            Envelope::for_sensor(13, 7, Message::Nack(NackReason::UnknownSensor { sensors: 4 })),
+        ),
     ]
 }
 
@@ -168,7 +175,7 @@ fn a_device_decodes_every_request_as_the_host_does_and_no_answer() {
             requests += 1;
         }
     }
-    assert_eq!(requests, 11, "every request of the protocol has an example");
+    assert_eq!(requests, 13, "every request of the protocol has an example");
 }
 
 #[test]
@@ -222,6 +229,23 @@ fn corruption_is_caught_by_the_crc() {
             assert!(decode_frame(&mut frame).is_err(), "flip of bit {bit} of byte {i} went unnoticed");
         }
     }
+}
+
+#[test]
+fn version_2_carries_the_sensor_and_version_1_addresses_the_first() {
+    let mut out = [0u8; MAX_FRAME];
+    let n = encode_frame(&Envelope::for_sensor(5, 3, Message::StatusQuery), &mut out).unwrap();
+    let envelope = decode_request(&mut out[..n - 1]).unwrap();
+    assert_eq!((envelope.version, envelope.sequence, envelope.sensor), (2, 5, 3));
+    let n = encode_frame(&Envelope::new(5, Message::StatusQuery), &mut out).unwrap();
+    let envelope = decode_frame(&mut out[..n - 1]).unwrap();
+    assert_eq!((envelope.version, envelope.sensor), (1, 0));
+    // A version 2 envelope is one byte longer: the sensor, after the sequence.
+    let mut v1 = [0u8; MAX_FRAME];
+    let mut v2 = [0u8; MAX_FRAME];
+    let n1 = encode_frame(&Envelope::new(5, Message::Ping(1)), &mut v1).unwrap();
+    let n2 = encode_frame(&Envelope::for_sensor(5, 9, Message::Ping(1)), &mut v2).unwrap();
+    assert_eq!(n2, n1 + 1);
 }
 
 #[test]
