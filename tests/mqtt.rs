@@ -243,6 +243,60 @@ fn health_records_travel_on_their_own_topic_in_the_report_sequence() {
 }
 
 #[test]
+fn a_gateway_of_several_sensors_publishes_each_sensors_reports_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = mosquitto(dir.path(), "", "allow_anonymous true\n") else { return };
+    let url = broker.url();
+    let collected = dir.path().join("fleet.jsonl");
+    ok(&["fleet", "reports", "--broker", &url, "-o", collected.to_str().unwrap(), "--quiet", "300ms"]);
+    let simulate = |name: &str, args: &[&str]| {
+        let out = dir.path().join(name);
+        ok(&[&["simulate", "-o", out.to_str().unwrap(), "--seconds", "20"][..], args].concat());
+        out
+    };
+    let healthy = simulate("a.csv", &["--seed", "1"]);
+    let other = simulate("b.csv", &["--seed", "2", "--shaft-hz", "45"]);
+    let fault =
+        simulate("c.csv", &["--seed", "3", "--fault", "outer-race", "--severity", "0.6", "--onset", "8"]);
+    // Columns pump-de, pump-nde, motor (the developing outer-race fault), dead.
+    let four = common::four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
+    let mut gateway =
+        Gateway::named(dir.path(), &url, "line-2", &["--sensor-per-channel", "--commission", "4s"]);
+    let stream = std::fs::read(&four).unwrap();
+    gateway.input.as_mut().unwrap().write_all(&stream).unwrap();
+    gateway.input.as_mut().unwrap().flush().unwrap();
+    // The alarm comes under its sensor's name; the dead sensor's fault under its own.
+    let started = Instant::now();
+    let reports = loop {
+        let reports = collect_until(&url, &collected, 2);
+        let alarmed = reports.iter().any(|r| r["sensor"] == "motor" && r["kind"] == "AlarmRaised");
+        if alarmed || started.elapsed() > Duration::from_secs(60) {
+            break reports;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let alarm = reports.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm was published");
+    assert_eq!(
+        (&alarm["sensor"], &alarm["device"], &alarm["class"]),
+        (&"motor".into(), &"line-2".into(), &"outer_race".into()),
+        "{alarm}"
+    );
+    assert!(reports.iter().all(|r| r["sensor"].is_string()), "every report names its sensor: {reports:?}");
+    assert!(!reports
+        .iter()
+        .any(|r| r["sensor"].as_str().is_some_and(|s| s.starts_with("pump")) && r["kind"] == "AlarmRaised"));
+    assert!(reports.iter().any(|r| r["sensor"] == "dead" && r["kind"] == "SensorFault"), "{reports:?}");
+    // Each sensor numbers its reports from 0: sequences repeat across sensors, and none
+    // is taken for a duplicate of another sensor's.
+    let firsts = reports.iter().filter(|r| r["sequence"] == 0).count();
+    assert!(firsts >= 2, "{reports:?}");
+    let status = status_until(&["--broker", &url], None, "line-2");
+    assert!(status.contains("line-2"), "{status}");
+    let marks = dir.path().join("line-2/sensors/motor/mqtt.next");
+    assert!(marks.exists(), "each sensor keeps its own mark");
+}
+
+#[test]
 fn a_bad_broker_url_or_site_is_refused_clearly() {
     let e = common::refused(&["fleet", "status", "--broker", "mqtts://b:8883"]);
     assert!(e.contains("needs the CA certificate") && e.contains("mqtts://b:8883"), "{e}");

@@ -158,13 +158,6 @@ pub fn run(
         false_alarms_per_day,
     )?;
     let several = !sensors.is_empty();
-    if several && mqtt.is_some() {
-        return Err(RuntimeError::Config(
-            "the MQTT forwarder publishes one sensor per gateway; with [[sensor]] sections, leave out [mqtt] \
-             and pull each sensor's reports over the serial port (vigil reports pull --sensor NAME)"
-                .into(),
-        ));
-    }
     let input = match input {
         Some((source, options)) if several => {
             let rate = check_sensors(&model, source.as_ref(), &options, &sensors)?;
@@ -252,15 +245,22 @@ pub fn run(
     let shared = Arc::new(Mutex::new((agent, device)));
     let forwarder = match mqtt {
         Some(MqttSettings { broker, site, groups }) => {
+            let forwarded = if several {
+                plans.iter().map(|(sensor, dir, _)| (sensor.clone(), dir.clone())).collect()
+            } else {
+                Vec::new()
+            };
             let settings = vigil_mqtt::ForwarderSettings {
                 broker,
                 site,
                 device: name.clone(),
                 state: state.clone(),
                 groups,
+                sensors: forwarded.clone(),
             };
             let source = StoreSource {
-                pipeline: pipelines[0].clone(),
+                pipelines: pipelines.clone(),
+                names: forwarded.into_iter().map(|(sensor, _)| sensor).collect(),
                 agent: shared.clone(),
                 class_names: class_names(&pipelines[0]),
             };
@@ -432,25 +432,28 @@ fn class_names(pipeline: &Mutex<Pipeline>) -> Vec<String> {
     p.scorer().model().metadata().class_names.clone()
 }
 
-/// What the MQTT forwarder reads: the durable store and the device's state.
+/// What the MQTT forwarder reads: the durable stores and the device's state.
 struct StoreSource {
-    pipeline: Arc<Mutex<Pipeline>>,
+    /// Each sensor's pipeline (one on a gateway of one sensor).
+    pipelines: Vec<Arc<Mutex<Pipeline>>>,
+    /// The sensors' names on a gateway of several; empty otherwise.
+    names: Vec<String>,
     agent: Arc<Mutex<(Agent<'static, FileSlots>, GatewayDevice)>>,
     class_names: Vec<String>,
 }
 
-impl StoreSource {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pipeline> {
-        self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
+    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl vigil_mqtt::Source for StoreSource {
-    fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport> {
-        match self.lock().store().map(|s| s.first_from(sequence)) {
+    fn report_from(&mut self, sensor: usize, sequence: u64) -> Option<AnomalyReport> {
+        let pipeline = lock(self.pipelines.get(sensor)?);
+        match pipeline.store().map(|s| s.first_from(sequence)) {
             Some(Ok(report)) => report,
             Some(Err(e)) => {
-                log::warn!("MQTT: cannot read report #{sequence} from the store: {e}");
+                let of = self.names.get(sensor).map(|n| format!(" of sensor {n}")).unwrap_or_default();
+                log::warn!("MQTT: cannot read report #{sequence}{of} from the store: {e}");
                 None
             }
             None => None,
@@ -464,7 +467,7 @@ impl vigil_mqtt::Source for StoreSource {
     }
 
     fn snapshot(&self) -> Option<Vec<u8>> {
-        let p = self.lock();
+        let p = lock(&self.pipelines[0]);
         let scorer = p.scorer();
         scorer.snapshot(scorer.model().metadata().head_version).ok()
     }
@@ -474,7 +477,35 @@ impl vigil_mqtt::Source for StoreSource {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        status_json(&self.lock())
+        let mut status = status_json(&lock(&self.pipelines[0]));
+        if self.names.is_empty() {
+            return status;
+        }
+        // A gateway of several sensors: the device's figures add up its sensors', each of
+        // which has a line of its own.
+        let sensors: Vec<serde_json::Value> = self
+            .names
+            .iter()
+            .zip(&self.pipelines)
+            .map(|(name, p)| {
+                let mut line = status_json(&lock(p));
+                line["sensor"] = name.as_str().into();
+                for key in ["software", "model", "head_version"] {
+                    line.as_object_mut().map(|o| o.remove(key));
+                }
+                line
+            })
+            .collect();
+        let any = |key: &str| sensors.iter().any(|s| s[key].as_bool() == Some(true));
+        let sum = |key: &str| sensors.iter().filter_map(|s| s[key].as_u64()).sum::<u64>();
+        status["alarm_active"] = any("alarm_active").into();
+        status["windows_scored"] = sum("windows_scored").into();
+        status["sensor_faults"] = sum("sensor_faults").into();
+        // Each sensor numbers its own reports: no one next report for the gateway.
+        status["next_report"] = serde_json::Value::Null;
+        status["threshold"] = serde_json::Value::Null;
+        status["sensors"] = sensors.into();
+        status
     }
 }
 

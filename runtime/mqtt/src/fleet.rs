@@ -70,7 +70,8 @@ pub fn fleet_snapshots(
 /// Collects the reports devices published under `vigil/<site>/` (every site when `None`)
 /// with the persistent session `client_id`: the broker keeps reports for this session
 /// while the host is away, from the first collection on. `marks` holds, per device
-/// (`site/device`), the next sequence expected; what is below it is a duplicate, and it
+/// (`site/device`, or `site/device/sensor` for each sensor of a gateway of several), the
+/// next sequence expected; what is below it is a duplicate, and it
 /// moves past every report kept. Returns once the broker has been quiet for `quiet`.
 pub fn collect_reports(
     broker: &Broker,
@@ -92,7 +93,11 @@ pub fn collect_reports(
             log::warn!("{topic}: a report without a sequence number was skipped");
             return;
         };
-        let key = format!("{site}/{device}");
+        // A gateway of several sensors numbers each sensor's reports on its own.
+        let key = match report["sensor"].as_str() {
+            Some(sensor) => format!("{site}/{device}/{sensor}"),
+            None => format!("{site}/{device}"),
+        };
         let expected = marks.get(&key).copied();
         if expected.is_some_and(|next| sequence < next) {
             collected.duplicates += 1;

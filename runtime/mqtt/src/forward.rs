@@ -40,12 +40,27 @@ pub struct ForwarderSettings {
     pub state: PathBuf,
     /// Groups whose updates the device takes, besides its site's.
     pub groups: Vec<String>,
+    /// On a gateway that watches several sensors: each one's name and the folder where
+    /// its mark is kept, in the source's sensor order. Empty: one sensor, its mark in
+    /// `state`.
+    pub sensors: Vec<(String, PathBuf)>,
+}
+
+/// One report sequence the forwarder follows: a sensor's, or the gateway's only one.
+struct Lane {
+    /// The sensor's name, on a gateway of several.
+    sensor: Option<String>,
+    /// Where its mark is kept.
+    state: PathBuf,
+    /// The next sequence to publish.
+    next: u64,
 }
 
 /// What the forwarder asks of the gateway.
 pub trait Source: Send + 'static {
-    /// The stored report with the smallest sequence number at or after `sequence`.
-    fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport>;
+    /// Sensor `sensor`'s stored report with the smallest sequence number at or after
+    /// `sequence` (sensor 0 on a gateway of one).
+    fn report_from(&mut self, sensor: usize, sequence: u64) -> Option<AnomalyReport>;
     /// A report as its JSON payload (the device and site are added).
     fn report_json(&self, report: &AnomalyReport) -> serde_json::Value;
     /// The device's status as JSON (`online`, the device, site and groups are added).
@@ -54,7 +69,8 @@ pub trait Source: Send + 'static {
     /// or the device's refusal.
     fn apply_update(&mut self, update: &UpdateMessage) -> Result<u32, NackReason>;
     /// The head the device runs as adapted on site, as `vigil snapshot` gets it over
-    /// serial (a postcard head update and the adaptation counts); `None` when unavailable.
+    /// serial (a postcard head update and the adaptation counts; of its first sensor on a
+    /// gateway of several); `None` when unavailable.
     fn snapshot(&self) -> Option<Vec<u8>>;
 }
 
@@ -74,12 +90,24 @@ impl Forwarder {
         for group in &settings.groups {
             check_level("group", group)?;
         }
-        let next = read_mark(&settings.state)?;
+        let lanes = if settings.sensors.is_empty() {
+            vec![Lane { sensor: None, state: settings.state.clone(), next: read_mark(&settings.state)? }]
+        } else {
+            let mut lanes = Vec::with_capacity(settings.sensors.len());
+            for (name, state) in &settings.sensors {
+                lanes.push(Lane {
+                    sensor: Some(name.clone()),
+                    state: state.clone(),
+                    next: read_mark(state)?,
+                });
+            }
+            lanes
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("vigil-mqtt".into())
-            .spawn(move || run(settings, source, next, &thread_stop))
+            .spawn(move || run(settings, source, lanes, &thread_stop))
             .map_err(|e| MqttError::File { what: "cannot start the MQTT thread".into(), source: e })?;
         Ok(Forwarder { stop, handle: Some(handle) })
     }
@@ -103,19 +131,20 @@ impl Drop for Forwarder {
     }
 }
 
-fn run(settings: ForwarderSettings, mut source: impl Source, mut next: u64, stop: &AtomicBool) {
+fn run(settings: ForwarderSettings, mut source: impl Source, mut lanes: Vec<Lane>, stop: &AtomicBool) {
     let mut backoff = Duration::from_secs(1);
     // Whether the last attempt got through: one warning per outage, not one per retry.
     let mut reachable = true;
     while !stop.load(Ordering::Relaxed) {
         let mut connected = false;
-        let result = session(&settings, &mut source, &mut next, stop, &mut connected);
+        let result = session(&settings, &mut source, &mut lanes, stop, &mut connected);
         match result {
             Ok(()) => return,
             Err(e) => {
                 if connected || reachable {
                     log::warn!(
-                        "MQTT: {e}; reports stay in the store and are published from #{next} when the broker is back"
+                        "MQTT: {e}; reports stay in the store and are published from {} when the broker is back",
+                        marks(&lanes)
                     );
                 }
                 reachable = connected;
@@ -187,11 +216,20 @@ impl Session<'_> {
     }
 }
 
+/// Where the lanes stand: `#12`, or `pump/DE #12, motor #3` on a gateway of sensors.
+fn marks(lanes: &[Lane]) -> String {
+    let mark = |l: &Lane| match &l.sensor {
+        Some(name) => format!("{name} #{}", l.next),
+        None => format!("#{}", l.next),
+    };
+    lanes.iter().map(mark).collect::<Vec<_>>().join(", ")
+}
+
 /// One connection: announce, then forward until stopped or the connection fails.
 fn session(
     settings: &ForwarderSettings,
     source: &mut impl Source,
-    next: &mut u64,
+    lanes: &mut [Lane],
     stop: &AtomicBool,
     connected: &mut bool,
 ) -> Result<()> {
@@ -224,9 +262,9 @@ fn session(
     }
     *connected = true;
     log::info!(
-        "MQTT: connected to {} as {site}/{device}; next report to publish #{}",
+        "MQTT: connected to {} as {site}/{device}; next report to publish {}",
         settings.broker.name(),
-        next
+        marks(lanes)
     );
     let mut status_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -241,17 +279,26 @@ fn session(
                 first = true;
             }
         }
-        if let Some(report) = source.report_from(*next) {
+        // Each sensor's next report in turn, so one busy sensor does not hold back the rest.
+        let mut published = false;
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let Some(report) = source.report_from(i, lane.next) else { continue };
             let mut json = source.report_json(&report);
             json["site"] = site.as_str().into();
             json["device"] = device.as_str().into();
+            if let Some(sensor) = &lane.sensor {
+                json["sensor"] = sensor.as_str().into();
+            }
             let to = match report.kind {
                 ReportKind::Health(_) => &health_topic,
                 _ => &report_topic,
             };
             s.publish(to, false, json.to_string())?;
-            *next = report.sequence + 1;
-            write_mark(&settings.state, *next)?;
+            lane.next = report.sequence + 1;
+            write_mark(&lane.state, lane.next)?;
+            published = true;
+        }
+        if published {
             continue;
         }
         if status_at.elapsed() >= STATUS_EVERY || first {

@@ -79,7 +79,7 @@ struct BenchSource {
 }
 
 impl Source for BenchSource {
-    fn report_from(&mut self, sequence: u64) -> Option<AnomalyReport> {
+    fn report_from(&mut self, _sensor: usize, sequence: u64) -> Option<AnomalyReport> {
         lock(&self.gateway.store).first_from(sequence).ok().flatten()
     }
     fn report_json(&self, report: &AnomalyReport) -> serde_json::Value {
@@ -300,6 +300,7 @@ impl FleetBenchArgs {
                 device: name.clone(),
                 state,
                 groups: Vec::new(),
+                sensors: Vec::new(),
             };
             let count = Arc::new(Mutex::new(0));
             let source = BenchSource {

@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// `--sensor NAME`. Each keeps its reports, labels and adapted state in
     /// STATE/sensors/NAME. The config file's `[[sensor]]` sections do the same with names
     /// and channels of your choosing.
-    #[arg(long, requires = "input", conflicts_with = "mqtt")]
+    #[arg(long, requires = "input")]
     sensor_per_channel: bool,
     #[command(flatten)]
     stream: super::StreamInputArgs,
