@@ -307,14 +307,7 @@ fn wrong_channel_count_is_refused_clearly() {
 #[test]
 fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let healthy = simulate(dir.path(), "a.csv", &["--seconds", "30", "--seed", "1"]);
-    let other = simulate(dir.path(), "b.csv", &["--seconds", "30", "--seed", "2", "--shaft-hz", "45"]);
-    let fault = simulate(
-        dir.path(),
-        "c.csv",
-        &["--seconds", "30", "--seed", "3", "--fault", "outer-race", "--severity", "0.4", "--onset", "15"],
-    );
-    let input = four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
+    let (healthy, input) = common::four_sensor_recording(dir.path(), "30", "0.4", "15");
     let store = dir.path().join("reports");
     let o = run(
         &input,

@@ -249,17 +249,8 @@ fn a_gateway_of_several_sensors_publishes_each_sensors_reports_under_its_name() 
     let url = broker.url();
     let collected = dir.path().join("fleet.jsonl");
     ok(&["fleet", "reports", "--broker", &url, "-o", collected.to_str().unwrap(), "--quiet", "300ms"]);
-    let simulate = |name: &str, args: &[&str]| {
-        let out = dir.path().join(name);
-        ok(&[&["simulate", "-o", out.to_str().unwrap(), "--seconds", "20"][..], args].concat());
-        out
-    };
-    let healthy = simulate("a.csv", &["--seed", "1"]);
-    let other = simulate("b.csv", &["--seed", "2", "--shaft-hz", "45"]);
-    let fault =
-        simulate("c.csv", &["--seed", "3", "--fault", "outer-race", "--severity", "0.6", "--onset", "8"]);
-    // Columns pump-de, pump-nde, motor (the developing outer-race fault), dead.
-    let four = common::four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
+    // Columns pump-de, pump-nde, motor (a developing outer-race fault from 8 s), dead.
+    let (_, four) = common::four_sensor_recording(dir.path(), "20", "0.6", "8");
     let mut gateway =
         Gateway::named(dir.path(), &url, "line-2", &["--sensor-per-channel", "--commission", "4s"]);
     let stream = std::fs::read(&four).unwrap();

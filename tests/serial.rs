@@ -204,17 +204,8 @@ fn a_technician_session_over_a_pty_status_push_pull_label_snapshot() {
 fn a_gateway_of_four_sensors_and_a_device_of_one_answer_the_same_host_tools() {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path(), "publisher");
-    let simulate = |name: &str, args: &[&str]| {
-        let out = dir.path().join(name);
-        ok(&[&["simulate", "-o", out.to_str().unwrap(), "--seconds", "30"][..], args].concat());
-        out
-    };
-    let healthy = simulate("a.csv", &["--seed", "1"]);
-    let other = simulate("b.csv", &["--seed", "2", "--shaft-hz", "45"]);
-    let fault =
-        simulate("c.csv", &["--seed", "3", "--fault", "outer-race", "--severity", "0.4", "--onset", "15"]);
-    // Columns pump-de, pump-nde, motor (the developing outer-race fault), dead.
-    let input = common::four_sensors(dir.path(), &[&healthy, &other, &fault], "four.csv");
+    // Columns pump-de, pump-nde, motor (a developing outer-race fault from 15 s), dead.
+    let (healthy, input) = common::four_sensor_recording(dir.path(), "30", "0.4", "15");
     let link = Link::new(None);
     let state = dir.path().join("state");
     let config = dir.path().join("vigil.toml");

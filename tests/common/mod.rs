@@ -59,3 +59,24 @@ pub fn four_sensors(dir: &Path, names: &[&Path], out_name: &str) -> PathBuf {
     std::fs::write(&path, out).expect("the four-sensor stream is written");
     path
 }
+
+/// A four-channel recording of `seconds` at 16 kHz (`four.csv` in `dir`), columns
+/// `pump-de` (healthy), `pump-nde` (healthy, another speed), `motor` (an outer-race fault
+/// of `severity` from `onset` seconds) and `dead` (a flat sensor); also returns the
+/// healthy recording of `pump-de` alone.
+pub fn four_sensor_recording(dir: &Path, seconds: &str, severity: &str, onset: &str) -> (PathBuf, PathBuf) {
+    let simulate = |name: &str, args: &[&str]| {
+        let out = dir.join(name);
+        let path = out.to_str().expect("a UTF-8 temporary path");
+        ok(&[&["simulate", "-o", path, "--seconds", seconds][..], args].concat());
+        out
+    };
+    let healthy = simulate("a.csv", &["--seed", "1"]);
+    let other = simulate("b.csv", &["--seed", "2", "--shaft-hz", "45"]);
+    let fault = simulate(
+        "c.csv",
+        &["--seed", "3", "--fault", "outer-race", "--severity", severity, "--onset", onset],
+    );
+    let four = four_sensors(dir, &[&healthy, &other, &fault], "four.csv");
+    (healthy, four)
+}

@@ -53,15 +53,7 @@ impl StatusArgs {
             return Ok(());
         }
         let alarm = if status.alarm_active { "ACTIVE" } else { "quiet" };
-        println!("device   {} ({})", info.device, info.software);
-        println!(
-            "model    {} ({}-d embedding; classes {})",
-            &hex::encode(&info.model_hash)[..16],
-            info.embedding_dim,
-            info.class_names.join(", ")
-        );
-        println!("head     version {}", status.head_version);
-        println!("uptime   {} s", status.uptime_s);
+        print_device(&info, status.head_version, status.uptime_s);
         println!(
             "scored   {} windows, {} skipped as sensor faults",
             status.windows_scored, status.sensor_faults
@@ -110,17 +102,7 @@ fn print_sensors(
         return Ok(());
     }
     let active = statuses.iter().filter(|s| s.alarm_active).count();
-    println!("device   {} ({})", info.device, info.software);
-    println!(
-        "model    {} ({}-d embedding; classes {})",
-        &hex::encode(&info.model_hash)[..16],
-        info.embedding_dim,
-        info.class_names.join(", ")
-    );
-    println!("head     version {head_version}");
-    if let Some(s) = statuses.first() {
-        println!("uptime   {} s", s.uptime_s);
-    }
+    print_device(info, head_version, statuses.first().map_or(0, |s| s.uptime_s));
     println!("sensors  {}, {active} with an active alarm", names.len());
     let width = names.iter().map(String::len).max().unwrap_or(6).max(6);
     println!(
@@ -146,4 +128,17 @@ fn print_sensors(
         println!("update   receiving version {}: {} of {} bytes", u.version, u.received, u.total);
     }
     Ok(())
+}
+
+/// The lines that say who the device is and what it runs.
+fn print_device(info: &vigil_client::client::DeviceIdentity, head_version: u32, uptime_s: u32) {
+    println!("device   {} ({})", info.device, info.software);
+    println!(
+        "model    {} ({}-d embedding; classes {})",
+        &hex::encode(&info.model_hash)[..16],
+        info.embedding_dim,
+        info.class_names.join(", ")
+    );
+    println!("head     version {head_version}");
+    println!("uptime   {uptime_s} s");
 }
