@@ -330,6 +330,7 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").expect("an alarm on motor");
     assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0, "{alarm}");
     assert_eq!(alarm["class"], "outer_race", "{alarm}");
+    let motor_alarm = alarm["sequence"].as_u64().unwrap();
     let dead = reports_of("dead");
     assert_eq!(dead.len(), 1, "{stdout}");
     assert_eq!(dead[0]["finding"], "sensor: flat", "{stdout}");
@@ -358,6 +359,28 @@ fn each_channel_is_scored_as_a_sensor_of_its_own() {
     let alarm = "<article class=\"alarm\" id=\"d0-alarm-";
     assert!(parts[0].contains(alarm) && parts[0].contains("outer_race"), "motor's part");
     assert!(!parts[1].contains("<article class=\"alarm\""), "dead has a sensor fault, not an alarm");
+    // Its CSV and JSON name each report's sensor, and read back into the same sensors.
+    let (csv, json) = (dir.path().join("sensors.csv"), dir.path().join("sensors.jsonl"));
+    ok(&[
+        "report",
+        "--from",
+        jsonl.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = std::fs::read_to_string(&csv).unwrap();
+    assert!(table.lines().next().unwrap().ends_with(",site,device,sensor"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{motor_alarm},AlarmRaised,")) && l.ends_with(",,,motor")),
+        "{table}"
+    );
+    let (groups, _) = vigil_runtime::report_io::read_jsonl_by_device(&json).unwrap();
+    let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"motor") && names.contains(&"dead"), "{names:?}");
     // Or commissioned from a healthy recording of the same sensors, each from its own
     // channel; the dead one cannot learn from it and says so, and the others run.
     let calm: Vec<PathBuf> = [("ha.csv", "11", "29.95"), ("hb.csv", "12", "45"), ("hc.csv", "13", "29.95")]

@@ -158,7 +158,7 @@ fn a_1000_report_pull_stays_under_2_mb_and_opens_in_under_2_s() {
     let alarm = reports.iter().find(|r| r.kind == ReportKind::AlarmRaised).unwrap();
     let many = thousand_reports(alarm);
     let jsonl = dir.path().join("pulled.jsonl");
-    write_jsonl(&jsonl, &many, &names).unwrap();
+    write_jsonl(&jsonl, &many, &[], &names).unwrap();
     let (html, csv, json) = (dir.path().join("r.html"), dir.path().join("r.csv"), dir.path().join("r.jsonl"));
     ok(&[
         "report",
@@ -292,7 +292,7 @@ fn a_simulated_week_of_slow_degradation_shows_its_trend_and_renders() {
     assert!(kurtosis(last) > kurtosis(first) + 1.0, "kurtosis {} -> {}", kurtosis(first), kurtosis(last));
 
     let jsonl = dir.path().join("week.jsonl");
-    write_jsonl(&jsonl, &reports, &meta.class_names).unwrap();
+    write_jsonl(&jsonl, &reports, &[], &meta.class_names).unwrap();
     let (html, csv) = (dir.path().join("week.html"), dir.path().join("week.csv"));
     ok(&[
         "report",

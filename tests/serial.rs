@@ -246,7 +246,7 @@ fn a_gateway_of_four_sensors_and_a_device_of_one_answer_the_same_host_tools() {
         std::thread::sleep(Duration::from_millis(300));
     };
     let alarm = motor.iter().find(|r| r["kind"] == "AlarmRaised").unwrap();
-    assert_eq!(alarm["class"], "outer_race", "{alarm}");
+    assert_eq!((&alarm["class"], &alarm["sensor"]), (&"outer_race".into(), &"motor/DE".into()), "{alarm}");
     assert!(alarm["stream_time_s"].as_f64().unwrap() > 15.0, "{alarm}");
     // Wait for the end of the stream: each sensor's windows, scored or skipped as
     // sensor faults, stop growing.
@@ -323,6 +323,14 @@ fn a_gateway_of_four_sensors_and_a_device_of_one_answer_the_same_host_tools() {
         "ball",
     ]);
     assert!(e.contains(&format!("no report #{sequence} of sensor pump-7/DE")), "{e}");
+    let csv = dir.path().join("motor.csv");
+    ok(&["reports", "pull", "--port", port, "--sensor", "motor/DE", "-o", csv.to_str().unwrap()]);
+    let table = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        table.starts_with("sequence,kind,") && table.lines().next().unwrap().ends_with(",sensor"),
+        "{table}"
+    );
+    assert!(table.lines().skip(1).all(|l| l.ends_with(",motor/DE")), "{table}");
     let html = dir.path().join("motor.html");
     ok(&["reports", "pull", "--port", port, "--sensor", "motor/DE", "--html", html.to_str().unwrap()]);
     let page = std::fs::read_to_string(&html).unwrap();

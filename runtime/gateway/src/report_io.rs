@@ -121,34 +121,80 @@ struct ReportLine {
 
 /// One device's or sensor's reports: its `site/device/sensor` and the reports, in file order.
 pub type DeviceReports = (String, Vec<AnomalyReport>);
-/// A report with the `site/device` it came from.
-type SourcedReport = (String, AnomalyReport);
+
+/// Where a report came from, as its JSON line names it: the site and device of a fleet
+/// file (`vigil fleet reports`), the sensor of a gateway or run of several.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportSource {
+    /// The device's site.
+    pub site: Option<String>,
+    /// The device.
+    pub device: Option<String>,
+    /// The sensor.
+    pub sensor: Option<String>,
+}
+
+impl ReportSource {
+    /// A source that names only a sensor.
+    pub fn sensor(name: &str) -> Self {
+        ReportSource { sensor: Some(name.to_owned()), ..ReportSource::default() }
+    }
+
+    /// `site/device/sensor`, of the parts it names ("" for none).
+    pub fn key(&self) -> String {
+        let device = match (&self.site, &self.device) {
+            (Some(site), Some(device)) => vec![site.as_str(), device.as_str()],
+            (None, Some(device)) => vec![device.as_str()],
+            _ => Vec::new(),
+        };
+        device.into_iter().chain(self.sensor.as_deref()).collect::<Vec<_>>().join("/")
+    }
+
+    /// Adds the parts it names to a report's JSON (`site`, `device`, `sensor`).
+    pub fn tag(&self, json: &mut serde_json::Value) {
+        for (key, value) in [("site", &self.site), ("device", &self.device), ("sensor", &self.sensor)] {
+            if let Some(value) = value {
+                json[key] = value.as_str().into();
+            }
+        }
+    }
+}
+
+/// A report with where it came from.
+pub type SourcedReport = (ReportSource, AnomalyReport);
 
 /// Reports read back from a JSON-lines file of many devices (`vigil fleet reports`) or
 /// sensors (`vigil run --sensor-per-channel --json`), grouped by `site/device/sensor` (the
 /// parts the lines name) in the order each first appears (reports that name none go under
 /// ""), with the class names they mention.
 pub fn read_jsonl_by_device(path: &Path) -> Result<(Vec<DeviceReports>, Vec<String>)> {
-    let (lines, names) = read_lines(path)?;
+    let (lines, names) = read_jsonl_sourced(path)?;
+    Ok((group_by_source(&lines), names))
+}
+
+/// `reports` grouped by [`ReportSource::key`], in the order each first appears.
+pub fn group_by_source(reports: &[SourcedReport]) -> Vec<DeviceReports> {
     let mut groups: Vec<DeviceReports> = Vec::new();
-    for (source, report) in lines {
-        match groups.iter_mut().find(|(s, _)| *s == source) {
-            Some((_, reports)) => reports.push(report),
-            None => groups.push((source, vec![report])),
+    for (source, report) in reports {
+        let key = source.key();
+        match groups.iter_mut().find(|(s, _)| *s == key) {
+            Some((_, reports)) => reports.push(report.clone()),
+            None => groups.push((key, vec![report.clone()])),
         }
     }
-    Ok((groups, names))
+    groups
 }
 
 /// Reports read back from a JSON-lines file, with the class names they mention (by
 /// index). Errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<(Vec<AnomalyReport>, Vec<String>)> {
-    let (lines, names) = read_lines(path)?;
+    let (lines, names) = read_jsonl_sourced(path)?;
     Ok((lines.into_iter().map(|(_, r)| r).collect(), names))
 }
 
-/// Every report of a JSON-lines file with its `site/device/sensor` ("" when it names none).
-fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
+/// Every report of a JSON-lines file with where it came from, and the class names they
+/// mention. Errors name the file and line.
+pub fn read_jsonl_sourced(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| RuntimeError::io(format!("cannot read {}", path.display()), e))?;
     let mut reports = Vec::new();
@@ -192,14 +238,8 @@ fn read_lines(path: &Path) -> Result<(Vec<SourcedReport>, Vec<String>)> {
             }
         };
         let too_many = |what: &str| RuntimeError::Reports(format!("{}: too many {what}", at()));
-        let source = match (&r.site, &r.device) {
-            (Some(site), Some(device)) => [site.as_str(), device.as_str()].into(),
-            (None, Some(device)) => vec![device.as_str()],
-            _ => Vec::new(),
-        };
-        let source = source.into_iter().chain(r.sensor.as_deref()).collect::<Vec<_>>().join("/");
         reports.push((
-            source,
+            ReportSource { site: r.site, device: r.device, sensor: r.sensor },
             AnomalyReport {
                 sequence: r.sequence,
                 kind,
@@ -254,17 +294,68 @@ pub fn csv_line(r: &AnomalyReport, classes: &[String]) -> String {
     )
 }
 
-/// Writes reports as JSON lines.
-pub fn write_jsonl(path: &Path, reports: &[AnomalyReport], classes: &[String]) -> Result<()> {
-    let text: String = reports.iter().map(|r| format!("{}\n", report_json(r, classes))).collect();
+/// The CSV header, with the `site,device,sensor` columns of [`csv_sourced_line`] when
+/// `sourced`.
+pub fn csv_header(sourced: bool) -> String {
+    if sourced {
+        format!("{CSV_HEADER},site,device,sensor")
+    } else {
+        CSV_HEADER.to_owned()
+    }
+}
+
+/// [`csv_line`] followed by where the report came from (empty cells for what it does
+/// not name).
+pub fn csv_sourced_line(r: &AnomalyReport, classes: &[String], source: &ReportSource) -> String {
+    let part = |p: &Option<String>| p.clone().unwrap_or_default();
+    format!(
+        "{},{},{},{}",
+        csv_line(r, classes),
+        part(&source.site),
+        part(&source.device),
+        part(&source.sensor)
+    )
+}
+
+/// Writes reports as JSON lines; `sources`, when not empty, says where each came from
+/// (one per report), and each line names it.
+pub fn write_jsonl(
+    path: &Path,
+    reports: &[AnomalyReport],
+    sources: &[ReportSource],
+    classes: &[String],
+) -> Result<()> {
+    let text: String = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut json = report_json(r, classes);
+            if let Some(source) = sources.get(i) {
+                source.tag(&mut json);
+            }
+            format!("{json}\n")
+        })
+        .collect();
     std::fs::write(path, text).map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))
 }
 
-/// Writes reports as CSV.
-pub fn write_csv(path: &Path, reports: &[AnomalyReport], classes: &[String]) -> Result<()> {
-    let mut text = format!("{CSV_HEADER}\n");
-    for r in reports {
-        text.push_str(&csv_line(r, classes));
+/// Writes reports as CSV; `sources`, when any names a site, device or sensor, adds
+/// `site,device,sensor` columns.
+pub fn write_csv(
+    path: &Path,
+    reports: &[AnomalyReport],
+    sources: &[ReportSource],
+    classes: &[String],
+) -> Result<()> {
+    let sourced = sources.iter().any(|s| *s != ReportSource::default());
+    let mut text = csv_header(sourced);
+    text.push('\n');
+    for (i, r) in reports.iter().enumerate() {
+        if sourced {
+            text.push_str(&csv_sourced_line(r, classes, sources.get(i).unwrap_or(&ReportSource::default())));
+        } else {
+            text.push_str(&csv_line(r, classes));
+        }
         text.push('\n');
     }
     std::fs::write(path, text).map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use vigil_core::bearing::BearingGeometry;
-use vigil_runtime::report_io::{read_jsonl, read_jsonl_by_device, write_csv, write_jsonl};
+use vigil_runtime::report_io::{group_by_source, read_jsonl_sourced, write_csv, write_jsonl, ReportSource};
 
 /// Turn pulled reports (JSON lines, from `vigil reports pull` or `vigil run --json`) into a
 /// self-contained HTML report with spectra and fault-frequency markers, and/or CSV and JSON.
@@ -60,10 +60,12 @@ impl ReportOutputs {
         }
     }
 
-    /// Writes every requested output; returns the paths written.
+    /// Writes every requested output; returns the paths written. `sources`, when not
+    /// empty, says where each report came from: the CSV and JSON name it.
     pub fn write(
         &self,
         reports: &[vigil_core::report::AnomalyReport],
+        sources: &[ReportSource],
         ctx: &ReportContext,
     ) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
@@ -73,11 +75,11 @@ impl ReportOutputs {
             written.push(path.clone());
         }
         if let Some(path) = &self.csv {
-            write_csv(path, reports, &ctx.class_names)?;
+            write_csv(path, reports, sources, &ctx.class_names)?;
             written.push(path.clone());
         }
         if let Some(path) = &self.json {
-            write_jsonl(path, reports, &ctx.class_names)?;
+            write_jsonl(path, reports, sources, &ctx.class_names)?;
             written.push(path.clone());
         }
         Ok(written)
@@ -92,7 +94,8 @@ impl ReportArgs {
             bail!("nothing to write: give --html, --csv and/or --json");
         }
         let machine = o.machine()?;
-        let (reports, class_names) = read_jsonl(&self.from)?;
+        let (lines, class_names) = read_jsonl_sourced(&self.from)?;
+        let (sources, reports): (Vec<ReportSource>, Vec<_>) = lines.iter().cloned().unzip();
         let ctx = ReportContext {
             title: format!("Vigil report: {}", file_name(&self.from)),
             device: source_rows(&self.from, &reports),
@@ -101,10 +104,11 @@ impl ReportArgs {
             machine_class: o.machine_class,
         };
         // Reports of several sensors (`vigil run --sensor-per-channel --json`): the HTML
-        // page has one part per sensor, worst first; CSV and JSON keep the file's order.
+        // page has one part per sensor, worst first; CSV and JSON keep the file's order
+        // and name each report's sensor (or site and device).
         let mut rest = o.clone();
         if let Some(path) = &o.html {
-            let (groups, _) = read_jsonl_by_device(&self.from)?;
+            let groups = group_by_source(&lines);
             if groups.len() > 1 {
                 let page = render_groups(&groups, Grouping::Sensors, &ctx)?;
                 std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
@@ -112,7 +116,7 @@ impl ReportArgs {
                 rest.html = None;
             }
         }
-        for path in rest.write(&reports, &ctx)? {
+        for path in rest.write(&reports, &sources, &ctx)? {
             println!("{}", path.display());
         }
         Ok(())

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
-use vigil_runtime::report_io::{csv_line, report_json, CSV_HEADER};
+use vigil_runtime::report_io::{csv_header, csv_line, csv_sourced_line, report_json, ReportSource};
 
 /// Work with a device's stored anomaly reports.
 #[derive(Debug, Args)]
@@ -107,16 +107,25 @@ impl PullArgs {
             None => Box::new(std::io::stdout().lock()),
         };
         let mut pulled = Vec::new();
+        // A sensor's reports say whose they are, in every output.
+        let source = sensor.as_deref().map(ReportSource::sensor);
         if format == ReportFormat::Csv && !(self.append && existing > 0) {
-            writeln!(out, "{}", CSV_HEADER)?;
+            writeln!(out, "{}", csv_header(source.is_some()))?;
         }
         let mut count = 0u64;
         let mut failed = None;
         let next = client.pull_reports(self.since, self.batch, |r| {
             count += 1;
-            let line = match format {
-                ReportFormat::Jsonl => report_json(&r, &classes).to_string(),
-                ReportFormat::Csv => csv_line(&r, &classes),
+            let line = match (format, &source) {
+                (ReportFormat::Jsonl, _) => {
+                    let mut json = report_json(&r, &classes);
+                    if let Some(source) = &source {
+                        source.tag(&mut json);
+                    }
+                    json.to_string()
+                }
+                (ReportFormat::Csv, None) => csv_line(&r, &classes),
+                (ReportFormat::Csv, Some(source)) => csv_sourced_line(&r, &classes, source),
             };
             if failed.is_none() {
                 failed = writeln!(out, "{line}").err();
@@ -162,7 +171,11 @@ impl PullArgs {
                 machine,
                 machine_class: self.outputs.machine_class,
             };
-            for path in self.outputs.write(&pulled, &ctx)? {
+            let sources = match &source {
+                Some(source) => vec![source.clone(); pulled.len()],
+                None => Vec::new(),
+            };
+            for path in self.outputs.write(&pulled, &sources, &ctx)? {
                 eprintln!("wrote {}", path.display());
             }
         }
