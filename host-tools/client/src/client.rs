@@ -640,6 +640,67 @@ mod tests {
         }
     }
 
+    /// A device built before sensors were addressed: it speaks protocol version 1 only,
+    /// and refuses any other version as such a device's agent does, with the request's
+    /// sequence number.
+    struct VersionOneDevice {
+        reader: FrameReader,
+        out: VecDeque<u8>,
+    }
+
+    impl Read for VersionOneDevice {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.out.len());
+            for (b, byte) in buf.iter_mut().zip(self.out.drain(..n)) {
+                *b = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for VersionOneDevice {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for &byte in bytes {
+                let Some(Ok(frame)) = self.reader.push(byte) else { continue };
+                let Ok(request) = decode_frame(frame) else { continue };
+                let answer = match (request.version, request.message) {
+                    (1, Message::StatusQuery) => Message::Status(Status {
+                        uptime_s: 5,
+                        windows_scored: 7,
+                        sensor_faults: 0,
+                        alarm_active: false,
+                        last_score: 1.0,
+                        threshold: 9.0,
+                        next_report: 3,
+                        head_version: 1,
+                        update: None,
+                    }),
+                    (1, _) => Message::Nack(NackReason::Unexpected),
+                    _ => Message::Nack(NackReason::UnsupportedVersion { supported: 1 }),
+                };
+                let mut out = [0u8; MAX_FRAME];
+                let n = encode_frame(&Envelope::new(request.sequence, answer), &mut out).unwrap();
+                self.out.extend(&out[..n]);
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_device_built_before_sensors_is_taken_as_one_and_spoken_to_as_before() {
+        let device = VersionOneDevice { reader: FrameReader::new(), out: VecDeque::new() };
+        let mut client = Client::new(Box::new(device));
+        client.quiet = Duration::from_millis(1);
+        assert_eq!(client.sensors().unwrap(), None, "no sensor list from a version 1 device");
+        assert_eq!(client.stats.retries, 0, "its refusal is an answer, not a line fault");
+        // The requests that follow go in version 1 again.
+        assert_eq!(client.status().unwrap().next_report, 3);
+    }
+
     fn report(sequence: u64) -> AnomalyReport {
         AnomalyReport {
             sequence,
