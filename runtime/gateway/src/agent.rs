@@ -161,9 +161,10 @@ impl GatewayDevice {
     }
 }
 
-/// Locks the pipeline; a panic in another thread holding it does not stop the agent.
-fn lock(pipeline: &Mutex<Pipeline>) -> MutexGuard<'_, Pipeline> {
-    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Locks what the agent shares with the scoring threads (a pipeline, the agent itself); a
+/// panic in another thread holding it does not stop the agent.
+pub(crate) fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Device for GatewayDevice {

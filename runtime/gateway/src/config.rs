@@ -298,24 +298,17 @@ impl GatewayConfig {
                 path.display()
             )));
         }
+        let sensor_at = |i: usize, key: &str| {
+            let name = &self.sensors[i].name;
+            format!("config {}, [[sensor]] number {} ({name}), key `{key}`", path.display(), i + 1)
+        };
+        if let Some((i, why)) =
+            crate::sensors::sensor_list_error(self.sensors.iter().map(|s| s.name.as_str()))
+        {
+            return Err(RuntimeError::Config(format!("{}: {why}", sensor_at(i, "name"))));
+        }
         for (i, sensor) in self.sensors.iter().enumerate() {
-            let at = |key: &str| {
-                format!(
-                    "config {}, [[sensor]] number {} ({}), key `{key}`",
-                    path.display(),
-                    i + 1,
-                    sensor.name
-                )
-            };
-            if let Some(why) = crate::sensors::sensor_name_error(&sensor.name) {
-                return Err(RuntimeError::Config(format!("{}: the name {why}", at("name"))));
-            }
-            if self.sensors[..i].iter().any(|o| o.name == sensor.name) {
-                return Err(RuntimeError::Config(format!(
-                    "{}: another sensor has this name; give each its own",
-                    at("name")
-                )));
-            }
+            let at = |key: &str| sensor_at(i, key);
             if let Some(machine) = &sensor.machine {
                 if let Err((key, e)) = machine.kinematics() {
                     return Err(RuntimeError::Config(format!("{}: {e}", at(key))));

@@ -4,7 +4,7 @@
 //! decides what a person sees.
 
 use crate::adaptation::AdaptationSettings;
-use crate::agent::{DeviceSensor, GatewayDevice};
+use crate::agent::{lock, DeviceSensor, GatewayDevice};
 use crate::config::AlarmConfig;
 use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
@@ -218,11 +218,7 @@ pub fn run(
     // Site adaptation resumes after the committed head is restored: the head a site was
     // adapted on comes first, then what the site learned on it.
     for (pipeline, (sensor_name, dir, _)) in pipelines.iter().zip(&plans) {
-        let said = pipeline
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .scorer_mut()
-            .adapt(adaptation, Some(dir))?;
+        let said = lock(pipeline).scorer_mut().adapt(adaptation, Some(dir))?;
         if several {
             on_event(GatewayEvent::Adaptation(&format!("sensor {sensor_name}: {said}")));
         } else {
@@ -231,7 +227,7 @@ pub fn run(
     }
     if let Some(c) = commission {
         let armed = |p: &Arc<Mutex<Pipeline>>| {
-            let p = p.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let p = lock(p);
             p.scorer().adaptation().is_some_and(|a| a.site().is_armed())
         };
         if !pipelines.iter().all(armed) {
@@ -292,7 +288,7 @@ pub fn run(
         })
     });
     let served = serve_link_with(&mut link, &stop, |bytes, send| {
-        let mut shared = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shared = lock(&shared);
         let (agent, device) = &mut *shared;
         agent.receive(bytes, device, &mut |frame| send(frame));
     })
@@ -336,16 +332,10 @@ fn check_sensors(
         return Err(RuntimeError::Config(format!("{} sensors: a gateway serves at most 255", sensors.len())));
     }
     let Some(channels) = source.channels() else { return Err(crate::stream::empty_input()) };
-    for (i, s) in sensors.iter().enumerate() {
-        if let Some(why) = crate::sensors::sensor_name_error(&s.name) {
-            return Err(RuntimeError::Config(format!("sensor {}: the name {why}", i + 1)));
-        }
-        if sensors[..i].iter().any(|o| o.name == s.name) {
-            return Err(RuntimeError::Config(format!(
-                "two sensors are named {}; give each its own name",
-                s.name
-            )));
-        }
+    if let Some((i, why)) = crate::sensors::sensor_list_error(sensors.iter().map(|s| s.name.as_str())) {
+        return Err(RuntimeError::Config(format!("sensor {}: {why}", i + 1)));
+    }
+    for s in sensors {
         if s.channel >= channels {
             return Err(RuntimeError::StreamMismatch(format!(
                 "sensor {} reads channel {} but the input has {channels} (channels count from 0)",
@@ -387,7 +377,7 @@ fn score_several(
     options: &StreamOptions,
     on_event: &(impl Fn(GatewayEvent<'_>) + ?Sized),
 ) -> Result<StreamSummary> {
-    let model = pipelines[0].lock().unwrap_or_else(|poisoned| poisoned.into_inner()).scorer().model().clone();
+    let model = lock(&pipelines[0]).scorer().model().clone();
     let hop = options.hop.unwrap_or(model.metadata().hop);
     let mut lanes = Vec::with_capacity(pipelines.len());
     for (pipeline, &channel) in pipelines.iter().zip(channels) {
@@ -419,7 +409,7 @@ fn score_several(
         ..StreamSummary::default()
     };
     for pipeline in pipelines {
-        let counts = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).counts();
+        let counts = lock(pipeline).counts();
         summary.windows += counts.windows;
         summary.alarms += counts.alarms;
         summary.sensor_faults += counts.sensor_faults;
@@ -428,7 +418,7 @@ fn score_several(
 }
 
 fn class_names(pipeline: &Mutex<Pipeline>) -> Vec<String> {
-    let p = pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let p = lock(pipeline);
     p.scorer().model().metadata().class_names.clone()
 }
 
@@ -440,10 +430,6 @@ struct StoreSource {
     names: Vec<String>,
     agent: Arc<Mutex<(Agent<'static, FileSlots>, GatewayDevice)>>,
     class_names: Vec<String>,
-}
-
-fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
-    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl vigil_mqtt::Source for StoreSource {
@@ -461,7 +447,7 @@ impl vigil_mqtt::Source for StoreSource {
     }
 
     fn apply_update(&mut self, update: &vigil_mqtt::UpdateMessage) -> std::result::Result<u32, NackReason> {
-        let mut shared = self.agent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shared = lock(&self.agent);
         let (agent, device) = &mut *shared;
         agent.apply_update(&update.header, &update.payload, update.signature, device)
     }

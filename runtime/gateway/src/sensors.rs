@@ -4,6 +4,7 @@
 //! the machine's cores.
 
 use crate::adaptation::AdaptationSettings;
+use crate::agent::lock;
 use crate::error::{Result, RuntimeError};
 use crate::input::SampleSource;
 use crate::model::VigilModel;
@@ -50,16 +51,32 @@ pub fn sensor_name_error(name: &str) -> Option<String> {
     }
 }
 
+/// Why `names` cannot name one gateway's sensors, if they cannot: the index of the first
+/// that is not a sensor name ([`sensor_name_error`]) or repeats an earlier one, and why.
+pub fn sensor_list_error<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(usize, String)> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if let Some(why) = sensor_name_error(name) {
+            return Some((i, format!("the name {why}")));
+        }
+        if !seen.insert(name) {
+            return Some((i, format!("another sensor is named {name}; give each its own name")));
+        }
+    }
+    None
+}
+
 /// The sensors' names: the stream's own column names (a CSV header such as
-/// `pump-de,pump-nde,motor`) when each is a distinct sensor name ([`sensor_name_error`]),
-/// else `ch0`, `ch1`, ... for all.
+/// `pump-de,pump-nde,motor`) when they can name its sensors ([`sensor_list_error`]), else
+/// `ch0`, `ch1`, ... for all.
 pub fn sensor_names(source: &dyn SampleSource, channels: usize) -> Vec<String> {
     if let Some(names) = source.channel_names() {
-        let distinct = names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len();
-        match names.iter().find_map(|n| sensor_name_error(n)) {
-            None if distinct => return names.to_vec(),
-            None => log::warn!("the stream's column names repeat; the sensors are named ch0, ch1, ..."),
-            Some(why) => log::warn!("the stream's column name {why}; the sensors are named ch0, ch1, ..."),
+        match sensor_list_error(names.iter().map(String::as_str)) {
+            None => return names.to_vec(),
+            Some((i, why)) => log::warn!(
+                "the stream's column {} cannot name its sensor: {why}; the sensors are named ch0, ch1, ...",
+                i + 1
+            ),
         }
     }
     (0..channels).map(channel_sensor_name).collect()
@@ -101,7 +118,7 @@ impl SensorLane {
         self.samples.extend(chunk.iter().skip(self.channel).step_by(channels));
         let mut windows: Vec<Window> = Vec::new();
         self.windower.push(&self.samples, |w| windows.push(w));
-        let mut pipeline = self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pipeline = lock(&self.pipeline);
         for w in &windows {
             self.outcomes.push(pipeline.process(w)?);
         }
@@ -291,7 +308,7 @@ pub fn run_sensors<E: From<RuntimeError>>(
         .zip(commissioned)
         .zip(names)
         .map(|((lane, commissioned), name)| {
-            let mut p = lane.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut p = lock(&lane.pipeline);
             let counts = p.counts();
             let summary = StreamSummary {
                 frames,
