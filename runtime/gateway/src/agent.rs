@@ -118,16 +118,22 @@ impl GatewayDevice {
         self.max_version_step = step;
     }
 
+    /// Where sensor `sensor` is in the list; the agent checks the index against
+    /// `sensors()` first, and an index past the end is the last sensor, not a panic.
+    fn index(&self, sensor: u8) -> usize {
+        usize::from(sensor).min(self.sensors.len() - 1)
+    }
+
     fn sensor(&self, sensor: u8) -> &DeviceSensor {
-        // The agent checks the index against `sensors()` first.
-        &self.sensors[usize::from(sensor).min(self.sensors.len() - 1)]
+        &self.sensors[self.index(sensor)]
     }
 
     /// Teaches sensor `sensor`'s head the label, when its scorer adapts and still holds
     /// the window.
     fn learn(&mut self, sensor: u8, report: u64, class: u8, replaces: Option<u8>) {
         let name = self.class_names.get(usize::from(class)).map_or("?", String::as_str);
-        let s = &mut self.sensors[usize::from(sensor)];
+        let i = self.index(sensor);
+        let s = &mut self.sensors[i];
         let outcome =
             lock(&s.pipeline).scorer_mut().learn_label(report, usize::from(class), replaces.map(usize::from));
         let who = &s.name;
@@ -257,8 +263,8 @@ impl Device for GatewayDevice {
     }
 
     fn head_snapshot(&mut self, sensor: u8, offset: u32, out: &mut [u8]) -> Option<(u32, usize)> {
-        let last = self.sensors.len() - 1;
-        let s = &mut self.sensors[usize::from(sensor).min(last)];
+        let i = self.index(sensor);
+        let s = &mut self.sensors[i];
         // A transfer starts at offset 0: take the head as adapted by then.
         if offset == 0 {
             s.refresh_snapshot();

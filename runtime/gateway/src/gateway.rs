@@ -269,15 +269,13 @@ pub fn run(
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let names: Vec<String> = plans.iter().map(|(n, _, _)| n.clone()).collect();
-    let channels: Vec<usize> = sensors.iter().map(|s| s.channel).collect();
     let scoring = input.map(|(source, options, lanes)| {
         let (stop, on_event) = (stop.clone(), on_event.clone());
         std::thread::spawn(move || {
             let result = match lanes {
                 Lanes::One(windower) => score_one(&pipelines[0], source, windower, &options, &*on_event),
                 Lanes::Several(rate) => {
-                    score_several(&pipelines, &names, &channels, source, rate, &options, &*on_event)
+                    score_several(&model, &pipelines, &sensors, source, rate, &options, &*on_event)
                 }
             };
             match &result {
@@ -367,21 +365,21 @@ fn score_one(
     stream_into::<RuntimeError>(pipeline, source, windower, options, on_report, on_window)
 }
 
-/// Scores each sensor's channel of the input; the summary adds up the sensors'.
+/// Scores each sensor's channel of the input (`pipelines` in the order of `sensors`) with
+/// `model`'s windows; the summary adds up the sensors'.
 fn score_several(
+    model: &VigilModel,
     pipelines: &[Arc<Mutex<Pipeline>>],
-    names: &[String],
-    channels: &[usize],
+    sensors: &[SensorSettings],
     mut source: Box<dyn SampleSource>,
     rate: f64,
     options: &StreamOptions,
     on_event: &(impl Fn(GatewayEvent<'_>) + ?Sized),
 ) -> Result<StreamSummary> {
-    let model = lock(&pipelines[0]).scorer().model().clone();
     let hop = options.hop.unwrap_or(model.metadata().hop);
     let mut lanes = Vec::with_capacity(pipelines.len());
-    for (pipeline, &channel) in pipelines.iter().zip(channels) {
-        lanes.push(SensorLane::new(channel, pipeline.clone(), &model, rate, hop)?);
+    for (pipeline, sensor) in pipelines.iter().zip(sensors) {
+        lanes.push(SensorLane::new(sensor.channel, pipeline.clone(), model, rate, hop)?);
     }
     let inputs = source.channels().unwrap_or(1);
     let started = std::time::Instant::now();
@@ -392,7 +390,7 @@ fn score_several(
         rate,
         options.realtime,
         |lane, o| {
-            let sensor = Some(names[lane].as_str());
+            let sensor = Some(sensors[lane].name.as_str());
             if let Some(threshold) = o.commissioned {
                 on_event(GatewayEvent::Commissioned { sensor, at_s: o.end_time_s, threshold });
             }
